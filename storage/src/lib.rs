@@ -1,0 +1,36 @@
+//! Mirante's storage engine.
+//!
+//! A database is a directory: `_versions/` holds one manifest per committed version, `files/`
+//! holds immutable data files (rkyv row archives, image blobs, memory-mapped embedding columns,
+//! deletion vectors and FAISS index segments). A [`Writer`] (one per database, across processes)
+//! commits by writing new files and then a new manifest atomically; readers work on
+//! [`Snapshot`]s of one version. See `docs/format.md` for the bytes and the commit protocol.
+
+mod column;
+mod db;
+mod deletes;
+mod error;
+mod format;
+mod fsio;
+mod index;
+pub mod manifest;
+mod rows;
+mod schema;
+mod search;
+mod snapshot;
+mod writer;
+
+pub use column::{dot, normalize};
+pub use db::Database;
+pub use error::{Error, Result};
+pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_VERSION};
+pub use index::{IndexSpec, MIN_INDEXED_ITEMS};
+pub use manifest::{CollectionMeta, Manifest, SegmentMeta};
+pub use rows::{RowRef, ValueRef};
+pub use schema::{
+    BUILTIN_COLUMNS, ColumnDef, ColumnType, ImageData, Metric, Modality, NewRow, Schema, SpaceId,
+    SpaceSpec, Value,
+};
+pub use search::{Hit, RowFilter, sort_hits};
+pub use snapshot::{RowHandle, SegmentView, Snapshot, Vectors};
+pub use writer::{CompactReport, VacuumReport, Writer, WriterOptions};

@@ -1,0 +1,289 @@
+//! Manifests: one file per committed version, `_versions/{version:020}.manifest`, holding the whole
+//! state of the database (collections, schemas, embedding spaces, segments and the files behind
+//! them with their checksums). A commit is the atomic creation of the next manifest.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::{self, FileKind, HEADER_LEN, HeaderFields};
+use crate::fsio;
+use crate::index::IndexSpec;
+use crate::schema::{Modality, Schema, SpaceId, SpaceSpec};
+
+pub(crate) const VERSIONS_DIR: &str = "_versions";
+pub(crate) const FILES_DIR: &str = "files";
+const SUFFIX: &str = ".manifest";
+
+/// A data file referenced by a manifest, with the length and CRC-32C it was committed with: the
+/// CRC of the body for Mirante's own envelope files (the same value their header holds), of the
+/// whole file for FAISS index files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub name: String,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+/// A FAISS index over one column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub spec: IndexSpec,
+    pub file: FileRef,
+}
+
+/// One embedding column of a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnEntry {
+    pub space: SpaceId,
+    pub file: FileRef,
+    /// None while the segment is below the index's minimum size (searched by exact scan).
+    pub index: Option<IndexEntry>,
+}
+
+/// An immutable segment of rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub id: u64,
+    pub rows: u64,
+    /// Total captions of the segment (items of text spaces).
+    pub texts: u64,
+    pub min_row_id: u64,
+    pub max_row_id: u64,
+    pub rows_file: FileRef,
+    pub blob_file: FileRef,
+    pub deletes: Option<FileRef>,
+    pub deleted: u64,
+    pub columns: Vec<ColumnEntry>,
+}
+
+impl SegmentMeta {
+    pub fn column(&self, space: SpaceId) -> Option<&ColumnEntry> {
+        self.columns.iter().find(|c| c.space == space)
+    }
+
+    pub fn live_rows(&self) -> u64 {
+        self.rows - self.deleted
+    }
+
+    /// Number of vectors a column of `modality` holds for this segment.
+    pub fn items(&self, modality: Modality) -> u64 {
+        match modality {
+            Modality::Image => self.rows,
+            Modality::Text => self.texts,
+        }
+    }
+}
+
+/// An embedding space registered in a collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceMeta {
+    pub id: SpaceId,
+    pub spec: SpaceSpec,
+}
+
+/// A collection at one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    pub name: String,
+    /// Unique across the life of the database, so a re-created collection is a new one.
+    pub uid: u64,
+    pub schema: Schema,
+    pub index: IndexSpec,
+    pub next_row_id: u64,
+    pub next_space_id: SpaceId,
+    pub spaces: Vec<SpaceMeta>,
+    pub active_image: Option<SpaceId>,
+    pub active_text: Option<SpaceId>,
+    pub segments: Vec<SegmentMeta>,
+}
+
+impl CollectionMeta {
+    pub fn space(&self, id: SpaceId) -> Result<&SpaceMeta> {
+        self.spaces
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Error::NotFound {
+                kind: "embedding space",
+                name: id.to_string(),
+                hint: format!(
+                    " in collection '{}'; its spaces are: {}",
+                    self.name,
+                    self.spaces
+                        .iter()
+                        .map(|s| format!("{} ({} {})", s.id, s.spec.model_id, s.spec.modality))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    pub fn active(&self, modality: Modality) -> Option<SpaceId> {
+        match modality {
+            Modality::Image => self.active_image,
+            Modality::Text => self.active_text,
+        }
+    }
+
+    pub fn live_rows(&self) -> u64 {
+        self.segments.iter().map(SegmentMeta::live_rows).sum()
+    }
+}
+
+/// The state of the database at one committed version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u64,
+    pub committed_at_ms: u64,
+    /// What the commit did, for `versions()` listings.
+    pub message: String,
+    pub next_file_id: u64,
+    pub next_segment_id: u64,
+    pub next_collection_uid: u64,
+    pub collections: Vec<CollectionMeta>,
+}
+
+impl Manifest {
+    pub(crate) fn empty() -> Self {
+        Manifest {
+            version: 0,
+            committed_at_ms: now_ms(),
+            message: "create database".into(),
+            next_file_id: 1,
+            next_segment_id: 1,
+            next_collection_uid: 1,
+            collections: Vec::new(),
+        }
+    }
+
+    pub fn collection(&self, name: &str) -> Result<&CollectionMeta> {
+        self.collections
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| self.unknown_collection(name))
+    }
+
+    pub(crate) fn collection_mut(&mut self, name: &str) -> Result<&mut CollectionMeta> {
+        let err = self.unknown_collection(name);
+        self.collections
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or(err)
+    }
+
+    fn unknown_collection(&self, name: &str) -> Error {
+        Error::NotFound {
+            kind: "collection",
+            name: name.to_string(),
+            hint: if self.collections.is_empty() {
+                "; the database has no collections yet".into()
+            } else {
+                format!(
+                    "; collections are: {}",
+                    self.collections
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        }
+    }
+
+    /// Every data file this version references.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.collections
+            .iter()
+            .flat_map(|c| &c.segments)
+            .flat_map(|s| {
+                [Some(&s.rows_file), Some(&s.blob_file), s.deletes.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .chain(s.columns.iter().flat_map(|c| {
+                        std::iter::once(&c.file).chain(c.index.as_ref().map(|i| &i.file))
+                    }))
+            })
+    }
+
+    /// Allocates a fresh data-file name with `ext`.
+    pub(crate) fn new_file_name(&mut self, ext: &str) -> String {
+        let id = self.next_file_id;
+        self.next_file_id += 1;
+        format!("f{id:010}.{ext}")
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn manifest_path(root: &Path, version: u64) -> PathBuf {
+    root.join(VERSIONS_DIR)
+        .join(format!("{version:020}{SUFFIX}"))
+}
+
+/// Versions that have a manifest file, ascending.
+pub(crate) fn list_versions(root: &Path) -> Result<Vec<u64>> {
+    let mut versions: Vec<u64> = fsio::list_dir(&root.join(VERSIONS_DIR))?
+        .iter()
+        .filter_map(|n| n.strip_suffix(SUFFIX)?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Writes `manifest` as version `manifest.version` atomically (temporary file, fsync, rename,
+/// fsync of `_versions/`).
+pub(crate) fn write(root: &Path, manifest: &Manifest) -> Result<()> {
+    let body = serde_json::to_vec(manifest)
+        .map_err(|e| Error::InvalidArgument(format!("cannot encode manifest: {e}")))?;
+    let fields = HeaderFields {
+        count: manifest.version,
+        ..Default::default()
+    };
+    let header = format::encode_header(FileKind::Manifest, fields, &body);
+    fsio::atomic_write(&manifest_path(root, manifest.version), &[&header, &body])
+}
+
+/// Reads and validates the manifest of `version`.
+pub(crate) fn read(root: &Path, version: u64) -> Result<Manifest> {
+    let path = manifest_path(root, version);
+    let bytes = fsio::read(&path)?;
+    let fields = format::check_envelope(&path, FileKind::Manifest, &bytes)?;
+    let manifest: Manifest = serde_json::from_slice(&bytes[HEADER_LEN..])
+        .map_err(|e| Error::corruption(&path, format!("invalid manifest body: {e}")))?;
+    if manifest.version != version || fields.count != version {
+        return Err(Error::corruption(
+            &path,
+            format!(
+                "file name says version {version}, contents say {}",
+                manifest.version
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The newest manifest that reads back valid, plus the errors of newer ones that did not.
+pub(crate) fn read_latest(root: &Path) -> Result<(Manifest, Vec<Error>)> {
+    let versions = list_versions(root)?;
+    let mut skipped = Vec::new();
+    for &v in versions.iter().rev() {
+        match read(root, v) {
+            Ok(m) => return Ok((m, skipped)),
+            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+            Err(e) => skipped.push(e),
+        }
+    }
+    match skipped.into_iter().next() {
+        Some(newest_error) => Err(newest_error),
+        None => Err(Error::NotADatabase {
+            path: root.to_path_buf(),
+            detail: format!("no manifest in {}", root.join(VERSIONS_DIR).display()),
+        }),
+    }
+}

@@ -1,0 +1,248 @@
+//! Vector search over a snapshot: every segment embedded in the space is searched (FAISS, or an
+//! exact scan of the memory-mapped column), candidates are re-scored exactly with
+//! [`crate::column::dot`], and a global top-k is merged with the stable order (score descending,
+//! row id ascending, caption ascending).
+//!
+//! Filters and deletions are applied *before* ranking (FAISS ID selectors or the exact scan's
+//! bitmap), so a filtered search returns `min(k, matching items)` results.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::column::{dot, normalize};
+use crate::error::{Error, Result};
+use crate::manifest::CollectionMeta;
+use crate::schema::{Metric, Modality, SpaceId};
+use crate::snapshot::{SegmentView, Snapshot};
+
+/// A filter on rows; rows for which it returns false are not searched.
+pub type RowFilter<'f> = dyn Fn(&crate::RowRef<'_>) -> bool + Sync + 'f;
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub row_id: u64,
+    /// For text spaces, which caption of the row matched; 0 for image spaces.
+    pub text_index: u32,
+    /// Exact inner product (the cosine for [`Metric::Cosine`] spaces).
+    pub score: f32,
+}
+
+impl Eq for Hit {}
+
+impl Ord for Hit {
+    /// `a > b` when `a` ranks before `b`: higher score, then lower row id, then lower caption.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.row_id.cmp(&self.row_id))
+            .then_with(|| other.text_index.cmp(&self.text_index))
+    }
+}
+
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Sorts hits best first.
+pub fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_unstable_by(|a, b| b.cmp(a));
+}
+
+/// Keeps the `k` best hits seen.
+#[derive(Debug)]
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<std::cmp::Reverse<Hit>>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn push(&mut self, hit: Hit) {
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(hit));
+        } else if let Some(worst) = self.heap.peek()
+            && hit > worst.0
+        {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(hit));
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Hit> {
+        let mut v: Vec<Hit> = self.heap.into_iter().map(|r| r.0).collect();
+        sort_hits(&mut v);
+        v
+    }
+}
+
+/// When fewer than this fraction of a segment's items pass the filter, the segment is scanned
+/// exactly instead of asking FAISS (graph and IVF searches degrade under very selective filters,
+/// and scanning a few percent of a column is cheaper than a full pass anyway).
+const EXACT_SCAN_FRACTION: f64 = 0.05;
+
+/// Relative score gap under which FAISS's own (differently rounded) scores cannot decide the k-th
+/// place of a flat index; the segment is then scanned exactly.
+const TIE_EPSILON: f32 = 1e-5;
+
+impl Snapshot {
+    /// Searches `collection` in embedding space `space` for each query (row-major, `dim` values
+    /// each) and returns the `k` best live items per query that pass `filter`.
+    pub fn search(
+        &self,
+        collection: &str,
+        space: SpaceId,
+        queries: &[f32],
+        k: usize,
+        filter: Option<&RowFilter<'_>>,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let c = self.collection(collection)?;
+        let spec = &c.space(space)?.spec;
+        let dim = spec.dim;
+        if queries.is_empty() || !queries.len().is_multiple_of(dim) {
+            return Err(Error::DimensionMismatch {
+                context: format!("query vectors of space {space} ('{}')", spec.model_id),
+                expected: dim,
+                got: queries.len(),
+            });
+        }
+        if let Some(bad) = queries.iter().position(|x| !x.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "query value {bad} is not finite ({})",
+                queries[bad]
+            )));
+        }
+        let nq = queries.len() / dim;
+        let mut owned;
+        let queries = if spec.metric == Metric::Cosine {
+            owned = queries.to_vec();
+            normalize(&mut owned, dim);
+            &owned[..]
+        } else {
+            queries
+        };
+        let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+        if k == 0 {
+            return Ok(tops.into_iter().map(TopK::into_sorted).collect());
+        }
+        for meta in &c.segments {
+            if meta.column(space).is_none() || meta.live_rows() == 0 {
+                continue;
+            }
+            let seg = self.segment(c, meta)?;
+            search_segment(
+                &seg,
+                c,
+                space,
+                spec.modality,
+                queries,
+                nq,
+                k,
+                filter,
+                &mut tops,
+            )?;
+        }
+        Ok(tops.into_iter().map(TopK::into_sorted).collect())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn search_segment(
+    seg: &SegmentView<'_>,
+    c: &CollectionMeta,
+    space: SpaceId,
+    modality: Modality,
+    queries: &[f32],
+    nq: usize,
+    k: usize,
+    filter: Option<&RowFilter<'_>>,
+    tops: &mut [TopK],
+) -> Result<()> {
+    let Some(vectors) = seg.vectors(c, space)? else {
+        return Ok(());
+    };
+    let dim = vectors.dim();
+    let items = vectors.len();
+    let allowed = seg.allowed_items(modality, filter);
+    let allowed_count = allowed.as_ref().map_or(items, |a| a.1);
+    if allowed_count == 0 {
+        return Ok(());
+    }
+    let to_hit = |item: usize, score: f32| -> Hit {
+        let (local, text_index) = match modality {
+            Modality::Image => (item, 0),
+            Modality::Text => {
+                let local = seg.row_of_text(item);
+                (local, (item - seg.text_start(local)) as u32)
+            }
+        };
+        Hit {
+            row_id: seg.row(local).id(),
+            text_index,
+            score,
+        }
+    };
+    let is_allowed = |item: usize| {
+        allowed
+            .as_ref()
+            .is_none_or(|(bits, _)| bits[item >> 3] & (1 << (item & 7)) != 0)
+    };
+    let exact_scan = |q: usize, top: &mut TopK| {
+        let query = &queries[q * dim..(q + 1) * dim];
+        for item in (0..items).filter(|&i| is_allowed(i)) {
+            top.push(to_hit(item, dot(query, vectors.get(item))));
+        }
+    };
+
+    let selective = (allowed_count as f64) < EXACT_SCAN_FRACTION * items as f64;
+    let index = if selective { None } else { seg.index(space)? };
+    let Some(index) = index else {
+        for (q, top) in tops.iter_mut().enumerate() {
+            exact_scan(q, top);
+        }
+        return Ok(());
+    };
+    let exact_index = seg
+        .meta
+        .column(space)
+        .and_then(|col| col.index.as_ref())
+        .is_some_and(|e| e.spec.factory.trim() == "Flat");
+    let want = (k + 1).min(index.ntotal());
+    let results = match index.search(queries, nq, want, allowed.as_ref().map(|a| &a.0[..])) {
+        Ok(r) => r,
+        // An index kind that rejects search parameters (e.g. a pre-transform wrapper): fall back
+        // to the exact scan, which is always correct.
+        Err(_) if allowed.is_some() => {
+            for (q, top) in tops.iter_mut().enumerate() {
+                exact_scan(q, top);
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for (q, (top, found)) in tops.iter_mut().zip(results).enumerate() {
+        let complete = found.len() >= k.min(allowed_count);
+        let ambiguous_tie = exact_index
+            && found.len() > k
+            && found[k - 1].1 - found[k].1 <= TIE_EPSILON * found[k - 1].1.abs().max(1.0);
+        if !complete || ambiguous_tie {
+            exact_scan(q, top);
+            continue;
+        }
+        let query = &queries[q * dim..(q + 1) * dim];
+        for &(item, _) in found.iter().take(k) {
+            if item < items && is_allowed(item) {
+                top.push(to_hit(item, dot(query, vectors.get(item))));
+            }
+        }
+    }
+    Ok(())
+}

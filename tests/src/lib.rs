@@ -1,0 +1,142 @@
+//! Helpers shared by Mirante's integration tests and the crash-test worker: deterministic data
+//! and brute-force references.
+
+use mirante::storage::{
+    ColumnDef, ColumnType, Hit, ImageData, Modality, NewRow, Schema, SegmentView, Snapshot,
+    SpaceId, Value, sort_hits,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Schema used by most tests: a string, an integer, a float and a boolean column.
+pub fn test_schema() -> Schema {
+    Schema::new(vec![
+        ColumnDef::new("label", ColumnType::String, false),
+        ColumnDef::new("n", ColumnType::I64, true),
+        ColumnDef::new("weight", ColumnType::F64, true),
+        ColumnDef::new("flag", ColumnType::Bool, true),
+    ])
+    .expect("valid schema")
+}
+
+/// A row whose every field is a function of `key`, so that a reader can check it is intact.
+pub fn keyed_row(key: u64) -> NewRow {
+    NewRow {
+        image: Some(ImageData {
+            bytes: (0..(key % 97) as usize + 1)
+                .map(|i| (key as usize * 31 + i) as u8)
+                .collect(),
+            source: format!("img/{key}.png"),
+        }),
+        texts: (0..key % 3 + 1)
+            .map(|t| format!("row {key} caption {t}"))
+            .collect(),
+        split: Some(if key % 5 == 0 { "test" } else { "train" }.to_string()),
+        metadata: vec![
+            ("label".into(), Value::String(format!("L{}", key % 7))),
+            (
+                "n".into(),
+                if key % 11 == 0 {
+                    Value::Null
+                } else {
+                    Value::I64(key as i64)
+                },
+            ),
+            ("weight".into(), Value::F64(key as f64 / 4.0)),
+            ("flag".into(), Value::Bool(key % 2 == 0)),
+        ],
+    }
+}
+
+/// Number of captions of `keyed_row(key)`.
+pub fn keyed_texts(key: u64) -> usize {
+    (key % 3 + 1) as usize
+}
+
+/// A vector with small integer components derived from `key` and `item`: inner products of such
+/// vectors are exact in f32 whatever the summation order, so FAISS, Mirante and a reference agree
+/// to the bit, and many ties occur (which exercises the tie-break).
+pub fn int_vector(key: u64, item: u64, dim: usize) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ item);
+    (0..dim)
+        .map(|_| rng.random_range(-2i32..=2) as f32)
+        .collect()
+}
+
+/// `n` vectors around `clusters` random centres (unit norm), the data ANN indexes are built for.
+pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres: Vec<f32> = (0..clusters * dim)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = rng.random_range(0..clusters);
+        for d in 0..dim {
+            out.push(centres[c * dim + d] + rng.random_range(-0.15f32..0.15));
+        }
+    }
+    mirante::storage::normalize(&mut out, dim);
+    out
+}
+
+/// Every live item of `collection` in `space` that passes `filter`, scored against `query` with
+/// a plain f64 loop, best first with the engine's tie-break (score desc, row id, caption).
+pub fn brute_force(
+    snap: &Snapshot,
+    collection: &str,
+    space: SpaceId,
+    query: &[f32],
+    k: usize,
+    filter: &dyn Fn(&mirante::storage::RowRef<'_>) -> bool,
+) -> Vec<Hit> {
+    let c = snap.collection(collection).expect("collection");
+    let modality = c.space(space).expect("space").spec.modality;
+    let mut hits = Vec::new();
+    for seg in snap.segments(c).expect("segments") {
+        let Some(v) = seg.vectors(c, space).expect("vectors") else {
+            continue;
+        };
+        for (local, row) in seg.live_rows() {
+            if !filter(&row) {
+                continue;
+            }
+            for (t, item) in items_of(&seg, modality, local).enumerate() {
+                let score: f64 = v
+                    .get(item)
+                    .iter()
+                    .zip(query)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                hits.push(Hit {
+                    row_id: row.id(),
+                    text_index: if modality == Modality::Text {
+                        t as u32
+                    } else {
+                        0
+                    },
+                    score: score as f32,
+                });
+            }
+        }
+    }
+    sort_hits(&mut hits);
+    hits.truncate(k);
+    hits
+}
+
+fn items_of(seg: &SegmentView<'_>, modality: Modality, local: usize) -> std::ops::Range<usize> {
+    match modality {
+        Modality::Image => local..local + 1,
+        Modality::Text => {
+            let start = seg.text_start(local);
+            start..start + seg.row(local).text_count()
+        }
+    }
+}
+
+/// Checks that a stored row equals `keyed_row(key)`.
+pub fn assert_keyed_row(row: &mirante::storage::RowRef<'_>, key: u64) {
+    let expected = keyed_row(key);
+    assert_eq!(row.to_new_row(), expected, "row {} differs", row.id());
+}

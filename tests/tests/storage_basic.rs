@@ -1,0 +1,228 @@
+//! Storage engine behaviour through its public API: collections, append, get, scan, errors,
+//! locking, time travel, vacuum.
+
+use mirante::storage::{
+    Database, Error, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
+};
+use mirante_tests::{assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema};
+
+fn space(modality: Modality, dim: usize) -> SpaceSpec {
+    SpaceSpec {
+        model_id: "test-model".into(),
+        fingerprint: "abc".into(),
+        modality,
+        dim,
+        metric: Metric::InnerProduct,
+    }
+}
+
+#[test]
+fn append_get_scan_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let mut w = db.writer().unwrap();
+    w.create_collection("images", test_schema(), IndexSpec::default())
+        .unwrap();
+    let img = w
+        .add_space("images", space(Modality::Image, 8), true)
+        .unwrap();
+    let txt = w
+        .add_space("images", space(Modality::Text, 8), true)
+        .unwrap();
+    let keys: Vec<u64> = (1..=50).collect();
+    let rows: Vec<NewRow> = keys.iter().map(|&k| keyed_row(k)).collect();
+    let iv: Vec<f32> = keys.iter().flat_map(|&k| int_vector(k, 0, 8)).collect();
+    let tv: Vec<f32> = keys
+        .iter()
+        .flat_map(|&k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, 8)))
+        .collect();
+    let ids = w.append("images", rows, &[(img, &iv), (txt, &tv)]).unwrap();
+    assert_eq!(ids, keys);
+    drop(w);
+
+    let db = Database::open(dir.path()).unwrap();
+    let snap = db.snapshot().unwrap();
+    assert_eq!(snap.count("images").unwrap(), 50);
+    for k in [1, 17, 50] {
+        let h = snap.get("images", k).unwrap().expect("row exists");
+        assert_keyed_row(&h.row(), k);
+    }
+    assert!(snap.get("images", 51).unwrap().is_none());
+    let mut seen = Vec::new();
+    let only_tests = |r: &mirante::storage::RowRef<'_>| r.split() == Some("test");
+    snap.scan("images", Some(&only_tests), |r| {
+        seen.push(r.id());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, (1..=50).filter(|k| k % 5 == 0).collect::<Vec<_>>());
+    let c = snap.collection("images").unwrap();
+    assert_eq!(c.active(Modality::Image), Some(img));
+    assert_eq!(c.active(Modality::Text), Some(txt));
+}
+
+#[test]
+fn bad_input_is_rejected_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let mut w = db.writer().unwrap();
+    w.create_collection("c", test_schema(), IndexSpec::default())
+        .unwrap();
+    let img = w.add_space("c", space(Modality::Image, 4), true).unwrap();
+    let before = w.version();
+
+    let err = w
+        .append("c", vec![keyed_row(1)], &[(img, &[1.0, 2.0, 3.0])])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DimensionMismatch {
+                expected: 4,
+                got: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut row = keyed_row(1);
+    row.metadata[1] = ("n".into(), Value::String("seven".into()));
+    let err = w.append("c", vec![row], &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column 'n' expects i64 or null, got string"),
+        "{err}"
+    );
+
+    let mut row = keyed_row(1);
+    row.metadata
+        .push(("colour".into(), Value::String("red".into())));
+    let err = w.append("c", vec![row], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("column 'colour' does not exist"),
+        "{err}"
+    );
+
+    let mut row = keyed_row(1);
+    row.metadata.retain(|(n, _)| n != "label");
+    let err = w.append("c", vec![row], &[]).unwrap_err();
+    assert!(err.to_string().contains("'label' is not nullable"), "{err}");
+
+    let err = w.append("nope", vec![keyed_row(1)], &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                kind: "collection",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("collections are: c"), "{err}");
+
+    let err = w
+        .append("c", vec![keyed_row(1)], &[(img, &[f32::NAN; 4])])
+        .unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
+
+    let err = w
+        .create_collection("c", Schema::default(), IndexSpec::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }));
+    let err = w
+        .create_collection("x", Schema::default(), IndexSpec::new("NoSuchIndex"))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("FAISS rejects index factory string 'NoSuchIndex'"),
+        "{err}"
+    );
+
+    assert_eq!(w.version(), before, "no failed call may commit");
+    assert_eq!(db.snapshot().unwrap().count("c").unwrap(), 0);
+
+    let snap = db.snapshot().unwrap();
+    let err = snap.search("c", img, &[1.0, 0.0], 5, None).unwrap_err();
+    assert!(
+        matches!(err, Error::DimensionMismatch { expected: 4, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn second_writer_is_refused_with_the_holder_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let w = db.writer().unwrap();
+    let other = Database::open(dir.path()).unwrap();
+    let err = other.writer().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Locked { .. }));
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    drop(w);
+    other.writer().expect("lock released on drop");
+}
+
+#[test]
+fn time_travel_and_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let mut w = db.writer().unwrap();
+    w.create_collection("c", test_schema(), IndexSpec::default())
+        .unwrap();
+    w.append("c", (1..=3).map(keyed_row).collect(), &[])
+        .unwrap();
+    let v1 = w.version();
+    w.append("c", (4..=5).map(keyed_row).collect(), &[])
+        .unwrap();
+    let deleted = w.delete("c", &[1, 2, 99]).unwrap();
+    assert_eq!(deleted, 2);
+    let old = db.snapshot_at(v1).unwrap();
+    assert_eq!(old.count("c").unwrap(), 3);
+    assert_keyed_row(&old.get("c", 1).unwrap().unwrap().row(), 1);
+    let now = db.snapshot().unwrap();
+    assert_eq!(now.count("c").unwrap(), 3);
+    assert!(now.get("c", 1).unwrap().is_none());
+
+    let compacted = w.compact("c", true).unwrap();
+    assert_eq!(
+        (compacted.segments_before, compacted.segments_after),
+        (2, 1)
+    );
+    assert_eq!(compacted.rows_dropped, 2);
+    let report = w.vacuum(1).unwrap();
+    assert!(report.versions_removed >= 3);
+    // Both old segments (rows + blob each) and the deletion vector are gone.
+    assert_eq!(report.files_removed, 5);
+    assert!(matches!(
+        db.snapshot_at(v1),
+        Err(Error::NotFound {
+            kind: "version",
+            ..
+        })
+    ));
+    let reopened = Database::open(dir.path()).unwrap().snapshot().unwrap();
+    assert_eq!(reopened.count("c").unwrap(), 3);
+    for k in 3..=5 {
+        assert_keyed_row(&reopened.get("c", k).unwrap().unwrap().row(), k);
+    }
+}
+
+#[test]
+fn opening_garbage_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Database::open(dir.path()),
+        Err(Error::NotADatabase { .. })
+    ));
+    Database::create(dir.path()).unwrap();
+    assert!(matches!(
+        Database::create(dir.path()),
+        Err(Error::DatabaseExists { .. })
+    ));
+}
