@@ -59,15 +59,15 @@ impl IndexSpec {
         digits.parse().ok()
     }
 
-    /// Fewest vectors a segment needs before it gets this index: training an IVF quantizer wants
-    /// about 30 points per list, a product quantizer at least 256 per sub-quantizer centroid set.
+    /// Fewest vectors a segment needs before it gets this index: FAISS's k-means wants 39
+    /// training points per centroid (IVF lists; 256 centroids per PQ sub-quantizer).
     pub fn min_items(&self) -> usize {
         let mut n = MIN_INDEXED_ITEMS;
         if let Some(lists) = self.ivf_lists() {
-            n = n.max(30 * lists);
+            n = n.max(39 * lists);
         }
         if self.factory.contains("PQ") {
-            n = n.max(10 * 256);
+            n = n.max(39 * 256);
         }
         n
     }
