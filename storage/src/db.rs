@@ -48,10 +48,17 @@ impl FileCache {
     }
 }
 
+/// What snapshots share with their database (and nothing that refers back to snapshots, so no
+/// reference cycle keeps mappings alive).
 #[derive(Debug)]
-pub(crate) struct DbInner {
+pub(crate) struct Shared {
     pub root: PathBuf,
     pub cache: FileCache,
+}
+
+#[derive(Debug)]
+pub(crate) struct DbInner {
+    pub shared: Arc<Shared>,
     /// The newest snapshot handed out, kept alive so that its loaded files stay warm between
     /// statements.
     latest: Mutex<Option<Snapshot>>,
@@ -98,8 +105,10 @@ impl Database {
         }
         let db = Database {
             inner: Arc::new(DbInner {
-                root,
-                cache: FileCache::default(),
+                shared: Arc::new(Shared {
+                    root,
+                    cache: FileCache::default(),
+                }),
                 latest: Mutex::new(None),
                 skipped: Mutex::new(Vec::new()),
             }),
@@ -119,12 +128,12 @@ impl Database {
     }
 
     pub fn path(&self) -> &Path {
-        &self.inner.root
+        &self.inner.shared.root
     }
 
     /// A snapshot of the newest committed version.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let versions = manifest::list_versions(&self.inner.root)?;
+        let versions = manifest::list_versions(&self.path())?;
         let newest = versions.last().copied();
         let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(snap), Some(v)) = (latest.as_ref(), newest)
@@ -132,17 +141,17 @@ impl Database {
         {
             return Ok(snap.clone());
         }
-        let (m, skipped) = manifest::read_latest(&self.inner.root)?;
+        let (m, skipped) = manifest::read_latest(&self.path())?;
         *self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()) =
             skipped.iter().map(|e| e.to_string()).collect();
-        let snap = Snapshot::new(self.clone(), Arc::new(m));
+        let snap = Snapshot::new(self.inner.shared.clone(), Arc::new(m));
         *latest = Some(snap.clone());
         Ok(snap)
     }
 
     /// A snapshot of committed version `version` (time travel), while vacuum has kept it.
     pub fn snapshot_at(&self, version: u64) -> Result<Snapshot> {
-        let versions = manifest::list_versions(&self.inner.root)?;
+        let versions = manifest::list_versions(&self.path())?;
         if !versions.contains(&version) {
             return Err(Error::NotFound {
                 kind: "version",
@@ -157,14 +166,14 @@ impl Database {
             });
         }
         Ok(Snapshot::new(
-            self.clone(),
-            Arc::new(manifest::read(&self.inner.root, version)?),
+            self.inner.shared.clone(),
+            Arc::new(manifest::read(&self.path(), version)?),
         ))
     }
 
     /// Committed versions still on disk, ascending.
     pub fn versions(&self) -> Result<Vec<u64>> {
-        manifest::list_versions(&self.inner.root)
+        manifest::list_versions(&self.path())
     }
 
     /// Problems met while opening: manifests newer than the current version that failed
@@ -180,7 +189,7 @@ impl Database {
     /// Takes the writer lock. Fails with [`Error::Locked`] naming the holder when another writer
     /// (in any process) has it.
     pub fn writer(&self) -> Result<Writer> {
-        let lock = acquire_lock(&self.inner.root)?;
+        let lock = acquire_lock(&self.path())?;
         Writer::new(self.clone(), lock)
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::column::Column;
-use crate::db::Database;
+use crate::db::Shared;
 use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
 use crate::index::LoadedIndex;
@@ -25,7 +25,7 @@ pub(crate) struct SegmentData {
 /// A consistent, read-only view of one committed version. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub(crate) db: Database,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) manifest: Arc<Manifest>,
     /// Strong references to the files this snapshot loaded, so they stay mapped while it lives.
     held: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
@@ -60,9 +60,9 @@ impl RowHandle {
 }
 
 impl Snapshot {
-    pub(crate) fn new(db: Database, manifest: Arc<Manifest>) -> Snapshot {
+    pub(crate) fn new(shared: Arc<Shared>, manifest: Arc<Manifest>) -> Snapshot {
         Snapshot {
-            db,
+            shared,
             manifest,
             held: Arc::default(),
         }
@@ -85,7 +85,7 @@ impl Snapshot {
     }
 
     pub(crate) fn file_path(&self, name: &str) -> PathBuf {
-        self.db.inner.root.join(FILES_DIR).join(name)
+        self.shared.root.join(FILES_DIR).join(name)
     }
 
     fn load<T: Any + Send + Sync>(
@@ -94,7 +94,7 @@ impl Snapshot {
         load: impl FnOnce(PathBuf) -> Result<T>,
     ) -> Result<Arc<T>> {
         let path = self.file_path(&file.name);
-        let value = self.db.inner.cache.get_or_load(&file.name, || load(path))?;
+        let value = self.shared.cache.get_or_load(&file.name, || load(path))?;
         let erased: Arc<dyn Any + Send + Sync> = value.clone();
         self.held
             .lock()

@@ -134,7 +134,10 @@ impl Writer {
 
     /// A snapshot of the writer's current version.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::new(self.db.clone(), std::sync::Arc::new(self.manifest.clone()))
+        Snapshot::new(
+            self.db.inner.shared.clone(),
+            std::sync::Arc::new(self.manifest.clone()),
+        )
     }
 
     fn files_dir(&self) -> std::path::PathBuf {

@@ -1,0 +1,94 @@
+//! Child process of the crash tests: commits to a database in a loop and reports each commit on
+//! stdout, until the parent kills it with SIGKILL.
+//!
+//! Usage: `crash_worker <db-dir> <seed> [once]`. Protocol, one line each, flushed before and
+//! after the commit it describes:
+//! - `B <first-id> <last-id>`: about to append rows with these ids;
+//! - `C`: that append is committed;
+//! - `E <message>`: the append failed (used by the disk-full test with `once`).
+//!
+//! Rows are `keyed_row(id)` with `int_vector(id, ..)` embeddings, so the parent can check every
+//! byte of what it finds after the crash.
+
+use mirante::storage::{Database, IndexSpec, Metric, Modality, SpaceSpec};
+use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+
+const DIM: usize = 8;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (dir, seed) = (&args[1], args[2].parse::<u64>().expect("seed"));
+    let once = args.get(3).is_some_and(|a| a == "once");
+    if let Err(e) = run(dir, seed, once) {
+        println!("E {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(dir: &str, seed: u64, once: bool) -> mirante::Result<()> {
+    let db = Database::open_or_create(dir)?;
+    let mut w = db.writer()?;
+    if w.manifest().collection("c").is_err() {
+        w.create_collection("c", test_schema(), IndexSpec::default())?;
+        for m in [Modality::Image, Modality::Text] {
+            let spec = SpaceSpec {
+                model_id: "crash".into(),
+                fingerprint: "0".into(),
+                modality: m,
+                dim: DIM,
+                metric: Metric::InnerProduct,
+            };
+            w.add_space("c", spec, true)?;
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let out = std::io::stdout();
+    loop {
+        let c = w.manifest().collection("c")?;
+        let first = c.next_row_id;
+        let n = if rng.random_bool(0.2) {
+            rng.random_range(1000..1400)
+        } else {
+            rng.random_range(1..40)
+        };
+        let keys: Vec<u64> = (first..first + n).collect();
+        let iv: Vec<f32> = keys.iter().flat_map(|&k| int_vector(k, 0, DIM)).collect();
+        let tv: Vec<f32> = keys
+            .iter()
+            .flat_map(|&k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, DIM)))
+            .collect();
+        writeln!(out.lock(), "B {} {}", first, first + n - 1).ok();
+        out.lock().flush().ok();
+        let ids = w.append(
+            "c",
+            keys.iter().map(|&k| keyed_row(k)).collect(),
+            &[(1, &iv), (2, &tv)],
+        )?;
+        assert_eq!(ids, keys, "ids are assigned in order");
+        writeln!(out.lock(), "C").ok();
+        out.lock().flush().ok();
+        if once {
+            return Ok(());
+        }
+        match rng.random_range(0..10) {
+            0 => {
+                w.compact("c", true)?;
+            }
+            1 => {
+                let factory = if rng.random_bool(0.5) {
+                    "HNSW16"
+                } else {
+                    "Flat"
+                };
+                w.set_index("c", IndexSpec::new(factory))?;
+            }
+            2 => {
+                w.vacuum(2)?;
+            }
+            _ => {}
+        }
+    }
+}
