@@ -133,7 +133,7 @@ impl Database {
 
     /// A snapshot of the newest committed version.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let versions = manifest::list_versions(&self.path())?;
+        let versions = manifest::list_versions(self.path())?;
         let newest = versions.last().copied();
         let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(snap), Some(v)) = (latest.as_ref(), newest)
@@ -141,7 +141,7 @@ impl Database {
         {
             return Ok(snap.clone());
         }
-        let (m, skipped) = manifest::read_latest(&self.path())?;
+        let (m, skipped) = manifest::read_latest(self.path())?;
         *self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()) =
             skipped.iter().map(|e| e.to_string()).collect();
         let snap = Snapshot::new(self.inner.shared.clone(), Arc::new(m));
@@ -151,7 +151,7 @@ impl Database {
 
     /// A snapshot of committed version `version` (time travel), while vacuum has kept it.
     pub fn snapshot_at(&self, version: u64) -> Result<Snapshot> {
-        let versions = manifest::list_versions(&self.path())?;
+        let versions = manifest::list_versions(self.path())?;
         if !versions.contains(&version) {
             return Err(Error::NotFound {
                 kind: "version",
@@ -167,13 +167,13 @@ impl Database {
         }
         Ok(Snapshot::new(
             self.inner.shared.clone(),
-            Arc::new(manifest::read(&self.path(), version)?),
+            Arc::new(manifest::read(self.path(), version)?),
         ))
     }
 
     /// Committed versions still on disk, ascending.
     pub fn versions(&self) -> Result<Vec<u64>> {
-        manifest::list_versions(&self.path())
+        manifest::list_versions(self.path())
     }
 
     /// Problems met while opening: manifests newer than the current version that failed
@@ -189,7 +189,7 @@ impl Database {
     /// Takes the writer lock. Fails with [`Error::Locked`] naming the holder when another writer
     /// (in any process) has it.
     pub fn writer(&self) -> Result<Writer> {
-        let lock = acquire_lock(&self.path())?;
+        let lock = acquire_lock(self.path())?;
         Writer::new(self.clone(), lock)
     }
 }

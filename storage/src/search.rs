@@ -93,6 +93,10 @@ const EXACT_SCAN_FRACTION: f64 = 0.05;
 /// place of a flat index; the segment is then scanned exactly.
 const TIE_EPSILON: f32 = 1e-5;
 
+/// Candidates asked of FAISS beyond `k`: exact re-scoring reorders them, and the margin makes the
+/// flat index's proof of its top-k (see `search_segment`) rarely fail on near-ties.
+const EXTRA_CANDIDATES: usize = 16;
+
 impl Snapshot {
     /// Searches `collection` in embedding space `space` for each query (row-major, `dim` values
     /// each) and returns the `k` best live items per query that pass `filter`.
@@ -215,7 +219,7 @@ fn search_segment(
         .column(space)
         .and_then(|col| col.index.as_ref())
         .is_some_and(|e| e.spec.factory.trim() == "Flat");
-    let want = (k + 1).min(index.ntotal());
+    let want = (k + EXTRA_CANDIDATES).min(index.ntotal());
     let results = match index.search(queries, nq, want, allowed.as_ref().map(|a| &a.0[..])) {
         Ok(r) => r,
         // An index kind that rejects search parameters (e.g. a pre-transform wrapper): fall back
@@ -229,19 +233,29 @@ fn search_segment(
         Err(e) => return Err(e),
     };
     for (q, (top, found)) in tops.iter_mut().zip(results).enumerate() {
-        let complete = found.len() >= k.min(allowed_count);
-        let ambiguous_tie = exact_index
-            && found.len() > k
-            && found[k - 1].1 - found[k].1 <= TIE_EPSILON * found[k - 1].1.abs().max(1.0);
-        if !complete || ambiguous_tie {
+        if found.len() < k.min(allowed_count) {
             exact_scan(q, top);
             continue;
         }
         let query = &queries[q * dim..(q + 1) * dim];
-        for &(item, _) in found.iter().take(k) {
-            if item < items && is_allowed(item) {
-                top.push(to_hit(item, dot(query, vectors.get(item))));
-            }
+        let mut rescored: Vec<Hit> = found
+            .iter()
+            .filter(|&&(item, _)| item < items && is_allowed(item))
+            .map(|&(item, _)| to_hit(item, dot(query, vectors.get(item))))
+            .collect();
+        sort_hits(&mut rescored);
+        // Unseen items score at most the last candidate's FAISS score (up to rounding). If that
+        // bound comes within epsilon of the k-th exact score, a flat index cannot prove its
+        // top-k, so the segment is scanned exactly.
+        let unseen_bound = found.last().map_or(f32::NEG_INFINITY, |f| f.1);
+        let kth = rescored.get(k - 1).map_or(f32::NEG_INFINITY, |h| h.score);
+        let may_miss = found.len() == want && want < allowed_count.min(index.ntotal());
+        if exact_index && may_miss && kth - unseen_bound <= TIE_EPSILON * kth.abs().max(1.0) {
+            exact_scan(q, top);
+            continue;
+        }
+        for hit in rescored.into_iter().take(k) {
+            top.push(hit);
         }
     }
     Ok(())

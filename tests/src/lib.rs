@@ -1,6 +1,8 @@
 //! Helpers shared by Mirante's integration tests and the crash-test worker: deterministic data
 //! and brute-force references.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use mirante::storage::{
     ColumnDef, ColumnType, Hit, ImageData, Modality, NewRow, Schema, SegmentView, Snapshot,
     SpaceId, Value, sort_hits,
@@ -31,19 +33,26 @@ pub fn keyed_row(key: u64) -> NewRow {
         texts: (0..key % 3 + 1)
             .map(|t| format!("row {key} caption {t}"))
             .collect(),
-        split: Some(if key % 5 == 0 { "test" } else { "train" }.to_string()),
+        split: Some(
+            if key.is_multiple_of(5) {
+                "test"
+            } else {
+                "train"
+            }
+            .to_string(),
+        ),
         metadata: vec![
             ("label".into(), Value::String(format!("L{}", key % 7))),
             (
                 "n".into(),
-                if key % 11 == 0 {
+                if key.is_multiple_of(11) {
                     Value::Null
                 } else {
                     Value::I64(key as i64)
                 },
             ),
             ("weight".into(), Value::F64(key as f64 / 4.0)),
-            ("flag".into(), Value::Bool(key % 2 == 0)),
+            ("flag".into(), Value::Bool(key.is_multiple_of(2))),
         ],
     }
 }

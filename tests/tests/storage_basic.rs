@@ -1,6 +1,8 @@
 //! Storage engine behaviour through its public API: collections, append, get, scan, errors,
 //! locking, time travel, vacuum.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use mirante::storage::{
     Database, Error, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
 };

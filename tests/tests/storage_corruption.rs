@@ -1,6 +1,8 @@
 //! Corrupted and truncated files give typed errors naming the file, never a panic; the rest of
 //! the database stays readable.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 
 use mirante::storage::{Database, Error, IndexSpec, Metric, Modality, SpaceSpec, WriterOptions};

@@ -2,6 +2,8 @@
 //! killed with SIGKILL at random moments. After every kill the database must open, hold every
 //! acknowledged row intact, and hold the in-flight batch either whole or not at all.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -1,6 +1,8 @@
 //! Model-based property test: random sequences of append, delete, compact, reopen and vacuum are
 //! checked against an in-memory model (the set of live rows, their contents, search results).
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use std::collections::BTreeSet;
 
 use mirante::storage::{

@@ -2,6 +2,8 @@
 //! with the stable tie-break), filters return exactly the brute-force filtered top-k, deleted
 //! rows never come back, ANN indexes reach their documented recall on clustered data.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use mirante::storage::{
     Database, IndexSpec, Metric, Modality, NewRow, RowRef, SpaceSpec, Value, WriterOptions,
 };

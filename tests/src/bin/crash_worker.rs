@@ -10,6 +10,8 @@
 //! Rows are `keyed_row(id)` with `int_vector(id, ..)` embeddings, so the parent can check every
 //! byte of what it finds after the crash.
 
+#![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
+
 use mirante::storage::{Database, IndexSpec, Metric, Modality, SpaceSpec};
 use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema};
 use rand::rngs::StdRng;

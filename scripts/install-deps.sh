@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages Mirante's build needs on Debian/Ubuntu: cmake (to build the
+# vendored FAISS) and OpenBLAS/LAPACK (which FAISS links). Does nothing when they are present.
+set -euo pipefail
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+dpkg -s libopenblas-dev >/dev/null 2>&1 || missing+=(libopenblas-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
