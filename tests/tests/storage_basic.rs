@@ -228,3 +228,80 @@ fn opening_garbage_is_an_error() {
         Err(Error::DatabaseExists { .. })
     ));
 }
+
+#[test]
+fn embed_new_space_switch_active_reindex_and_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let mut w = db.writer().unwrap();
+    w.create_collection("c", test_schema(), IndexSpec::default())
+        .unwrap();
+    let old = w.add_space("c", space(Modality::Text, 4), true).unwrap();
+    let tv: Vec<f32> = (1..=6u64)
+        .flat_map(|k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, 4)))
+        .collect();
+    w.append("c", (1..=6).map(keyed_row).collect(), &[(old, &tv)])
+        .unwrap();
+    // Rows appended without vectors for the new space are "unembedded" until embed().
+    let mut spec = space(Modality::Text, 4);
+    spec.fingerprint = "fine-tuned".into();
+    let new = w.add_space("c", spec, false).unwrap();
+    assert_ne!(new, old);
+    let before = w.version();
+    let segments = w
+        .embed("c", new, true, |seg| {
+            let mut out = Vec::new();
+            for i in 0..seg.len() {
+                let row = seg.row(i);
+                for t in 0..row.text_count() {
+                    out.extend(int_vector(row.id(), 100 + t as u64, 4));
+                }
+            }
+            Ok(out)
+        })
+        .unwrap();
+    assert!(segments >= 1);
+    assert_eq!(
+        w.version(),
+        before + 1,
+        "vectors and the switch are one commit"
+    );
+    let snap = db.snapshot().unwrap();
+    assert_eq!(
+        snap.collection("c").unwrap().active(Modality::Text),
+        Some(new)
+    );
+    let q = int_vector(3, 101, 4);
+    let hits = snap.search("c", new, &q, 1, None).unwrap();
+    assert_eq!(hits[0][0].score, q.iter().map(|x| x * x).sum::<f32>());
+    // The old space still answers on the old version and on the new one.
+    assert!(
+        !db.snapshot_at(before)
+            .unwrap()
+            .search("c", old, &q, 3, None)
+            .unwrap()[0]
+            .is_empty()
+    );
+    // A wrong vector count from the embedding callback is rejected, nothing committed.
+    let third = w.add_space("c", space(Modality::Image, 4), false).unwrap();
+    let v = w.version();
+    let err = w
+        .embed("c", third, false, |_| Ok(vec![0.0; 3]))
+        .unwrap_err();
+    assert!(matches!(err, Error::DimensionMismatch { .. }), "{err}");
+    assert_eq!(w.version(), v);
+    // Re-indexing with another FAISS factory keeps results, dropping removes the collection.
+    w.set_index("c", IndexSpec::new("HNSW16")).unwrap();
+    assert_eq!(
+        db.snapshot()
+            .unwrap()
+            .search("c", new, &q, 1, None)
+            .unwrap(),
+        hits
+    );
+    w.drop_collection("c").unwrap();
+    assert!(matches!(
+        db.snapshot().unwrap().collection("c"),
+        Err(Error::NotFound { .. })
+    ));
+}
