@@ -176,3 +176,71 @@ fn disk_full_during_a_commit_keeps_the_previous_version() {
     }
     assert!(failures > 0, "no write hit the limit");
 }
+
+/// Sets or clears the immutable attribute (refuses writes even to root); false if unsupported.
+fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Clears the immutable attribute even when an assertion fails, so the temp dir can be removed.
+struct Immutable<'a>(&'a std::path::Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        chattr("-i", self.0);
+    }
+}
+
+#[test]
+fn permission_errors_during_a_commit_keep_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(WORKER)
+        .arg(dir.path())
+        .arg("1")
+        .arg("once")
+        .output()
+        .unwrap();
+    let (acked, _) = parse(&String::from_utf8_lossy(&out.stdout));
+    let before: BTreeSet<u64> = acked.into_iter().collect();
+    for locked in ["files", "_versions"] {
+        let target = dir.path().join(locked);
+        if !chattr("+i", &target) {
+            eprintln!("chattr +i unsupported on this file system; permission case not exercised");
+            return;
+        }
+        let guard = Immutable(&target);
+        let out = Command::new(WORKER)
+            .arg(dir.path())
+            .arg("2")
+            .arg("once")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("E I/O error on"), "{locked}: {text}");
+        assert!(
+            text.contains(locked),
+            "error names the path in {locked}/: {text}"
+        );
+        drop(guard);
+        assert_eq!(verify(dir.path(), &before, &[]), before, "{locked}");
+    }
+    // With permissions back, vacuum removes the failed commit's leftovers and commits work again.
+    let db = Database::open(dir.path()).unwrap();
+    let report = db.writer().unwrap().vacuum(10).unwrap();
+    assert!(
+        report.files_removed > 0,
+        "leftovers of the failed commit are collected"
+    );
+    let out = Command::new(WORKER)
+        .arg(dir.path())
+        .arg("3")
+        .arg("once")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("C"));
+}

@@ -1,6 +1,8 @@
 //! Storage benchmarks. Every figure is reported next to its peer measured in the same run on the
-//! same vectors: Mirante's search against a bare FAISS `IndexFlatIP` search (the overhead of
-//! segments, deletion bitmaps, exact re-scoring and row lookup), filtered against unfiltered.
+//! same vectors: Mirante's search against a bare FAISS `IndexFlatIP` search in this process (the
+//! overhead of segments, deletion bitmaps, exact re-scoring and merging), against faiss-cpu and
+//! LanceDB from PyPI (`scripts/bench_peers.py`, when Python has them), and filtered against
+//! unfiltered.
 //!
 //! `cargo run --release -p mirante-tests --bin storage_bench -- [rows] [open_rows]`
 //! (defaults 200000 and 1000000).
@@ -104,6 +106,7 @@ fn main() -> mirante::Result<()> {
     let faiss_batch = median(3, || {
         bare.search(batch, 10).expect("faiss");
     });
+    let peers = python_peers(vectors, &queries[..1000 * DIM]);
     println!("\n| flat search, top-10 | Mirante | bare FAISS | Mirante / FAISS |");
     println!("|---|---|---|---|");
     println!(
@@ -118,6 +121,43 @@ fn main() -> mirante::Result<()> {
         1000.0 / faiss_batch.as_secs_f64(),
         ratio(mirante_batch, faiss_batch)
     );
+
+    match &peers {
+        Ok(p) => {
+            let f_single = p["faiss_cpu"]["single_query_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            let f_batch = p["faiss_cpu"]["batch_1000_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "\n| peer from PyPI, same vectors | peer | Mirante | Mirante / peer (time) |\n|---|---|---|---|"
+            );
+            println!(
+                "| faiss-cpu {} IndexFlatIP, single query | {:.2} ms | {:.2} ms | {:.3} |",
+                p["faiss_cpu"]["version"].as_str().unwrap_or("?"),
+                f_single,
+                ms(mirante_single),
+                ms(mirante_single) / f_single
+            );
+            println!(
+                "| faiss-cpu IndexFlatIP, 1000-query batch | {:.0} q/s | {:.0} q/s | {:.3} |",
+                1000.0 / f_batch,
+                1000.0 / mirante_batch.as_secs_f64(),
+                mirante_batch.as_secs_f64() / f_batch
+            );
+            if let Some(l) = p["lancedb"]["single_query_ms"].as_f64() {
+                println!(
+                    "| LanceDB {} brute force, single query | {:.2} ms | {:.2} ms | {:.3} |",
+                    p["lancedb"]["version"].as_str().unwrap_or("?"),
+                    l,
+                    ms(mirante_single),
+                    ms(mirante_single) / l
+                );
+            }
+        }
+        Err(e) => {
+            println!("\n(no PyPI peers: {e}; pip install faiss-cpu==1.15.1 numpy lancedb==0.40.0)")
+        }
+    }
 
     // Filtered search at several selectivities, against the unfiltered search.
     println!("\n| filter selectivity | single query | vs unfiltered |");
@@ -186,6 +226,32 @@ fn main() -> mirante::Result<()> {
         ms(first)
     );
     Ok(())
+}
+
+/// Runs `scripts/bench_peers.py` on the same vectors and queries; returns its JSON.
+fn python_peers(vectors: &[f32], queries: &[f32]) -> Result<serde_json::Value, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("vectors.f32"), as_bytes(vectors)).map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("queries.f32"), as_bytes(queries)).map_err(|e| e.to_string())?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_peers.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir.path())
+        .arg(DIM.to_string())
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn as_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn ms(d: Duration) -> f64 {
