@@ -1,1 +1,19 @@
-//! placeholder
+//! Mirante's encoders: CLIP in candle (own forward pass, so that later work such as ELIP can
+//! inject prompt tokens), image preprocessing identical to transformers' PIL backend, and
+//! tokenization through the checkpoint's `tokenizer.json`.
+
+mod clip;
+mod encoder;
+mod error;
+mod layers;
+pub mod preprocess;
+mod tokenize;
+
+pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use encoder::{DualEncoder, SUPPORTED_MODEL_TYPES};
+pub use error::{Error, Result};
+pub use preprocess::ImageProcessor;
+pub use tokenize::{TextTokenizer, Tokens};
+
+/// Re-exported so callers can pick a device without depending on candle directly.
+pub use candle_core::Device;

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Generates the encoder parity fixtures in training/tests/fixtures/ (committed; CI needs no Python).
+
+For each model family: a tiny random-weight checkpoint written by transformers in the exact
+Hugging Face layout, and reference outputs computed by transformers on real photographs (from the
+scikit-image wheel) and English/Portuguese captions: token ids, pixel values, L2-normalised
+embeddings.
+
+    pip install torch==2.15.0 transformers==5.23.0 open-clip-torch==3.3.0 \
+        scikit-image==0.26.0 sentencepiece==0.2.3 pillow
+    python3 scripts/make_encoder_fixtures.py
+"""
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+import open_clip
+import skimage
+import torch
+from PIL import Image
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training", "tests", "fixtures")
+SKIMAGE = os.path.join(os.path.dirname(skimage.__file__), "data")
+
+# Real photographs in several modes and formats.
+IMAGES = {
+    "chelsea.png": "RGB PNG, 451x300",
+    "camera.png": "L (grayscale) PNG, 512x512",
+    "logo.png": "RGBA PNG, 500x500",
+    "horse.png": "RGBA PNG with transparency, 400x328",
+    "rocket.jpg": "RGB JPEG, 640x427",
+    "no_time_for_that_tiny.gif": "P (palette) GIF, 14x25",
+    "chelsea.webp": "RGB WebP (lossy, made from chelsea.png), 451x300",
+}
+
+CAPTIONS = [
+    "A cat sitting on a wooden floor.",
+    "a photo of an astronaut",
+    "Um gato laranja deitado no chão de madeira!",
+    "Fotografia de um foguete na plataforma de lançamento, ao pôr do sol.",
+    "  Café   com leite  e pão de queijo  ",
+    "An AMAZING rocket launch -- 3, 2, 1... lift-off!!",
+    "A long caption that goes on and on about a small red triangle to the left of a blue circle "
+    "above a green square next to a yellow star under a purple hexagon beside an orange pentagon "
+    "near a white diamond and a black ellipse, which is far longer than seventy-seven tokens allow; "
+    "uma legenda longa demais, que continua sem parar sobre formas coloridas, até ser cortada.",
+    "",
+]
+
+
+def write_images():
+    folder = os.path.join(ROOT, "images")
+    os.makedirs(folder, exist_ok=True)
+    for name in IMAGES:
+        if name == "chelsea.webp":
+            Image.open(os.path.join(SKIMAGE, "chelsea.png")).save(os.path.join(folder, name), quality=80)
+        else:
+            shutil.copy(os.path.join(SKIMAGE, name), os.path.join(folder, name))
+    return folder
+
+
+def clip_vocab():
+    """Rebuilds OpenAI's CLIP BPE vocabulary and merges from open_clip's copy of the merges."""
+    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_chars = [chr(c) for c in cs]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(vocab)}, merges
+
+
+def save_reference(folder, model, processor, images_dir, family):
+    images = [Image.open(os.path.join(images_dir, n)) for n in IMAGES]
+    with torch.no_grad():
+        pix = processor(images=images, return_tensors="pt")["pixel_values"]
+        padding = "max_length" if family != "clip" else True
+        tok = processor(text=CAPTIONS, return_tensors="pt", padding=padding, truncation=True)
+        img_emb = model.get_image_features(pixel_values=pix)
+        if not torch.is_tensor(img_emb):
+            img_emb = img_emb.pooler_output
+        kwargs = {"input_ids": tok["input_ids"]}
+        if family == "clip":
+            kwargs["attention_mask"] = tok["attention_mask"]
+        txt_emb = model.get_text_features(**kwargs)
+        if not torch.is_tensor(txt_emb):
+            txt_emb = txt_emb.pooler_output
+    img_emb = torch.nn.functional.normalize(img_emb, dim=-1)
+    txt_emb = torch.nn.functional.normalize(txt_emb, dim=-1)
+    pix.numpy().astype("<f4").tofile(os.path.join(folder, "reference_pixels.f32"))
+    ids = tok["input_ids"].tolist()
+    mask = tok["attention_mask"].tolist() if "attention_mask" in tok else None
+    ref = {
+        "family": family,
+        "images": list(IMAGES),
+        "pixel_shape": list(pix.shape),
+        "captions": CAPTIONS,
+        "input_ids": [
+            [t for t, m in zip(row, mrow) if m] if (mask and family == "clip") else row
+            for row, mrow in zip(ids, mask or ids)
+        ],
+        "image_embeddings": img_emb.tolist(),
+        "text_embeddings": txt_emb.tolist(),
+    }
+    with open(os.path.join(folder, "reference.json"), "w") as f:
+        json.dump(ref, f)
+
+
+def make_clip(images_dir):
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+
+    folder = os.path.join(ROOT, "clip-tiny")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu"),
+        vision_config=dict(image_size=64, patch_size=16, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, hidden_act="quick_gelu"),
+        projection_dim=24,
+    )
+    model = CLIPModel(config).eval()
+    # Random init leaves some parameters at exactly 0/1; perturb all so every tensor matters.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vocab, merges = clip_vocab()
+    tokenizer = CLIPTokenizerFast(vocab=vocab, merges=merges, model_max_length=77)
+    # The PIL backend is the reference (Pillow's resampling, as CLIP was trained with); the
+    # torchvision backend that transformers 5 picks by default differs by a few 1e-3.
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    # Hub checkpoints carry preprocessor_config.json (older layout); keep that one.
+    image_processor.save_pretrained(folder)
+    os.remove(os.path.join(folder, "processor_config.json"))
+    for extra in ["vocab.json", "merges.txt"]:  # tokenizer.json holds both
+        p = os.path.join(folder, extra)
+        if os.path.exists(p):
+            os.remove(p)
+    save_reference(folder, model, processor, images_dir, "clip")
+
+
+def main():
+    images_dir = write_images()
+    make_clip(images_dir)
+    print("fixtures written to", os.path.abspath(ROOT))
+
+
+if __name__ == "__main__":
+    main()

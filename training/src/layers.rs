@@ -1,0 +1,211 @@
+//! Transformer building blocks shared by the CLIP and SigLIP towers, with parameter names equal
+//! to the Hugging Face checkpoints' (`self_attn.q_proj`, `mlp.fc1`, `layer_norm1`, ...).
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+/// Activation functions named as in `config.json`'s `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::Gelu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            _ => return None,
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+        }
+    }
+}
+
+/// Sizes of one transformer tower.
+#[derive(Debug, Clone, Copy)]
+pub struct TowerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub eps: f64,
+    pub act: Activation,
+}
+
+#[derive(Debug)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, s: &TowerShape) -> Result<Self> {
+        let lin = |name: &str| candle_nn::linear(s.hidden, s.hidden, vb.pp(name));
+        Ok(Attention {
+            q: lin("q_proj")?,
+            k: lin("k_proj")?,
+            v: lin("v_proj")?,
+            out: lin("out_proj")?,
+            heads: s.heads,
+            head_dim: s.hidden / s.heads,
+        })
+    }
+
+    /// Multi-head attention of `q_in` over `kv_in`; `mask` is added to the scores.
+    pub fn attend(&self, q_in: &Tensor, kv_in: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, lq, _) = q_in.dims3()?;
+        let lk = kv_in.dim(1)?;
+        let split = |t: Tensor, l: usize| -> Result<Tensor> {
+            t.reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q.forward(q_in)? * scale)?, lq)?;
+        let k = split(self.k.forward(kv_in)?, lk)?;
+        let v = split(self.v.forward(kv_in)?, lk)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, lq, self.heads * self.head_dim))?;
+        self.out.forward(&ctx)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder, hidden: usize, intermediate: usize, act: Activation) -> Result<Self> {
+        Ok(Mlp {
+            fc1: candle_nn::linear(hidden, intermediate, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(intermediate, hidden, vb.pp("fc2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    attn: Attention,
+    ln1: LayerNorm,
+    mlp: Mlp,
+    ln2: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.ln1.forward(x)?;
+        let x = (x + self.attn.attend(&h, &h, mask)?)?;
+        let h = self.ln2.forward(&x)?;
+        x + self.mlp.forward(&h)?
+    }
+}
+
+/// A pre-norm transformer encoder (`encoder.layers.N`).
+#[derive(Debug)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(vb: VarBuilder, s: &TowerShape) -> Result<Self> {
+        let layers = (0..s.layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(EncoderLayer {
+                    attn: Attention::new(vb.pp("self_attn"), s)?,
+                    ln1: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm1"))?,
+                    mlp: Mlp::new(vb.pp("mlp"), s.hidden, s.intermediate, s.act)?,
+                    ln2: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm2"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Encoder { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Patch embedding of a ViT: a stride-`patch` convolution without bias, computed as a matrix
+/// product over flattened patches (the weight `[hidden, 3, p, p]` flattens in the same order).
+#[derive(Debug)]
+pub struct PatchEmbedding {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    patch: usize,
+}
+
+impl PatchEmbedding {
+    pub fn new(vb: VarBuilder, hidden: usize, patch: usize, with_bias: bool) -> Result<Self> {
+        let weight = vb
+            .get((hidden, 3, patch, patch), "weight")?
+            .reshape((hidden, 3 * patch * patch))?;
+        let bias = if with_bias {
+            Some(vb.get(hidden, "bias")?)
+        } else {
+            None
+        };
+        Ok(PatchEmbedding {
+            weight: weight.t()?.contiguous()?,
+            bias,
+            patch,
+        })
+    }
+
+    /// `[B, 3, H, W]` pixels to `[B, N, hidden]` patch features, patches in row-major order.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * gh * gw, c * p * p))?;
+        let mut out = patches.matmul(&self.weight)?;
+        if let Some(bias) = &self.bias {
+            out = out.broadcast_add(bias)?;
+        }
+        out.reshape((b, gh * gw, ()))
+    }
+}
+
+/// L2-normalises the rows of a `[N, D]` tensor.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&norm)
+}

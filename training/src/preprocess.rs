@@ -1,0 +1,446 @@
+//! Image preprocessing identical to transformers' PIL backend (`CLIPImageProcessorPil`,
+//! `SiglipImageProcessorPil`): conversion to RGB with transparency composited onto white, PIL's
+//! resampling (separable convolution, 8-bit fixed-point arithmetic, as Pillow's `Resample.c`),
+//! center crop, rescale and normalisation, driven by `preprocessor_config.json`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Resampling filters, numbered as PIL's `Image.Resampling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Nearest = 0,
+    Lanczos = 1,
+    Bilinear = 2,
+    Bicubic = 3,
+}
+
+impl Resample {
+    fn from_pil(code: u32) -> Result<Self> {
+        Ok(match code {
+            0 => Resample::Nearest,
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "resample code {other} is not supported (0 nearest, 1 lanczos, 2 bilinear, 3 bicubic)"
+                )));
+            }
+        })
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Resample::Nearest => 0.0,
+            Resample::Bilinear => 1.0,
+            Resample::Bicubic => 2.0,
+            Resample::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Resample::Nearest => f64::from(x < 0.5),
+            Resample::Bilinear => (1.0 - x).max(0.0),
+            Resample::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Resample::Lanczos => {
+                let sinc = |v: f64| {
+                    if v == 0.0 {
+                        1.0
+                    } else {
+                        let p = v * std::f64::consts::PI;
+                        p.sin() / p
+                    }
+                };
+                if x < 3.0 {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Target size of the resize step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTo {
+    /// Scale so that the shorter side has this length (CLIP).
+    ShortestEdge(u32),
+    /// Exact height and width (SigLIP).
+    Exact { height: u32, width: u32 },
+}
+
+/// The image processor settings of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessor {
+    pub resize: Option<(ResizeTo, Resample)>,
+    pub center_crop: Option<(u32, u32)>,
+    pub rescale: Option<f64>,
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+    pub convert_rgb: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSize {
+    shortest_edge: Option<u32>,
+    height: Option<u32>,
+    width: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawProcessor {
+    do_resize: Option<bool>,
+    size: Option<serde_json::Value>,
+    resample: Option<u32>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<serde_json::Value>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Vec<f32>>,
+    image_std: Option<Vec<f32>>,
+    do_convert_rgb: Option<bool>,
+}
+
+fn parse_size(v: &serde_json::Value, path: &Path) -> Result<RawSize> {
+    match v {
+        // Old checkpoints store a bare integer (CLIP: shortest edge).
+        serde_json::Value::Number(n) => Ok(RawSize {
+            shortest_edge: n.as_u64().map(|n| n as u32),
+            height: None,
+            width: None,
+        }),
+        _ => serde_json::from_value(v.clone())
+            .map_err(|e| Error::config(path, format!("bad size {v}: {e}"))),
+    }
+}
+
+fn three(v: Option<Vec<f32>>, default: [f32; 3], what: &str, path: &Path) -> Result<[f32; 3]> {
+    match v {
+        None => Ok(default),
+        Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+        Some(v) => Err(Error::config(
+            path,
+            format!("{what} needs 3 values, got {}", v.len()),
+        )),
+    }
+}
+
+impl ImageProcessor {
+    /// Reads `preprocessor_config.json`, or the `image_processor` section of
+    /// `processor_config.json` (the layout transformers 5 writes), from a checkpoint folder.
+    pub fn from_folder(folder: &Path, defaults: &ImageProcessor) -> Result<Self> {
+        let pre = folder.join("preprocessor_config.json");
+        let proc_cfg = folder.join("processor_config.json");
+        let (path, value) = if pre.is_file() {
+            (pre.clone(), read_json(&pre)?)
+        } else if proc_cfg.is_file() {
+            let v = read_json(&proc_cfg)?;
+            let section = v
+                .get("image_processor")
+                .cloned()
+                .ok_or_else(|| Error::config(&proc_cfg, "has no \"image_processor\" section"))?;
+            (proc_cfg.clone(), section)
+        } else {
+            return Ok(defaults.clone());
+        };
+        let raw: RawProcessor =
+            serde_json::from_value(value).map_err(|e| Error::config(&path, e.to_string()))?;
+        let mut out = defaults.clone();
+        if let Some(false) = raw.do_resize {
+            out.resize = None;
+        } else if let Some(size) = &raw.size {
+            let size = parse_size(size, &path)?;
+            let resample = match raw.resample {
+                Some(r) => Resample::from_pil(r)?,
+                None => out.resize.map_or(Resample::Bilinear, |r| r.1),
+            };
+            let to = match (size.shortest_edge, size.height, size.width) {
+                (Some(s), _, _) => ResizeTo::ShortestEdge(s),
+                (None, Some(height), Some(width)) => ResizeTo::Exact { height, width },
+                _ => {
+                    return Err(Error::config(
+                        &path,
+                        "size needs shortest_edge or height and width",
+                    ));
+                }
+            };
+            out.resize = Some((to, resample));
+        } else if let (Some(r), Some((to, _))) = (raw.resample, out.resize) {
+            out.resize = Some((to, Resample::from_pil(r)?));
+        }
+        if let Some(false) = raw.do_center_crop {
+            out.center_crop = None;
+        } else if let Some(crop) = &raw.crop_size {
+            let c = parse_size(crop, &path)?;
+            out.center_crop = match (c.height, c.width, c.shortest_edge) {
+                (Some(h), Some(w), _) => Some((h, w)),
+                (_, _, Some(s)) => Some((s, s)),
+                _ => return Err(Error::config(&path, "crop_size needs height and width")),
+            };
+        } else if raw.do_center_crop == Some(true) && out.center_crop.is_none() {
+            return Err(Error::config(&path, "do_center_crop without crop_size"));
+        }
+        if let Some(false) = raw.do_rescale {
+            out.rescale = None;
+        } else if let Some(f) = raw.rescale_factor {
+            out.rescale = Some(f);
+        }
+        if let Some(false) = raw.do_normalize {
+            out.normalize = None;
+        } else {
+            let (m, s) = out.normalize.unwrap_or(([0.5; 3], [0.5; 3]));
+            out.normalize = Some((
+                three(raw.image_mean, m, "image_mean", &path)?,
+                three(raw.image_std, s, "image_std", &path)?,
+            ));
+        }
+        if let Some(c) = raw.do_convert_rgb {
+            out.convert_rgb = c;
+        }
+        Ok(out)
+    }
+
+    /// Output (height, width) of [`ImageProcessor::process`].
+    pub fn output_size(&self, height: u32, width: u32) -> (u32, u32) {
+        let (mut h, mut w) = (height, width);
+        if let Some((to, _)) = self.resize {
+            (h, w) = resize_output_size(to, h, w);
+        }
+        if let Some((ch, cw)) = self.center_crop {
+            (h, w) = (ch, cw);
+        }
+        (h, w)
+    }
+
+    /// Decodes image bytes and returns channel-first f32 pixel values (3 x H x W).
+    pub fn process_bytes(&self, bytes: &[u8], source: &str) -> Result<(Vec<f32>, u32, u32)> {
+        let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+            source_name: source.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(self.process(&to_rgb(img)))
+    }
+
+    /// Resizes, crops, rescales and normalises an RGB image into channel-first f32 values.
+    pub fn process(&self, rgb: &image::RgbImage) -> (Vec<f32>, u32, u32) {
+        let mut img = rgb.clone();
+        if let Some((to, filter)) = self.resize {
+            let (h, w) = resize_output_size(to, img.height(), img.width());
+            img = resize_like_pil(&img, w, h, filter);
+        }
+        if let Some((ch, cw)) = self.center_crop {
+            img = center_crop(&img, ch, cw);
+        }
+        let (w, h) = img.dimensions();
+        let plane = (w * h) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, p) in img.pixels().enumerate() {
+            for c in 0..3 {
+                // transformers: astype(float64) * scale, cast to float32, then (x - mean) / std.
+                let mut v = match self.rescale {
+                    Some(s) => (p[c] as f64 * s) as f32,
+                    None => p[c] as f32,
+                };
+                if let Some((mean, std)) = self.normalize {
+                    v = (v - mean[c]) / std[c];
+                }
+                out[c * plane + i] = v;
+            }
+        }
+        (out, h, w)
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
+}
+
+/// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side becomes
+/// `s`, the long side `int(s * long / short)`.
+fn resize_output_size(to: ResizeTo, height: u32, width: u32) -> (u32, u32) {
+    match to {
+        ResizeTo::Exact { height, width } => (height, width),
+        ResizeTo::ShortestEdge(s) => {
+            let (short, long) = if width <= height {
+                (width, height)
+            } else {
+                (height, width)
+            };
+            let new_long = (s as f64 * long as f64 / short as f64) as u32;
+            if width <= height {
+                (new_long, s)
+            } else {
+                (s, new_long)
+            }
+        }
+    }
+}
+
+/// Converts any decoded image to RGB as transformers does: images with transparency are
+/// composited onto an opaque white background with Pillow's `alpha_composite` arithmetic;
+/// grayscale is replicated.
+pub fn to_rgb(img: image::DynamicImage) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let mut out = image::RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        if a == 0 {
+            *o = image::Rgb([255, 255, 255]);
+            continue;
+        }
+        // Pillow AlphaComposite.c with dst = (255, 255, 255, 255), 7 bits of precision.
+        const PB: u32 = 7;
+        let blend = 255 * (255 - a);
+        let outa255 = a * 255 + blend;
+        let coef1 = a * 255 * 255 * (1 << PB) / outa255;
+        let coef2 = 255 * (1 << PB) - coef1;
+        let shift_div255 = |v: u32| ((v >> 8) + v) >> 8;
+        for c in 0..3 {
+            let tmp = p[c] as u32 * coef1 + 255 * coef2;
+            o[c] = (shift_div255(tmp + (0x80 << PB)) >> PB) as u8;
+        }
+    }
+    out
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel, the first input
+/// index, the number of taps, and fixed-point weights.
+fn coefficients(
+    in_size: u32,
+    out_size: u32,
+    filter: Resample,
+) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    let ksize = (support.ceil() as usize) * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    let mut kk = vec![0i32; out_size as usize * ksize];
+    for xx in 0..out_size as usize {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let weights: Vec<f64> = (0..n)
+            .map(|x| filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        for (x, w) in weights.iter().enumerate() {
+            let w = if total != 0.0 { w / total } else { *w };
+            let fixed = w * (1u32 << PRECISION_BITS) as f64;
+            kk[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + fixed) as i32
+            } else {
+                (0.5 + fixed) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    (bounds, kk, ksize)
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `Image.resize((width, height), filter)` of Pillow for an RGB image: a horizontal pass over the
+/// rows the vertical pass needs, then a vertical pass, each skipped when that size is unchanged.
+pub fn resize_like_pil(
+    img: &image::RgbImage,
+    width: u32,
+    height: u32,
+    filter: Resample,
+) -> image::RgbImage {
+    let (in_w, in_h) = img.dimensions();
+    if filter == Resample::Nearest {
+        return image::imageops::resize(img, width, height, image::imageops::FilterType::Nearest);
+    }
+    let (hb, hk, hks) = coefficients(in_w, width, filter);
+    let (mut vb, vk, vks) = coefficients(in_h, height, filter);
+    let mut current = img.clone();
+    if width != in_w {
+        let first = vb[0].0;
+        let last = vb[height as usize - 1].0 + vb[height as usize - 1].1;
+        for b in &mut vb {
+            b.0 -= first;
+        }
+        let mut tmp = image::RgbImage::new(width, (last - first) as u32);
+        for y in 0..(last - first) {
+            for (xx, &(xmin, n)) in hb.iter().enumerate() {
+                let k = &hk[xx * hks..xx * hks + n];
+                let mut px = [0u8; 3];
+                for (c, out) in px.iter_mut().enumerate() {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (x, w) in k.iter().enumerate() {
+                        ss += img.get_pixel((xmin + x) as u32, (y + first) as u32)[c] as i64
+                            * *w as i64;
+                    }
+                    *out = clip8(ss);
+                }
+                tmp.put_pixel(xx as u32, y as u32, image::Rgb(px));
+            }
+        }
+        current = tmp;
+    }
+    if height != in_h {
+        let mut out = image::RgbImage::new(width, height);
+        for (yy, &(ymin, n)) in vb.iter().enumerate() {
+            let k = &vk[yy * vks..yy * vks + n];
+            for x in 0..width {
+                let mut px = [0u8; 3];
+                for (c, o) in px.iter_mut().enumerate() {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (y, w) in k.iter().enumerate() {
+                        ss += current.get_pixel(x, (ymin + y) as u32)[c] as i64 * *w as i64;
+                    }
+                    *o = clip8(ss);
+                }
+                out.put_pixel(x, yy as u32, image::Rgb(px));
+            }
+        }
+        current = out;
+    }
+    current
+}
+
+/// transformers' `center_crop`: offsets `(size - crop) // 2`, padding with zeros when the crop is
+/// larger than the image.
+fn center_crop(img: &image::RgbImage, height: u32, width: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let top = (h as i64 - height as i64) / 2;
+    let left = (w as i64 - width as i64) / 2;
+    let mut out = image::RgbImage::new(width, height);
+    for y in 0..height as i64 {
+        for x in 0..width as i64 {
+            let (sy, sx) = (y + top, x + left);
+            if sy >= 0 && sx >= 0 && sy < h as i64 && sx < w as i64 {
+                out.put_pixel(x as u32, y as u32, *img.get_pixel(sx as u32, sy as u32));
+            }
+        }
+    }
+    out
+}
