@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import open_clip
@@ -47,6 +48,8 @@ CAPTIONS = [
     "near a white diamond and a black ellipse, which is far longer than seventy-seven tokens allow; "
     "uma legenda longa demais, que continua sem parar sobre formas coloridas, até ser cortada.",
     "",
+    "rocket 🚀 launch ▁ test\tTAB\u00a0nbsp",
+    "日本語のキャプション, Ελληνικά ΣΟΦΟΣ and ﬁ ligature",
 ]
 
 
@@ -153,9 +156,71 @@ def make_clip(images_dir):
     save_reference(folder, model, processor, images_dir, "clip")
 
 
+def train_spiece(path):
+    """Trains a small SentencePiece unigram model laid out like SigLIP's (pad 0, eos 1, unk 2)."""
+    import sentencepiece as spm
+
+    corpus = CAPTIONS + [
+        "a photo of a cat", "a photo of a dog on the beach", "uma foto de um cachorro na praia",
+        "a small red triangle left of a blue circle", "um pequeno triângulo vermelho à esquerda de um círculo azul",
+        "the astronaut floats above the earth", "o astronauta flutua sobre a terra",
+        "a rocket on the launch pad at sunset", "um foguete na plataforma ao pôr do sol",
+        "coffee with milk and cheese bread", "café com leite e pão de queijo",
+        "a grayscale photo of a cameraman", "uma fotografia em tons de cinza de um cinegrafista",
+    ]
+    colours = [("red", "vermelho"), ("blue", "azul"), ("green", "verde"), ("yellow", "amarelo"), ("white", "branco")]
+    shapes = [("triangle", "triângulo"), ("circle", "círculo"), ("square", "quadrado"), ("star", "estrela")]
+    for ce, cp in colours:
+        for se, sp in shapes:
+            for ce2, cp2 in colours:
+                corpus.append(f"a {ce} {se} left of a {ce2} circle")
+                corpus.append(f"um {sp} {cp} à esquerda de um círculo {cp2}")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(c.lower() for c in corpus if c))
+        corpus_path = f.name
+    prefix = path[: -len(".model")]
+    spm.SentencePieceTrainer.train(
+        input=corpus_path, model_prefix=prefix, vocab_size=250, model_type="unigram", hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        character_coverage=1.0, minloglevel=2,
+    )
+    os.remove(prefix + ".vocab")
+    os.remove(corpus_path)
+
+
+def make_siglip(images_dir):
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    folder = os.path.join(ROOT, "siglip-tiny")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    torch.manual_seed(1)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=250, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, projection_size=24),
+        vision_config=dict(image_size=48, patch_size=16, hidden_size=24, intermediate_size=40,
+                           num_hidden_layers=2, num_attention_heads=2),
+    )
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    spiece = os.path.join(folder, "spiece.model")
+    train_spiece(spiece)
+    tokenizer = SiglipTokenizer(vocab_file=spiece, model_max_length=64)
+    image_processor = SiglipImageProcessorPil(size={"height": 48, "width": 48})
+    processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    os.remove(os.path.join(folder, "processor_config.json"))
+    save_reference(folder, model, processor, images_dir, "siglip")
+
+
 def main():
     images_dir = write_images()
     make_clip(images_dir)
+    make_siglip(images_dir)
     print("fixtures written to", os.path.abspath(ROOT))
 
 

@@ -8,15 +8,41 @@ use candle_nn::VarBuilder;
 use crate::clip::{Clip, ClipConfig};
 use crate::error::{Error, Result};
 use crate::preprocess::{ImageProcessor, Resample, ResizeTo};
-use crate::tokenize::TextTokenizer;
+use crate::siglip::{Siglip, SiglipConfig};
+use crate::tokenize::{Canonicalize, TextTokenizer};
 
 /// Model families this build implements.
-pub const SUPPORTED_MODEL_TYPES: &str = "clip";
+pub const SUPPORTED_MODEL_TYPES: &str =
+    "clip, siglip (SigLIP and fixed-resolution SigLIP 2 checkpoints)";
+
+/// The model family of a checkpoint.
+#[derive(Debug)]
+pub enum Model {
+    Clip(Clip),
+    Siglip(Siglip),
+}
+
+impl Model {
+    fn image_size(&self) -> usize {
+        match self {
+            Model::Clip(m) => m.image_size(),
+            Model::Siglip(m) => m.image_size(),
+        }
+    }
+
+    /// The family name, as `config.json`'s `model_type` spells it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Model::Clip(_) => "clip",
+            Model::Siglip(_) => "siglip",
+        }
+    }
+}
 
 /// An image-text dual encoder loaded from a checkpoint.
 #[derive(Debug)]
 pub struct DualEncoder {
-    model: Clip,
+    pub model: Model,
     pub processor: ImageProcessor,
     pub tokenizer: TextTokenizer,
     folder: PathBuf,
@@ -84,6 +110,88 @@ fn clip_processor_defaults() -> ImageProcessor {
     }
 }
 
+fn siglip_processor_defaults() -> ImageProcessor {
+    ImageProcessor {
+        resize: Some((
+            ResizeTo::Exact {
+                height: 224,
+                width: 224,
+            },
+            Resample::Bicubic,
+        )),
+        center_crop: None,
+        rescale: Some(1.0 / 255.0),
+        normalize: Some(([0.5; 3], [0.5; 3])),
+        convert_rgb: true,
+    }
+}
+
+/// SigLIP's tokenizer: `tokenizer.json` when the checkpoint has one (SigLIP 2's Gemma
+/// tokenizer), else `spiece.model` converted, with `SiglipTokenizer`'s canonicalisation. Both
+/// pad to the maximum length, as SigLIP was trained.
+fn siglip_tokenizer(folder: &Path, text_positions: usize) -> Result<TextTokenizer> {
+    let cfg_path = folder.join("tokenizer_config.json");
+    let cfg = if cfg_path.is_file() {
+        read_json(&cfg_path)?
+    } else {
+        serde_json::Value::Null
+    };
+    let token = |key: &str, default: &str| -> String {
+        match cfg.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or(default)
+                .to_string(),
+            None => default.to_string(),
+        }
+    };
+    let max_len = cfg
+        .get("model_max_length")
+        .and_then(|v| v.as_u64())
+        .map_or(text_positions, |m| (m as usize).min(text_positions));
+    let json = folder.join("tokenizer.json");
+    let (inner, path, canonicalize, pad) = if json.is_file() {
+        let inner = tokenizers::Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+            path: json.clone(),
+            detail: e.to_string(),
+        })?;
+        (inner, json, Canonicalize::None, token("pad_token", "<pad>"))
+    } else {
+        let spiece = folder.join("spiece.model");
+        let eos = token("eos_token", "</s>");
+        let inner = crate::spm::tokenizer_from_spiece(&spiece, &eos)?;
+        let lowercase = cfg
+            .get("do_lower_case")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        (
+            inner,
+            spiece,
+            Canonicalize::Siglip { lowercase },
+            token("pad_token", "</s>"),
+        )
+    };
+    let pad_id = inner.token_to_id(&pad).ok_or_else(|| Error::Tokenizer {
+        path: path.clone(),
+        detail: format!("pad token {pad:?} is not in the vocabulary"),
+    })?;
+    TextTokenizer::new(inner, &path, max_len, Some(pad_id), canonicalize)
+}
+
+/// Tensor errors while building a model are weight problems (missing tensor, wrong shape):
+/// report them against the checkpoint file.
+fn weights_error(files: &[PathBuf]) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Tensor(t) => Error::Weights {
+            path: files[0].clone(),
+            detail: t.to_string(),
+        },
+        other => other,
+    }
+}
+
 impl DualEncoder {
     /// Loads a checkpoint folder (config.json, safetensors weights, tokenizer, preprocessor).
     pub fn load(folder: &Path, device: &Device) -> Result<Self> {
@@ -92,16 +200,21 @@ impl DualEncoder {
         let model_type = config
             .get("model_type")
             .and_then(|v| v.as_str())
-            .unwrap_or("");
-        if model_type != "clip" {
+            .unwrap_or("")
+            .to_string();
+        if !["clip", "siglip"].contains(&model_type.as_str()) {
             return Err(Error::UnsupportedModel {
-                path: config_path,
-                found: model_type.to_string(),
+                path: config_path.clone(),
+                found: if model_type == "siglip2" {
+                    "siglip2 (NaFlex variable-resolution SigLIP 2 is not implemented yet; \
+                     fixed-resolution SigLIP 2 checkpoints have model_type siglip)"
+                        .into()
+                } else {
+                    model_type
+                },
                 supported: SUPPORTED_MODEL_TYPES.to_string(),
             });
         }
-        let cfg: ClipConfig = serde_json::from_value(config)
-            .map_err(|e| Error::config(&config_path, e.to_string()))?;
         let files = weight_files(folder)?;
         // SAFETY: safetensors files of a checkpoint are mapped read-only and not modified while
         // the model lives; this is the crate's only mapping call.
@@ -110,16 +223,23 @@ impl DualEncoder {
                 path: files[0].clone(),
                 detail: e.to_string(),
             })?;
-        let max_len = cfg.text_config.max_position_embeddings;
-        let model = Clip::new(vb, cfg, &config_path).map_err(|e| match e {
-            Error::Tensor(t) => Error::Weights {
-                path: files[0].clone(),
-                detail: t.to_string(),
-            },
-            other => other,
-        })?;
-        let processor = ImageProcessor::from_folder(folder, &clip_processor_defaults())?;
-        let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"), max_len, None)?;
+        let parse_err = |e: serde_json::Error| Error::config(&config_path, e.to_string());
+        let (model, processor, tokenizer) = if model_type == "clip" {
+            let cfg: ClipConfig = serde_json::from_value(config).map_err(parse_err)?;
+            let max_len = cfg.text_config.max_position_embeddings;
+            let model = Clip::new(vb, cfg, &config_path).map_err(weights_error(&files))?;
+            let processor = ImageProcessor::from_folder(folder, &clip_processor_defaults())?;
+            let tokenizer =
+                TextTokenizer::from_file(&folder.join("tokenizer.json"), max_len, None)?;
+            (Model::Clip(model), processor, tokenizer)
+        } else {
+            let cfg: SiglipConfig = serde_json::from_value(config).map_err(parse_err)?;
+            let positions = cfg.text_config.max_position_embeddings;
+            let model = Siglip::new(vb, cfg, &config_path).map_err(weights_error(&files))?;
+            let processor = ImageProcessor::from_folder(folder, &siglip_processor_defaults())?;
+            let tokenizer = siglip_tokenizer(folder, positions)?;
+            (Model::Siglip(model), processor, tokenizer)
+        };
         Ok(DualEncoder {
             model,
             processor,
@@ -150,7 +270,11 @@ impl DualEncoder {
         let s = self.model.image_size();
         let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
         let t = Tensor::from_vec(flat, (pixels.len(), 3, s, s), &self.device)?;
-        Ok(self.model.image_features(&t)?.to_vec2()?)
+        let out = match &self.model {
+            Model::Clip(m) => m.image_features(&t)?,
+            Model::Siglip(m) => m.image_features(&t)?,
+        };
+        Ok(out.to_vec2()?)
     }
 
     /// L2-normalised embeddings of texts.
@@ -159,6 +283,10 @@ impl DualEncoder {
             .iter()
             .map(|t| Ok(self.tokenizer.encode(t)?.ids))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.model.text_features(&ids)?.to_vec2()?)
+        let out = match &self.model {
+            Model::Clip(m) => m.text_features(&ids)?,
+            Model::Siglip(m) => m.text_features(&ids)?,
+        };
+        Ok(out.to_vec2()?)
     }
 }

@@ -93,14 +93,19 @@ impl Attention {
 }
 
 #[derive(Debug)]
-struct Mlp {
+pub(crate) struct Mlp {
     fc1: Linear,
     fc2: Linear,
     act: Activation,
 }
 
 impl Mlp {
-    fn new(vb: VarBuilder, hidden: usize, intermediate: usize, act: Activation) -> Result<Self> {
+    pub(crate) fn new(
+        vb: VarBuilder,
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(Mlp {
             fc1: candle_nn::linear(hidden, intermediate, vb.pp("fc1"))?,
             fc2: candle_nn::linear(intermediate, hidden, vb.pp("fc2"))?,
@@ -108,7 +113,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
     }
 }

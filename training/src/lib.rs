@@ -1,4 +1,4 @@
-//! Mirante's encoders: CLIP in candle (own forward pass, so that later work such as ELIP can
+//! Mirante's encoders: CLIP and SigLIP in candle (own forward pass, so that later work such as ELIP can
 //! inject prompt tokens), image preprocessing identical to transformers' PIL backend, and
 //! tokenization through the checkpoint's `tokenizer.json`.
 
@@ -7,13 +7,16 @@ mod encoder;
 mod error;
 mod layers;
 pub mod preprocess;
+mod siglip;
+mod spm;
 mod tokenize;
 
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
-pub use encoder::{DualEncoder, SUPPORTED_MODEL_TYPES};
+pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
 pub use preprocess::ImageProcessor;
-pub use tokenize::{TextTokenizer, Tokens};
+pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
+pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
 
 /// Re-exported so callers can pick a device without depending on candle directly.
 pub use candle_core::Device;

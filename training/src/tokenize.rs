@@ -15,6 +15,18 @@ pub struct TextTokenizer {
     /// Pad every sequence to `max_length` with this id (SigLIP was trained that way); `None`
     /// leaves sequences at their own length (CLIP pools at the end token).
     pad_to_max: Option<u32>,
+    /// Text rewriting the reference tokenizer does in Python before its tokenizer runs.
+    canonicalize: Canonicalize,
+}
+
+/// Python-side text rewriting of a reference tokenizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canonicalize {
+    None,
+    /// `SiglipTokenizer.canonicalize_text` (with or without lowercasing).
+    Siglip {
+        lowercase: bool,
+    },
 }
 
 /// Token ids of one text.
@@ -32,10 +44,21 @@ impl TextTokenizer {
                 detail: "the checkpoint needs a tokenizer.json".into(),
             });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
+        Self::new(inner, path, max_length, pad_to_max, Canonicalize::None)
+    }
+
+    /// Wraps a built tokenizer (e.g. converted from `spiece.model`).
+    pub fn new(
+        mut inner: tokenizers::Tokenizer,
+        path: &Path,
+        max_length: usize,
+        pad_to_max: Option<u32>,
+        canonicalize: Canonicalize,
+    ) -> Result<Self> {
         inner
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length,
@@ -51,6 +74,7 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             max_length,
             pad_to_max,
+            canonicalize,
         })
     }
 
@@ -65,9 +89,13 @@ impl TextTokenizer {
 
     /// Tokenizes `text` with the checkpoint's special tokens.
     pub fn encode(&self, text: &str) -> Result<Tokens> {
+        let text = match self.canonicalize {
+            Canonicalize::None => text.to_string(),
+            Canonicalize::Siglip { lowercase } => crate::spm::siglip_canonicalize(text, lowercase),
+        };
         let enc = self
             .inner
-            .encode(text, true)
+            .encode(text.as_str(), true)
             .map_err(|e| Error::Tokenizer {
                 path: self.path.clone(),
                 detail: format!("encoding {text:?}: {e}"),

@@ -159,3 +159,8 @@ fn check_family(model: &str) {
 fn clip_matches_transformers() {
     check_family("clip-tiny");
 }
+
+#[test]
+fn siglip_matches_transformers() {
+    check_family("siglip-tiny");
+}
