@@ -5,6 +5,7 @@
 mod clip;
 mod encoder;
 mod error;
+mod hub;
 mod layers;
 pub mod preprocess;
 mod siglip;
@@ -14,6 +15,7 @@ mod tokenize;
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
+pub use hub::{hub_cache_dir, resolve_model};
 pub use preprocess::ImageProcessor;
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
