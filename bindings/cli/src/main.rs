@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mirante::storage::{
     ColumnDef, ColumnType, Database, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
     ValueRef,
@@ -43,13 +43,111 @@ enum Command {
         /// Database directory.
         db: PathBuf,
     },
+    /// Embeds images and texts with a CLIP or SigLIP checkpoint and prints one JSON array (the
+    /// L2-normalised embedding) per input, in the order the inputs were given. An input that
+    /// fails prints `null`, its error goes to stderr, and the exit status is 1.
+    Embed {
+        /// Checkpoint folder in Hugging Face layout, or a Hub id (org/name[@revision]) found in
+        /// the Hugging Face cache or downloaded into it.
+        #[arg(long)]
+        model: String,
+        /// An image file (JPEG, PNG, WebP, GIF); repeat for several.
+        #[arg(long)]
+        image: Vec<PathBuf>,
+        /// A text; repeat for several.
+        #[arg(long)]
+        text: Vec<String>,
+        /// Images per model batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Show progress bars.
+        #[arg(long)]
+        progress: bool,
+    },
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
         Command::Walkthrough { db, rows, index } => walkthrough(db, rows, &index),
         Command::Info { db } => info(&db),
+        Command::Embed {
+            model,
+            image,
+            text,
+            batch_size,
+            progress,
+        } => {
+            // Command-line positions of each --image and --text, to print in the given order.
+            let sub = matches
+                .subcommand_matches("embed")
+                .context("embed arguments")?;
+            let positions = |id: &str| -> Vec<usize> {
+                sub.indices_of(id).map(|i| i.collect()).unwrap_or_default()
+            };
+            embed(
+                &model,
+                &image,
+                &text,
+                &positions("image"),
+                &positions("text"),
+                batch_size,
+                progress,
+            )
+        }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn embed(
+    model: &str,
+    images: &[PathBuf],
+    texts: &[String],
+    image_pos: &[usize],
+    text_pos: &[usize],
+    batch_size: usize,
+    progress: bool,
+) -> Result<()> {
+    use mirante::training::{Device, DualEncoder, ImageSource, PipelineOptions};
+    if images.is_empty() && texts.is_empty() {
+        bail!("nothing to embed: give at least one --image PATH or --text STRING");
+    }
+    let folder = mirante::training::resolve_model(model)?;
+    let encoder = DualEncoder::load(&folder, &Device::Cpu)
+        .with_context(|| format!("loading model {model}"))?;
+    let options = PipelineOptions {
+        batch_size,
+        progress,
+        ..Default::default()
+    };
+    let sources: Vec<ImageSource> = images.iter().cloned().map(ImageSource::Path).collect();
+    let embedded = mirante::training::embed_images(&encoder, &sources, &options)?;
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let text_vectors = mirante::training::embed_texts(&encoder, &text_refs, &options)?;
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    for (i, e) in embedded.embeddings.iter().enumerate() {
+        lines.push((image_pos[i], serde_json::to_string(e)?));
+    }
+    for (i, e) in text_vectors.iter().enumerate() {
+        lines.push((text_pos[i], serde_json::to_string(e)?));
+    }
+    lines.sort_by_key(|(pos, _)| *pos);
+    for (_, line) in lines {
+        println!("{line}");
+    }
+    for f in &embedded.failures {
+        eprintln!(
+            "error: image {} (input {}): {}",
+            f.source,
+            f.index + 1,
+            f.reason
+        );
+    }
+    if !embedded.failures.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 const DIM: usize = 512;
