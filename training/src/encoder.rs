@@ -283,9 +283,14 @@ impl DualEncoder {
             .iter()
             .map(|t| Ok(self.tokenizer.encode(t)?.ids))
             .collect::<Result<Vec<_>>>()?;
+        self.embed_token_ids(&ids)
+    }
+
+    /// L2-normalised embeddings of already tokenized texts.
+    pub fn embed_token_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let out = match &self.model {
-            Model::Clip(m) => m.text_features(&ids)?,
-            Model::Siglip(m) => m.text_features(&ids)?,
+            Model::Clip(m) => m.text_features(ids)?,
+            Model::Siglip(m) => m.text_features(ids)?,
         };
         Ok(out.to_vec2()?)
     }

@@ -2,7 +2,7 @@
 //! to the Hugging Face checkpoints' (`self_attn.q_proj`, `mlp.fc1`, `layer_norm1`, ...).
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 /// Activation functions named as in `config.json`'s `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,60 +42,109 @@ pub struct TowerShape {
     pub act: Activation,
 }
 
+/// A linear layer applied as one matrix product over all leading dimensions (candle's
+/// `Linear` runs one small product per batch element on 3-D input, which is much slower).
+#[derive(Debug, Clone)]
+pub struct Dense {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Dense {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    pub fn load(vb: VarBuilder, inp: usize, out: usize, with_bias: bool) -> Result<Self> {
+        let weight = vb.get((out, inp), "weight")?;
+        let bias = if with_bias {
+            Some(vb.get(out, "bias")?)
+        } else {
+            None
+        };
+        Dense::new(weight, bias)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let mut y = x.reshape((rows, inp))?.matmul(&self.weight_t)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight_t.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
 #[derive(Debug)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    /// Query, key and value projections fused into one product (weights concatenated).
+    qkv: Dense,
+    out: Dense,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
     fn new(vb: VarBuilder, s: &TowerShape) -> Result<Self> {
-        let lin = |name: &str| candle_nn::linear(s.hidden, s.hidden, vb.pp(name));
+        let h = s.hidden;
+        let part = |name: &str| -> Result<(Tensor, Tensor)> {
+            Ok((
+                vb.get((h, h), &format!("{name}.weight"))?,
+                vb.get(h, &format!("{name}.bias"))?,
+            ))
+        };
+        let (qw, qb) = part("q_proj")?;
+        let (kw, kb) = part("k_proj")?;
+        let (vw, vbias) = part("v_proj")?;
         Ok(Attention {
-            q: lin("q_proj")?,
-            k: lin("k_proj")?,
-            v: lin("v_proj")?,
-            out: lin("out_proj")?,
+            qkv: Dense::new(
+                Tensor::cat(&[&qw, &kw, &vw], 0)?,
+                Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?),
+            )?,
+            out: Dense::load(vb.pp("out_proj"), h, h, true)?,
             heads: s.heads,
-            head_dim: s.hidden / s.heads,
+            head_dim: h / s.heads,
         })
     }
 
-    /// Multi-head attention of `q_in` over `kv_in`; `mask` is added to the scores.
-    pub fn attend(&self, q_in: &Tensor, kv_in: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, lq, _) = q_in.dims3()?;
-        let lk = kv_in.dim(1)?;
-        let split = |t: Tensor, l: usize| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?
+    /// Multi-head self-attention; `mask` is added to the scores.
+    pub fn attend(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, l, 3, self.heads, self.head_dim))?;
+        let take = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i, 1)?
+                .squeeze(2)?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = split((self.q.forward(q_in)? * scale)?, lq)?;
-        let k = split(self.k.forward(kv_in)?, lk)?;
-        let v = split(self.v.forward(kv_in)?, lk)?;
+        let q = (take(0)? * (self.head_dim as f64).powf(-0.5))?;
+        let k = take(1)?;
+        let v = take(2)?;
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, lq, self.heads * self.head_dim))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         self.out.forward(&ctx)
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: Activation,
 }
 
@@ -107,8 +156,8 @@ impl Mlp {
         act: Activation,
     ) -> Result<Self> {
         Ok(Mlp {
-            fc1: candle_nn::linear(hidden, intermediate, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(intermediate, hidden, vb.pp("fc2"))?,
+            fc1: Dense::load(vb.pp("fc1"), hidden, intermediate, true)?,
+            fc2: Dense::load(vb.pp("fc2"), intermediate, hidden, true)?,
             act,
         })
     }
@@ -129,7 +178,7 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let h = self.ln1.forward(x)?;
-        let x = (x + self.attn.attend(&h, &h, mask)?)?;
+        let x = (x + self.attn.attend(&h, mask)?)?;
         let h = self.ln2.forward(&x)?;
         x + self.mlp.forward(&h)?
     }

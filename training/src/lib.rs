@@ -24,3 +24,13 @@ pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
 
 /// Re-exported so callers can pick a device without depending on candle directly.
 pub use candle_core::Device;
+
+/// The device encoders run on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    Device::Cpu
+}

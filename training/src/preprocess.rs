@@ -381,50 +381,59 @@ pub fn resize_like_pil(
     }
     let (hb, hk, hks) = coefficients(in_w, width, filter);
     let (mut vb, vk, vks) = coefficients(in_h, height, filter);
-    let mut current = img.clone();
+    let (w, h) = (width as usize, height as usize);
+    // Rows are processed on raw interleaved RGB buffers: three accumulators per tap.
+    let mut current: Vec<u8> = img.as_raw().clone();
+    let mut cur_w = in_w as usize;
     if width != in_w {
         let first = vb[0].0;
-        let last = vb[height as usize - 1].0 + vb[height as usize - 1].1;
+        let last = vb[h - 1].0 + vb[h - 1].1;
         for b in &mut vb {
             b.0 -= first;
         }
-        let mut tmp = image::RgbImage::new(width, (last - first) as u32);
+        let src = img.as_raw();
+        let stride = in_w as usize * 3;
+        let mut tmp = vec![0u8; (last - first) * w * 3];
         for y in 0..(last - first) {
+            let row = &src[(y + first) * stride..(y + first + 1) * stride];
+            let out_row = &mut tmp[y * w * 3..(y + 1) * w * 3];
             for (xx, &(xmin, n)) in hb.iter().enumerate() {
                 let k = &hk[xx * hks..xx * hks + n];
-                let mut px = [0u8; 3];
-                for (c, out) in px.iter_mut().enumerate() {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, w) in k.iter().enumerate() {
-                        ss += img.get_pixel((xmin + x) as u32, (y + first) as u32)[c] as i64
-                            * *w as i64;
+                let mut ss = [1i64 << (PRECISION_BITS - 1); 3];
+                for (x, &wt) in k.iter().enumerate() {
+                    let p = &row[(xmin + x) * 3..(xmin + x) * 3 + 3];
+                    for c in 0..3 {
+                        ss[c] += p[c] as i64 * wt as i64;
                     }
-                    *out = clip8(ss);
                 }
-                tmp.put_pixel(xx as u32, y as u32, image::Rgb(px));
+                for c in 0..3 {
+                    out_row[xx * 3 + c] = clip8(ss[c]);
+                }
             }
         }
         current = tmp;
+        cur_w = w;
     }
     if height != in_h {
-        let mut out = image::RgbImage::new(width, height);
+        let stride = cur_w * 3;
+        let mut out = vec![0u8; h * stride];
         for (yy, &(ymin, n)) in vb.iter().enumerate() {
             let k = &vk[yy * vks..yy * vks + n];
-            for x in 0..width {
-                let mut px = [0u8; 3];
-                for (c, o) in px.iter_mut().enumerate() {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (y, w) in k.iter().enumerate() {
-                        ss += current.get_pixel(x, (ymin + y) as u32)[c] as i64 * *w as i64;
-                    }
-                    *o = clip8(ss);
+            let mut acc = vec![1i64 << (PRECISION_BITS - 1); stride];
+            for (y, &wt) in k.iter().enumerate() {
+                let row = &current[(ymin + y) * stride..(ymin + y + 1) * stride];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v as i64 * wt as i64;
                 }
-                out.put_pixel(x, yy as u32, image::Rgb(px));
+            }
+            for (o, a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(acc) {
+                *o = clip8(a);
             }
         }
         current = out;
     }
-    current
+    image::RgbImage::from_raw(width, height, current)
+        .unwrap_or_else(|| image::RgbImage::new(width, height))
 }
 
 /// transformers' `center_crop`: offsets `(size - crop) // 2`, padding with zeros when the crop is

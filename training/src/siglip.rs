@@ -9,7 +9,7 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers::{Activation, Encoder, Mlp, PatchEmbedding, TowerShape, l2_normalize};
+use crate::layers::{Activation, Dense, Encoder, Mlp, PatchEmbedding, TowerShape, l2_normalize};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -85,10 +85,10 @@ pub struct SiglipConfig {
 #[derive(Debug)]
 struct MapHead {
     probe: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
     ln: LayerNorm,
     mlp: Mlp,
     heads: usize,
@@ -99,18 +99,15 @@ impl MapHead {
         let h = s.hidden;
         let w = vb.get((3 * h, h), "attention.in_proj_weight")?;
         let b = vb.get(3 * h, "attention.in_proj_bias")?;
-        let part = |i: usize| -> candle_core::Result<Linear> {
-            Ok(Linear::new(
-                w.narrow(0, i * h, h)?,
-                Some(b.narrow(0, i * h, h)?),
-            ))
+        let part = |i: usize| -> candle_core::Result<Dense> {
+            Dense::new(w.narrow(0, i * h, h)?, Some(b.narrow(0, i * h, h)?))
         };
         Ok(MapHead {
             probe: vb.get((1, 1, h), "probe")?,
             q: part(0)?,
             k: part(1)?,
             v: part(2)?,
-            out: candle_nn::linear(h, h, vb.pp("attention.out_proj"))?,
+            out: Dense::load(vb.pp("attention.out_proj"), h, h, true)?,
             ln: candle_nn::layer_norm(h, s.eps, vb.pp("layernorm"))?,
             mlp: Mlp::new(vb.pp("mlp"), h, s.intermediate, s.act)?,
             heads: s.heads,

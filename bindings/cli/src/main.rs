@@ -109,12 +109,12 @@ fn embed(
     batch_size: usize,
     progress: bool,
 ) -> Result<()> {
-    use mirante::training::{Device, DualEncoder, ImageSource, PipelineOptions};
+    use mirante::training::{DualEncoder, ImageSource, PipelineOptions};
     if images.is_empty() && texts.is_empty() {
         bail!("nothing to embed: give at least one --image PATH or --text STRING");
     }
     let folder = mirante::training::resolve_model(model)?;
-    let encoder = DualEncoder::load(&folder, &Device::Cpu)
+    let encoder = DualEncoder::load(&folder, &mirante::training::default_device())
         .with_context(|| format!("loading model {model}"))?;
     let options = PipelineOptions {
         batch_size,
