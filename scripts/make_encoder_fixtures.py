@@ -217,10 +217,58 @@ def make_siglip(images_dir):
     save_reference(folder, model, processor, images_dir, "siglip")
 
 
+def gemma_style_bpe():
+    """A small BPE vocabulary laid out like Gemma's (pad 0, eos 1, bos 2, unk 3, mask 4, byte
+    fallback pieces), trained with the tokenizers library on the fixture corpus."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    corpus = [c.lower() for c in CAPTIONS if c] * 5 + [
+        "a photo of a cat", "uma foto de um gato", "a rocket at sunset", "um foguete ao pôr do sol",
+    ] * 10
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False))
+    data = json.loads(tok.to_str())
+    return data["model"]["vocab"], [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
+
+
+def make_siglip2(images_dir):
+    """A fixed-resolution SigLIP 2 checkpoint: SigLIP architecture, Gemma-style tokenizer.json."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    folder = os.path.join(ROOT, "siglip2-tiny")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    torch.manual_seed(2)
+    vocab, merges = gemma_style_bpe()
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, projection_size=24),
+        vision_config=dict(image_size=32, patch_size=16, hidden_size=24, intermediate_size=40,
+                           num_hidden_layers=2, num_attention_heads=2),
+    )
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tokenizer = Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=64)
+    image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=2)
+    processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    os.remove(os.path.join(folder, "processor_config.json"))
+    save_reference(folder, model, processor, images_dir, "siglip2")
+
+
 def main():
     images_dir = write_images()
     make_clip(images_dir)
     make_siglip(images_dir)
+    make_siglip2(images_dir)
     print("fixtures written to", os.path.abspath(ROOT))
 
 

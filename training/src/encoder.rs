@@ -177,7 +177,17 @@ fn siglip_tokenizer(folder: &Path, text_positions: usize) -> Result<TextTokenize
         path: path.clone(),
         detail: format!("pad token {pad:?} is not in the vocabulary"),
     })?;
-    TextTokenizer::new(inner, &path, max_len, Some(pad_id), canonicalize)
+    // transformers 5's Siglip2Tokenizer pads on the left unless the config says otherwise.
+    let class_default_left =
+        cfg.get("tokenizer_class").and_then(|v| v.as_str()) == Some("Siglip2Tokenizer");
+    let pad_left = match cfg.get("padding_side").and_then(|v| v.as_str()) {
+        Some(side) => side == "left",
+        None => class_default_left,
+    };
+    Ok(
+        TextTokenizer::new(inner, &path, max_len, Some(pad_id), canonicalize)?
+            .with_left_padding(pad_left),
+    )
 }
 
 /// Tensor errors while building a model are weight problems (missing tensor, wrong shape):

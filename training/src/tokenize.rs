@@ -15,6 +15,8 @@ pub struct TextTokenizer {
     /// Pad every sequence to `max_length` with this id (SigLIP was trained that way); `None`
     /// leaves sequences at their own length (CLIP pools at the end token).
     pad_to_max: Option<u32>,
+    /// Pad on the left (transformers' `Siglip2Tokenizer` default) instead of the right.
+    pad_left: bool,
     /// Text rewriting the reference tokenizer does in Python before its tokenizer runs.
     canonicalize: Canonicalize,
 }
@@ -74,8 +76,15 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             max_length,
             pad_to_max,
+            pad_left: false,
             canonicalize,
         })
+    }
+
+    /// Pads on the left instead of the right.
+    pub fn with_left_padding(mut self, left: bool) -> Self {
+        self.pad_left = left;
+        self
     }
 
     pub fn max_length(&self) -> usize {
@@ -102,7 +111,12 @@ impl TextTokenizer {
             })?;
         let mut ids = enc.get_ids().to_vec();
         if let Some(pad) = self.pad_to_max {
-            ids.resize(self.max_length, pad);
+            let missing = self.max_length.saturating_sub(ids.len());
+            if self.pad_left {
+                ids.splice(0..0, std::iter::repeat_n(pad, missing));
+            } else {
+                ids.resize(self.max_length, pad);
+            }
         }
         Ok(Tokens { ids })
     }

@@ -164,3 +164,8 @@ fn clip_matches_transformers() {
 fn siglip_matches_transformers() {
     check_family("siglip-tiny");
 }
+
+#[test]
+fn siglip2_fixed_resolution_matches_transformers() {
+    check_family("siglip2-tiny");
+}
