@@ -263,3 +263,36 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     x.broadcast_div(&norm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference values from PyTorch: `F.gelu`, `F.gelu(approximate="tanh")`, `x * sigmoid(1.702x)`.
+    #[test]
+    fn activations_match_pytorch() {
+        let x = Tensor::new(&[-2.0f32, -0.5, 0.0, 1.0, 3.0], &candle_core::Device::Cpu).unwrap();
+        let cases = [
+            (
+                Activation::Gelu,
+                [-0.045_500_26, -0.154_268_73, 0.0, 0.841_344_7, 2.995_950_2],
+            ),
+            (
+                Activation::GeluTanh,
+                [-0.045_402_31, -0.154_285_99, 0.0, 0.841_192, 2.996_362_7],
+            ),
+            (
+                Activation::QuickGelu,
+                [-0.064_341_37, -0.149_611_56, 0.0, 0.845_795_75, 2.981_928_8],
+            ),
+        ];
+        for (act, want) in cases {
+            let got: Vec<f32> = act.apply(&x).unwrap().to_vec1().unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "{act:?}: {g} vs {w}");
+            }
+        }
+        assert_eq!(Activation::parse("gelu_new"), Some(Activation::GeluTanh));
+        assert_eq!(Activation::parse("relu"), None);
+    }
+}

@@ -169,3 +169,31 @@ fn siglip_matches_transformers() {
 fn siglip2_fixed_resolution_matches_transformers() {
     check_family("siglip2-tiny");
 }
+
+/// Old CLIP configs (openai/clip-vit-base-patch32) say `eos_token_id: 2` and pool at the highest
+/// token id (the original argmax), which is the end-of-text token: same embeddings.
+#[test]
+fn legacy_clip_eos_pooling_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy = tmp.path().join("legacy");
+    std::fs::create_dir_all(&legacy).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("clip-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), legacy.join(entry.file_name())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(legacy.join("config.json")).unwrap())
+            .unwrap();
+    config["text_config"]["eos_token_id"] = 2.into();
+    std::fs::write(legacy.join("config.json"), config.to_string()).unwrap();
+    let texts = ["A cat sitting on a wooden floor.", "", "um gato"];
+    let old = DualEncoder::load(&legacy, &Device::Cpu)
+        .unwrap()
+        .embed_texts(&texts)
+        .unwrap();
+    let new = DualEncoder::load(&fixtures().join("clip-tiny"), &Device::Cpu)
+        .unwrap()
+        .embed_texts(&texts)
+        .unwrap();
+    assert_eq!(old, new);
+}
