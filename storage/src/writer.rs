@@ -64,6 +64,7 @@ pub struct Writer {
     _lock: File,
     manifest: Manifest,
     options: WriterOptions,
+    merge_error: Option<Error>,
 }
 
 /// A segment built in memory, not yet written.
@@ -116,11 +117,18 @@ impl Writer {
             _lock: lock,
             manifest,
             options: WriterOptions::default(),
+            merge_error: None,
         })
     }
 
     pub fn set_options(&mut self, options: WriterOptions) {
         self.options = options;
+    }
+
+    /// The error of the last automatic merge after an append, if it failed (the append itself
+    /// was committed).
+    pub fn take_merge_error(&mut self) -> Option<Error> {
+        self.merge_error.take()
     }
 
     /// Version of the last commit.
@@ -303,8 +311,12 @@ impl Writer {
         c.next_row_id = first_id + rows.len() as u64;
         c.segments.push(seg);
         self.commit(next, format!("append {} rows to {collection}", ids.len()))?;
-        if self.options.auto_compact {
-            self.compact(collection, false)?;
+        // The rows are committed: a failed background merge must not report the append as
+        // failed. Its error is kept for `take_merge_error`; the next merge retries.
+        if self.options.auto_compact
+            && let Err(e) = self.compact(collection, false)
+        {
+            self.merge_error = Some(e);
         }
         Ok(ids)
     }
