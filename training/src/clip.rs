@@ -83,15 +83,6 @@ fn default_projection() -> usize {
     512
 }
 
-fn activation(name: &str, path: &Path) -> Result<Activation> {
-    Activation::parse(name).ok_or_else(|| {
-        Error::config(
-            path,
-            format!("hidden_act '{name}' is not supported (quick_gelu, gelu, gelu_pytorch_tanh)"),
-        )
-    })
-}
-
 /// A loaded CLIP model.
 #[derive(Debug)]
 pub struct Clip {
@@ -133,7 +124,7 @@ impl Clip {
             heads: t.num_attention_heads,
             layers: t.num_hidden_layers,
             eps: t.layer_norm_eps,
-            act: activation(&t.hidden_act, config_path)?,
+            act: Activation::from_config(&t.hidden_act, config_path)?,
         };
         let vision_shape = TowerShape {
             hidden: v.hidden_size,
@@ -141,7 +132,7 @@ impl Clip {
             heads: v.num_attention_heads,
             layers: v.num_hidden_layers,
             eps: v.layer_norm_eps,
-            act: activation(&v.hidden_act, config_path)?,
+            act: Activation::from_config(&v.hidden_act, config_path)?,
         };
         let tv = vb.pp("text_model");
         let vv = vb.pp("vision_model");

@@ -22,6 +22,18 @@ impl Activation {
         })
     }
 
+    /// Parses `hidden_act` from `config.json`, naming the file and the supported values on error.
+    pub fn from_config(name: &str, path: &std::path::Path) -> crate::error::Result<Self> {
+        Self::parse(name).ok_or_else(|| {
+            crate::error::Error::config(
+                path,
+                format!(
+                    "hidden_act '{name}' is not supported (quick_gelu, gelu, gelu_pytorch_tanh)"
+                ),
+            )
+        })
+    }
+
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,

@@ -169,14 +169,7 @@ fn shape(
         heads,
         layers,
         eps,
-        act: Activation::parse(act).ok_or_else(|| {
-            Error::config(
-                path,
-                format!(
-                    "hidden_act '{act}' is not supported (quick_gelu, gelu, gelu_pytorch_tanh)"
-                ),
-            )
-        })?,
+        act: Activation::from_config(act, path)?,
     })
 }
 
