@@ -4,11 +4,22 @@
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
 use mirante::storage::{
-    ColumnDef, ColumnType, Hit, ImageData, Modality, NewRow, Schema, SegmentView, Snapshot,
-    SpaceId, Value, sort_hits,
+    ColumnDef, ColumnType, Hit, ImageData, Metric, Modality, NewRow, Schema, SegmentView, Snapshot,
+    SpaceId, SpaceSpec, Value, sort_hits,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The embedding space of the tests: a fixed test model id and fingerprint.
+pub fn test_space(modality: Modality, dim: usize, metric: Metric) -> SpaceSpec {
+    SpaceSpec {
+        model_id: "test-model".into(),
+        fingerprint: "test".into(),
+        modality,
+        dim,
+        metric,
+    }
+}
 
 /// Schema used by most tests: a string, an integer, a float and a boolean column.
 pub fn test_schema() -> Schema {

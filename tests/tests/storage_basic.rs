@@ -6,16 +6,12 @@
 use mirante::storage::{
     Database, Error, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
 };
-use mirante_tests::{assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema};
+use mirante_tests::{
+    assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema, test_space,
+};
 
 fn space(modality: Modality, dim: usize) -> SpaceSpec {
-    SpaceSpec {
-        model_id: "test-model".into(),
-        fingerprint: "abc".into(),
-        modality,
-        dim,
-        metric: Metric::InnerProduct,
-    }
+    test_space(modality, dim, Metric::InnerProduct)
 }
 
 #[test]

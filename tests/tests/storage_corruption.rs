@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mirante::storage::{Database, Error, IndexSpec, Metric, Modality, SpaceSpec, WriterOptions};
-use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema};
+use mirante::storage::{Database, Error, IndexSpec, Metric, Modality, WriterOptions};
+use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema, test_space};
 
 const DIM: usize = 8;
 
@@ -24,13 +24,7 @@ fn build(dir: &Path) {
         let img = w
             .add_space(
                 name,
-                SpaceSpec {
-                    model_id: "m".into(),
-                    fingerprint: "f".into(),
-                    modality: Modality::Image,
-                    dim: DIM,
-                    metric: Metric::InnerProduct,
-                },
+                test_space(Modality::Image, DIM, Metric::InnerProduct),
                 true,
             )
             .unwrap();
@@ -126,16 +120,20 @@ fn flipped_bytes_and_truncation_in_every_data_file_kind_are_detected() {
     }
 }
 
+/// Builds the test database in `dir`; returns its versions and the newest manifest's path.
+fn built_with_newest_manifest(dir: &Path) -> (Vec<u64>, PathBuf) {
+    build(dir);
+    let versions = Database::open(dir).unwrap().versions().unwrap();
+    let newest = *versions.last().unwrap();
+    let path = dir.join("_versions").join(format!("{newest:020}.manifest"));
+    (versions, path)
+}
+
 #[test]
 fn a_corrupted_newest_manifest_falls_back_to_the_previous_version_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path());
-    let versions = Database::open(dir.path()).unwrap().versions().unwrap();
+    let (versions, path) = built_with_newest_manifest(dir.path());
     let newest = *versions.last().unwrap();
-    let path = dir
-        .path()
-        .join("_versions")
-        .join(format!("{newest:020}.manifest"));
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
@@ -167,13 +165,7 @@ fn a_corrupted_newest_manifest_falls_back_to_the_previous_version_with_a_warning
 #[test]
 fn a_newer_format_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path());
-    let versions = Database::open(dir.path()).unwrap().versions().unwrap();
-    let newest = *versions.last().unwrap();
-    let path = dir
-        .path()
-        .join("_versions")
-        .join(format!("{newest:020}.manifest"));
+    let (_, path) = built_with_newest_manifest(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
     let crc = crc32c(&bytes[0..60]);

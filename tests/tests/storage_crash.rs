@@ -136,17 +136,22 @@ fn sigkill_at_random_moments_loses_no_committed_row() {
     assert!(!committed.is_empty());
 }
 
+/// Runs the worker for one append with `seed` and returns what it printed.
+fn run_once(dir: &std::path::Path, seed: u64) -> String {
+    let out = Command::new(WORKER)
+        .arg(dir)
+        .arg(seed.to_string())
+        .arg("once")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn disk_full_during_a_commit_keeps_the_previous_version() {
     let dir = tempfile::tempdir().unwrap();
     // A first, unconstrained run commits something.
-    let out = Command::new(WORKER)
-        .arg(dir.path())
-        .arg("1")
-        .arg("once")
-        .output()
-        .unwrap();
-    let (acked, _) = parse(&String::from_utf8_lossy(&out.stdout));
+    let (acked, _) = parse(&run_once(dir.path(), 1));
     assert!(!acked.is_empty());
     let mut before: BTreeSet<u64> = acked.into_iter().collect();
     // Then writes larger than 16 KiB fail (EFBIG), as a full disk would.
@@ -199,13 +204,7 @@ impl Drop for Immutable<'_> {
 #[test]
 fn permission_errors_during_a_commit_keep_the_previous_version() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(WORKER)
-        .arg(dir.path())
-        .arg("1")
-        .arg("once")
-        .output()
-        .unwrap();
-    let (acked, _) = parse(&String::from_utf8_lossy(&out.stdout));
+    let (acked, _) = parse(&run_once(dir.path(), 1));
     let before: BTreeSet<u64> = acked.into_iter().collect();
     for locked in ["files", "_versions"] {
         let target = dir.path().join(locked);
@@ -214,13 +213,7 @@ fn permission_errors_during_a_commit_keep_the_previous_version() {
             return;
         }
         let guard = Immutable(&target);
-        let out = Command::new(WORKER)
-            .arg(dir.path())
-            .arg("2")
-            .arg("once")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = run_once(dir.path(), 2);
         assert!(text.contains("E I/O error on"), "{locked}: {text}");
         assert!(
             text.contains(locked),
@@ -236,11 +229,5 @@ fn permission_errors_during_a_commit_keep_the_previous_version() {
         report.files_removed > 0,
         "leftovers of the failed commit are collected"
     );
-    let out = Command::new(WORKER)
-        .arg(dir.path())
-        .arg("3")
-        .arg("once")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("C"));
+    assert!(run_once(dir.path(), 3).contains("C"));
 }

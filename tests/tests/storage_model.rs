@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 
 use mirante::storage::{
-    Database, Hit, IndexSpec, Metric, Modality, SpaceSpec, ValueRef, WriterOptions, sort_hits,
+    Database, Hit, IndexSpec, Metric, Modality, ValueRef, WriterOptions, sort_hits,
 };
-use mirante_tests::{assert_keyed_row, int_vector, keyed_row, test_schema};
+use mirante_tests::{assert_keyed_row, int_vector, keyed_row, test_schema, test_space};
 use proptest::prelude::*;
 
 const DIM: usize = 6;
@@ -74,13 +74,7 @@ fn run(ops: Vec<Op>, merge_factor: usize) {
     });
     w.create_collection("c", test_schema(), IndexSpec::default())
         .unwrap();
-    let spec = SpaceSpec {
-        model_id: "m".into(),
-        fingerprint: "f".into(),
-        modality: Modality::Image,
-        dim: DIM,
-        metric: Metric::InnerProduct,
-    };
+    let spec = test_space(Modality::Image, DIM, Metric::InnerProduct);
     let space = w.add_space("c", spec, true).unwrap();
     let mut live = BTreeSet::new();
     let mut next_id = 1u64;

@@ -5,21 +5,13 @@
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
 use mirante::storage::{
-    Database, IndexSpec, Metric, Modality, NewRow, RowRef, SpaceSpec, Value, WriterOptions,
+    Database, IndexSpec, Metric, Modality, NewRow, RowRef, Value, WriterOptions,
 };
-use mirante_tests::{brute_force, clustered, int_vector, keyed_row, keyed_texts, test_schema};
+use mirante_tests::{
+    brute_force, clustered, int_vector, keyed_row, keyed_texts, test_schema, test_space,
+};
 
 const DIM: usize = 16;
-
-fn spec(modality: Modality, dim: usize, metric: Metric) -> SpaceSpec {
-    SpaceSpec {
-        model_id: "m".into(),
-        fingerprint: "f".into(),
-        modality,
-        dim,
-        metric,
-    }
-}
 
 /// A database with `segments` segments of `per_segment` keyed rows, image and text vectors with
 /// small integer components, and a `Flat` FAISS index (segments are above the index threshold).
@@ -34,10 +26,18 @@ fn int_database(segments: u64, per_segment: u64) -> (tempfile::TempDir, Database
     w.create_collection("c", test_schema(), IndexSpec::default())
         .unwrap();
     let img = w
-        .add_space("c", spec(Modality::Image, DIM, Metric::InnerProduct), true)
+        .add_space(
+            "c",
+            test_space(Modality::Image, DIM, Metric::InnerProduct),
+            true,
+        )
         .unwrap();
     let txt = w
-        .add_space("c", spec(Modality::Text, DIM, Metric::InnerProduct), true)
+        .add_space(
+            "c",
+            test_space(Modality::Text, DIM, Metric::InnerProduct),
+            true,
+        )
         .unwrap();
     for s in 0..segments {
         let keys: Vec<u64> = (s * per_segment + 1..=(s + 1) * per_segment).collect();
@@ -146,7 +146,7 @@ fn cosine_spaces_normalise_vectors_and_queries() {
     w.create_collection("c", test_schema(), IndexSpec::default())
         .unwrap();
     let s = w
-        .add_space("c", spec(Modality::Image, 2, Metric::Cosine), true)
+        .add_space("c", test_space(Modality::Image, 2, Metric::Cosine), true)
         .unwrap();
     w.append(
         "c",
@@ -173,7 +173,7 @@ fn ann_recall(index: IndexSpec, n: usize) -> f64 {
     let mut w = db.writer().unwrap();
     w.create_collection("c", test_schema(), index).unwrap();
     let s = w
-        .add_space("c", spec(Modality::Image, dim, Metric::Cosine), true)
+        .add_space("c", test_space(Modality::Image, dim, Metric::Cosine), true)
         .unwrap();
     // Queries come from the same mixture as the data, held out of the collection.
     let all = clustered(n + 200, dim, n / 20, 7);

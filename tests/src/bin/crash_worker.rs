@@ -12,8 +12,8 @@
 
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
-use mirante::storage::{Database, IndexSpec, Metric, Modality, SpaceSpec};
-use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema};
+use mirante::storage::{Database, IndexSpec, Metric, Modality};
+use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema, test_space};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -36,14 +36,7 @@ fn run(dir: &str, seed: u64, once: bool) -> mirante::Result<()> {
     if w.manifest().collection("c").is_err() {
         w.create_collection("c", test_schema(), IndexSpec::default())?;
         for m in [Modality::Image, Modality::Text] {
-            let spec = SpaceSpec {
-                model_id: "crash".into(),
-                fingerprint: "0".into(),
-                modality: m,
-                dim: DIM,
-                metric: Metric::InnerProduct,
-            };
-            w.add_space("c", spec, true)?;
+            w.add_space("c", test_space(m, DIM, Metric::InnerProduct), true)?;
         }
     }
     let mut rng = StdRng::seed_from_u64(seed);

@@ -15,18 +15,12 @@ use faiss::{Index, MetricType};
 use mirante::storage::{
     Database, IndexSpec, Metric, Modality, NewRow, SpaceSpec, Value, ValueRef, WriterOptions,
 };
-use mirante_tests::{clustered, test_schema};
+use mirante_tests::{clustered, test_schema, test_space};
 
 const DIM: usize = 512;
 
 fn space() -> SpaceSpec {
-    SpaceSpec {
-        model_id: "bench".into(),
-        fingerprint: "0".into(),
-        modality: Modality::Image,
-        dim: DIM,
-        metric: Metric::Cosine,
-    }
+    test_space(Modality::Image, DIM, Metric::Cosine)
 }
 
 fn rows(n: usize, offset: usize) -> Vec<NewRow> {
