@@ -158,9 +158,14 @@ impl Manifest {
     }
 
     pub fn collection(&self, name: &str) -> Result<&CollectionMeta> {
+        Ok(&self.collections[self.collection_index(name)?])
+    }
+
+    /// Position of a collection in `collections`.
+    pub fn collection_index(&self, name: &str) -> Result<usize> {
         self.collections
             .iter()
-            .find(|c| c.name == name)
+            .position(|c| c.name == name)
             .ok_or_else(|| self.unknown_collection(name))
     }
 

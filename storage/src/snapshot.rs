@@ -45,7 +45,9 @@ pub struct SegmentView<'s> {
 #[derive(Debug, Clone)]
 pub struct RowHandle {
     data: Arc<SegmentData>,
-    schema: Arc<Schema>,
+    /// The snapshot's manifest, which holds the collection's schema (shared, not copied).
+    manifest: Arc<Manifest>,
+    collection: usize,
     local: usize,
 }
 
@@ -54,7 +56,7 @@ impl RowHandle {
         RowRef {
             rec: &self.data.rows.rows()[self.local],
             blob: self.data.blob.body(),
-            schema: &self.schema,
+            schema: &self.manifest.collections[self.collection].schema,
         }
     }
 }
@@ -148,7 +150,8 @@ impl Snapshot {
 
     /// Fetches a live row by id.
     pub fn get(&self, collection: &str, id: u64) -> Result<Option<RowHandle>> {
-        let c = self.collection(collection)?;
+        let index = self.manifest.collection_index(collection)?;
+        let c = &self.manifest.collections[index];
         let Some(meta) = c
             .segments
             .iter()
@@ -166,7 +169,8 @@ impl Snapshot {
         }
         Ok(Some(RowHandle {
             data: seg.data.clone(),
-            schema: Arc::new(c.schema.clone()),
+            manifest: self.manifest.clone(),
+            collection: index,
             local,
         }))
     }

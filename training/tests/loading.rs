@@ -7,22 +7,11 @@ use std::path::{Path, PathBuf};
 
 use mirante_training::{Device, DualEncoder, Error, resolve_model};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
-}
+mod common;
+use common::copy_checkpoint;
 
-fn copy_checkpoint(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("reference") {
-            std::fs::copy(entry.path(), to.join(name)).unwrap();
-        }
-    }
+fn fixture(name: &str) -> PathBuf {
+    common::fixtures().join(name)
 }
 
 fn load_err(folder: &Path) -> Error {

@@ -4,15 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-
 use mirante_training::{Device, DualEncoder};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-}
+mod common;
+use common::{copy_checkpoint, fixtures};
 
 struct Reference {
     images: Vec<String>,
@@ -176,11 +171,7 @@ fn siglip2_fixed_resolution_matches_transformers() {
 fn legacy_clip_eos_pooling_matches() {
     let tmp = tempfile::tempdir().unwrap();
     let legacy = tmp.path().join("legacy");
-    std::fs::create_dir_all(&legacy).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("clip-tiny")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), legacy.join(entry.file_name())).unwrap();
-    }
+    copy_checkpoint(&fixtures().join("clip-tiny"), &legacy);
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(legacy.join("config.json")).unwrap())
             .unwrap();

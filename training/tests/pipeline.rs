@@ -3,17 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-
 use mirante_training::{
     Device, DualEncoder, ImageSource, PipelineOptions, embed_images, embed_texts,
 };
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-}
+mod common;
+use common::fixtures;
 
 #[test]
 fn order_is_kept_and_failures_are_reported() {
