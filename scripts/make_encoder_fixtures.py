@@ -119,13 +119,35 @@ def save_reference(folder, model, processor, images_dir, family):
         json.dump(ref, f)
 
 
+def new_checkpoint_folder(name, seed):
+    """An empty fixtures/<name> folder, with torch seeded so the random weights are reproducible."""
+    folder = os.path.join(ROOT, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    torch.manual_seed(seed)
+    return folder
+
+
+def perturb(model):
+    """Random init leaves some parameters at exactly 0/1; perturb all so every tensor matters."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+
+
+def save_checkpoint(folder, model, processor, image_processor):
+    """Writes the Hugging Face layout. Hub checkpoints carry preprocessor_config.json (the older
+    layout), so that one is kept instead of transformers 5's processor_config.json."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    os.remove(os.path.join(folder, "processor_config.json"))
+
+
 def make_clip(images_dir):
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizerFast
 
-    folder = os.path.join(ROOT, "clip-tiny")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    torch.manual_seed(0)
+    folder = new_checkpoint_folder("clip-tiny", seed=0)
     config = CLIPConfig(
         text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu"),
@@ -134,21 +156,14 @@ def make_clip(images_dir):
         projection_dim=24,
     )
     model = CLIPModel(config).eval()
-    # Random init leaves some parameters at exactly 0/1; perturb all so every tensor matters.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)
     vocab, merges = clip_vocab()
     tokenizer = CLIPTokenizerFast(vocab=vocab, merges=merges, model_max_length=77)
     # The PIL backend is the reference (Pillow's resampling, as CLIP was trained with); the
     # torchvision backend that transformers 5 picks by default differs by a few 1e-3.
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    # Hub checkpoints carry preprocessor_config.json (older layout); keep that one.
-    image_processor.save_pretrained(folder)
-    os.remove(os.path.join(folder, "processor_config.json"))
+    save_checkpoint(folder, model, processor, image_processor)
     for extra in ["vocab.json", "merges.txt"]:  # tokenizer.json holds both
         p = os.path.join(folder, extra)
         if os.path.exists(p):
@@ -191,10 +206,7 @@ def train_spiece(path):
 def make_siglip(images_dir):
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
 
-    folder = os.path.join(ROOT, "siglip-tiny")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    torch.manual_seed(1)
+    folder = new_checkpoint_folder("siglip-tiny", seed=1)
     config = SiglipConfig(
         text_config=dict(vocab_size=250, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=64, projection_size=24),
@@ -202,18 +214,13 @@ def make_siglip(images_dir):
                            num_hidden_layers=2, num_attention_heads=2),
     )
     model = SiglipModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)
     spiece = os.path.join(folder, "spiece.model")
     train_spiece(spiece)
     tokenizer = SiglipTokenizer(vocab_file=spiece, model_max_length=64)
     image_processor = SiglipImageProcessorPil(size={"height": 48, "width": 48})
     processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    os.remove(os.path.join(folder, "processor_config.json"))
+    save_checkpoint(folder, model, processor, image_processor)
     save_reference(folder, model, processor, images_dir, "siglip")
 
 
@@ -239,10 +246,7 @@ def make_siglip2(images_dir):
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
     from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
 
-    folder = os.path.join(ROOT, "siglip2-tiny")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    torch.manual_seed(2)
+    folder = new_checkpoint_folder("siglip2-tiny", seed=2)
     vocab, merges = gemma_style_bpe()
     config = SiglipConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -251,16 +255,11 @@ def make_siglip2(images_dir):
                            num_hidden_layers=2, num_attention_heads=2),
     )
     model = SiglipModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)
     tokenizer = Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=64)
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=2)
     processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    os.remove(os.path.join(folder, "processor_config.json"))
+    save_checkpoint(folder, model, processor, image_processor)
     save_reference(folder, model, processor, images_dir, "siglip2")
 
 
