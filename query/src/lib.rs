@@ -1,1 +1,17 @@
-//! placeholder
+//! Mirante's query language: [`parse`] text into [`Statement`]s, [`bind`] them against a
+//! [`Catalog`] into [`Plan`]s the engine runs, and evaluate bound predicates on rows.
+
+pub mod ast;
+mod binder;
+mod error;
+mod eval;
+mod parser;
+
+pub use ast::{Literal, SearchQuery, Statement, Target};
+pub use binder::{
+    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, Plan,
+    Predicate, SearchPlan, SelectList, bind,
+};
+pub use error::{Error, Pos, Result, closest};
+pub use eval::{Datum, RowValues, like};
+pub use parser::{KEYWORDS, STATEMENT_KEYWORDS, parse};

@@ -31,6 +31,6 @@ pub use schema::{
     BUILTIN_COLUMNS, ColumnDef, ColumnType, ImageData, Metric, Modality, NewRow, Schema, SpaceId,
     SpaceSpec, Value,
 };
-pub use search::{Hit, RowFilter, sort_hits};
+pub use search::{Hit, RowFilter, SegmentPlan, Strategy, sort_hits};
 pub use snapshot::{RowHandle, SegmentView, Snapshot, Vectors};
-pub use writer::{CompactReport, VacuumReport, Writer, WriterOptions};
+pub use writer::{CompactReport, Transaction, VacuumReport, Writer, WriterOptions};

@@ -11,7 +11,7 @@ use std::collections::BinaryHeap;
 
 use crate::column::{dot, normalize};
 use crate::error::{Error, Result};
-use crate::manifest::CollectionMeta;
+use crate::manifest::{CollectionMeta, SegmentMeta};
 use crate::schema::{Metric, Modality, SpaceId};
 use crate::snapshot::{SegmentView, Snapshot};
 
@@ -158,6 +158,80 @@ impl Snapshot {
     }
 }
 
+/// How one segment is searched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every allowed item is scored exactly.
+    ExactScan { reason: &'static str },
+    /// The segment's FAISS index is asked for candidates, which are re-scored exactly.
+    Index {
+        factory: String,
+        /// Whether a bitmap ID selector restricts the index search (deletions or a filter).
+        selector: bool,
+    },
+}
+
+/// The plan of a search over one segment, as `EXPLAIN` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentPlan {
+    pub segment: u64,
+    pub rows: u64,
+    pub live_rows: u64,
+    /// Vectors in the column (rows for image spaces, captions for text spaces).
+    pub items: usize,
+    /// Vectors that pass deletions and the filter.
+    pub allowed_items: usize,
+    pub strategy: Strategy,
+}
+
+/// The one place that decides between the index and an exact scan; `allowed` is the number of
+/// items passing deletions and the filter, `None` when there are neither.
+fn strategy(meta: &SegmentMeta, space: SpaceId, items: usize, allowed: Option<usize>) -> Strategy {
+    let Some(entry) = meta.column(space).and_then(|c| c.index.as_ref()) else {
+        return Strategy::ExactScan {
+            reason: "segment below the index's minimum size",
+        };
+    };
+    match allowed {
+        Some(n) if (n as f64) < EXACT_SCAN_FRACTION * items as f64 => Strategy::ExactScan {
+            reason: "filter keeps under 5% of the items",
+        },
+        _ => Strategy::Index {
+            factory: entry.spec.factory.clone(),
+            selector: allowed.is_some(),
+        },
+    }
+}
+
+impl Snapshot {
+    /// How [`Snapshot::search`] would search each segment of `collection` in `space` under
+    /// `filter` (the filter is evaluated to count the items it keeps).
+    pub fn explain_search(
+        &self,
+        collection: &str,
+        space: SpaceId,
+        filter: Option<&RowFilter<'_>>,
+    ) -> Result<Vec<SegmentPlan>> {
+        let c = self.collection(collection)?;
+        let modality = c.space(space)?.spec.modality;
+        let mut plans = Vec::new();
+        for meta in c.segments.iter().filter(|m| m.column(space).is_some()) {
+            let seg = self.segment(c, meta)?;
+            let items = meta.items(modality) as usize;
+            let allowed = seg.allowed_items(modality, filter).map(|a| a.1);
+            plans.push(SegmentPlan {
+                segment: meta.id,
+                rows: meta.rows,
+                live_rows: meta.live_rows(),
+                items,
+                allowed_items: allowed.unwrap_or(items),
+                strategy: strategy(meta, space, items, allowed),
+            });
+        }
+        Ok(plans)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn search_segment(
     seg: &SegmentView<'_>,
@@ -206,8 +280,10 @@ fn search_segment(
         }
     };
 
-    let selective = (allowed_count as f64) < EXACT_SCAN_FRACTION * items as f64;
-    let index = if selective { None } else { seg.index(space)? };
+    let index = match strategy(seg.meta, space, items, allowed.as_ref().map(|a| a.1)) {
+        Strategy::Index { .. } => seg.index(space)?,
+        Strategy::ExactScan { .. } => None,
+    };
     let Some(index) = index else {
         for (q, top) in tops.iter_mut().enumerate() {
             exact_scan(q, top);

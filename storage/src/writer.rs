@@ -17,7 +17,7 @@ use crate::manifest::{
     SpaceMeta, VERSIONS_DIR,
 };
 use crate::rows::{self, RowRecord, StoredImage};
-use crate::schema::{Metric, Modality, NewRow, Schema, SpaceId, SpaceSpec};
+use crate::schema::{ColumnDef, Metric, Modality, NewRow, Schema, SpaceId, SpaceSpec};
 use crate::search::RowFilter;
 use crate::snapshot::{SegmentView, Snapshot};
 
@@ -268,7 +268,36 @@ impl Writer {
         rows: Vec<NewRow>,
         embeddings: &[(SpaceId, &[f32])],
     ) -> Result<Vec<u64>> {
-        let c = self.manifest.collection(collection)?;
+        if rows.is_empty() {
+            self.manifest.collection(collection)?;
+            return Ok(Vec::new());
+        }
+        let mut tx = self.transaction();
+        let ids = tx.append(collection, rows, embeddings)?;
+        tx.commit(format!("append {} rows to {collection}", ids.len()))?;
+        Ok(ids)
+    }
+
+    /// Starts a transaction: several appends (and schema additions) published by one commit, so
+    /// an import larger than memory is still all-or-nothing.
+    pub fn transaction(&mut self) -> Transaction<'_> {
+        Transaction {
+            next: self.manifest.clone(),
+            appended: BTreeSet::new(),
+            writer: self,
+        }
+    }
+
+    /// Stages rows as a new segment of `next`: files are written and fsynced, nothing is
+    /// published.
+    fn stage_append(
+        &self,
+        next: &mut Manifest,
+        collection: &str,
+        rows: Vec<NewRow>,
+        embeddings: &[(SpaceId, &[f32])],
+    ) -> Result<Vec<u64>> {
+        let c = next.collection(collection)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -305,19 +334,10 @@ impl Writer {
                 .push((space, checked_vectors(spec, space, items, vectors)?));
         }
         let ids: Vec<u64> = (first_id..first_id + rows.len() as u64).collect();
-        let mut next = self.manifest.clone();
-        let seg = self.write_segment(&mut next, collection, pending)?;
+        let seg = self.write_segment(next, collection, pending)?;
         let c = next.collection_mut(collection)?;
         c.next_row_id = first_id + rows.len() as u64;
         c.segments.push(seg);
-        self.commit(next, format!("append {} rows to {collection}", ids.len()))?;
-        // The rows are committed: a failed background merge must not report the append as
-        // failed. Its error is kept for `take_merge_error`; the next merge retries.
-        if self.options.auto_compact
-            && let Err(e) = self.compact(collection, false)
-        {
-            self.merge_error = Some(e);
-        }
         Ok(ids)
     }
 
@@ -686,6 +706,88 @@ impl Writer {
                 crc32c: crc32c::crc32c(&bytes),
             },
         }))
+    }
+}
+
+/// Changes staged against one version and published by [`Transaction::commit`] as one new
+/// version. Dropping it without committing publishes nothing; its files are unreferenced and
+/// [`Writer::vacuum`] removes them.
+#[derive(Debug)]
+pub struct Transaction<'w> {
+    writer: &'w mut Writer,
+    next: Manifest,
+    /// Collections appended to, for the merge policy after the commit.
+    appended: BTreeSet<String>,
+}
+
+impl Transaction<'_> {
+    /// Adds nullable metadata columns to a collection's schema; rows written before read them as
+    /// null. Columns that already exist with the same type are left alone.
+    pub fn add_columns(&mut self, collection: &str, columns: Vec<ColumnDef>) -> Result<()> {
+        let c = self.next.collection_mut(collection)?;
+        let mut metadata = c.schema.metadata.clone();
+        for col in columns {
+            match metadata.iter().find(|m| m.name == col.name) {
+                Some(m) if m.ty == col.ty => {}
+                Some(m) => {
+                    return Err(Error::TypeMismatch {
+                        column: col.name.clone(),
+                        expected: m.ty.to_string(),
+                        got: col.ty.to_string(),
+                    });
+                }
+                None if !col.nullable => {
+                    return Err(Error::InvalidArgument(format!(
+                        "column '{}' is added to a collection that may already hold rows, so it \
+                         must be nullable",
+                        col.name
+                    )));
+                }
+                None => metadata.push(col),
+            }
+        }
+        c.schema = Schema::new(metadata)?;
+        Ok(())
+    }
+
+    /// Stages rows as a new segment (see [`Writer::append`]); returns their ids.
+    pub fn append(
+        &mut self,
+        collection: &str,
+        rows: Vec<NewRow>,
+        embeddings: &[(SpaceId, &[f32])],
+    ) -> Result<Vec<u64>> {
+        let ids = self
+            .writer
+            .stage_append(&mut self.next, collection, rows, embeddings)?;
+        if !ids.is_empty() {
+            self.appended.insert(collection.to_string());
+        }
+        Ok(ids)
+    }
+
+    /// The schema of a collection as staged so far.
+    pub fn schema(&self, collection: &str) -> Result<&Schema> {
+        Ok(&self.next.collection(collection)?.schema)
+    }
+
+    /// Publishes everything staged as one version, then runs the merge policy on the collections
+    /// appended to (a failed merge does not undo the commit; see [`Writer::take_merge_error`]).
+    pub fn commit(self, message: String) -> Result<u64> {
+        let Transaction {
+            writer,
+            next,
+            appended,
+        } = self;
+        let version = writer.commit(next, message)?;
+        if writer.options.auto_compact {
+            for collection in &appended {
+                if let Err(e) = writer.compact(collection, false) {
+                    writer.merge_error = Some(e);
+                }
+            }
+        }
+        Ok(version)
     }
 }
 

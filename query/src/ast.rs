@@ -1,0 +1,200 @@
+//! The statements of Mirante's language, as parsed (names not yet checked against a catalog).
+
+use crate::error::Pos;
+
+/// An identifier with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Name {
+    pub value: String,
+    pub pos: Pos,
+}
+
+/// A constant written in a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    /// `ARRAY['a', 'b']` or `['a', 'b']`, for several captions.
+    List(Vec<Literal>),
+}
+
+impl Literal {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Literal::Null => "null",
+            Literal::Bool(_) => "boolean",
+            Literal::Int(_) => "integer",
+            Literal::Float(_) => "float",
+            Literal::String(_) => "string",
+            Literal::List(_) => "list",
+        }
+    }
+}
+
+/// Comparison operators of predicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+}
+
+/// A predicate or operand of a `WHERE` clause.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Column(Name),
+    Literal(Literal, Pos),
+    Compare {
+        left: Box<Expr>,
+        op: CmpOp,
+        right: Box<Expr>,
+    },
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Expr>,
+        low: Box<Expr>,
+        high: Box<Expr>,
+        negated: bool,
+    },
+    Like {
+        expr: Box<Expr>,
+        pattern: String,
+        negated: bool,
+        case_insensitive: bool,
+    },
+}
+
+/// A metadata column declared by `CREATE COLLECTION name (col TYPE [NOT NULL], ...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnSpec {
+    pub name: Name,
+    pub ty: ColumnType,
+    pub nullable: bool,
+}
+
+/// Types a metadata column can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Int,
+    Float,
+    Bool,
+}
+
+/// `WITH (key = value, ...)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Options(pub Vec<(Name, Literal)>);
+
+/// What a `SEARCH` looks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchQuery {
+    Text(String),
+    /// A path to an image file.
+    Image(String),
+    /// The stored embedding of an existing row.
+    Row(u64),
+}
+
+/// Which side of the collection a search ranks: images (one item per row) or captions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Images,
+    Texts,
+}
+
+/// `SELECT` projections.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Projection {
+    All,
+    Columns(Vec<Name>),
+    CountStar,
+}
+
+/// A `SEARCH` statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    pub collection: Name,
+    pub query: SearchQuery,
+    pub target: Option<Target>,
+    pub filter: Option<Expr>,
+    pub model: Option<String>,
+    pub limit: Option<u64>,
+    /// `INTO 'results.html'`: also write an HTML report.
+    pub into: Option<String>,
+}
+
+/// One statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    CreateCollection {
+        name: Name,
+        if_not_exists: bool,
+        columns: Vec<ColumnSpec>,
+        options: Options,
+    },
+    DropCollection {
+        name: Name,
+        if_exists: bool,
+    },
+    ShowCollections,
+    ShowModels,
+    Describe {
+        name: Name,
+    },
+    Import {
+        collection: Name,
+        source: String,
+        options: Options,
+        /// `ON ERROR SKIP`: skip bad rows and report them instead of failing.
+        skip_errors: bool,
+    },
+    Insert {
+        collection: Name,
+        columns: Vec<Name>,
+        rows: Vec<Vec<(Literal, Pos)>>,
+    },
+    Select {
+        collection: Name,
+        projection: Projection,
+        filter: Option<Expr>,
+        limit: Option<u64>,
+        offset: Option<u64>,
+    },
+    Delete {
+        collection: Name,
+        filter: Option<Expr>,
+    },
+    Search(Search),
+    CreateIndex {
+        collection: Name,
+        factory: String,
+    },
+    Embed {
+        collection: Name,
+        model: Option<String>,
+    },
+    Compact {
+        collection: Name,
+    },
+    Vacuum {
+        keep_versions: Option<u64>,
+    },
+    Explain(Box<Statement>),
+}

@@ -1,0 +1,654 @@
+//! The binder: checks a parsed statement against a [`Catalog`] (collections and their columns),
+//! resolves column names to [`ColumnRef`]s, type-checks constants, fills in defaults, and
+//! returns a [`Plan`] the engine executes. Unknown names get the closest existing one as a hint.
+
+use crate::ast::*;
+use crate::error::{Error, Pos, Result, suggestion};
+
+/// Results a `SEARCH` returns when it names no `LIMIT`.
+pub const DEFAULT_SEARCH_LIMIT: u64 = 10;
+/// The largest `LIMIT` a search accepts.
+pub const MAX_SEARCH_LIMIT: u64 = 100_000;
+
+/// What the binder needs to know about the database.
+pub trait Catalog {
+    fn collection_names(&self) -> Vec<String>;
+    /// Columns of a collection, built-in ones first; `None` when it does not exist.
+    fn columns(&self, collection: &str) -> Option<Vec<ColumnInfo>>;
+}
+
+/// A column as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub column: ColumnRef,
+    pub kind: ColumnKind,
+    pub nullable: bool,
+}
+
+/// Which value of a row a column names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnRef {
+    Id,
+    /// The image's source path or URI.
+    Image,
+    /// The row's captions (a list; predicates hold when any caption satisfies them).
+    Text,
+    Split,
+    /// A metadata column by schema position.
+    Meta(usize),
+}
+
+/// Value types of columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Int,
+    Float,
+    String,
+    Bool,
+    /// Several strings (captions).
+    StringList,
+}
+
+impl ColumnKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ColumnKind::Int => "an integer",
+            ColumnKind::Float => "a number",
+            ColumnKind::String => "a string",
+            ColumnKind::Bool => "a boolean",
+            ColumnKind::StringList => "a string or a list of strings",
+        }
+    }
+
+    /// Whether a constant fits this column (nulls are checked separately).
+    fn accepts(self, lit: &Literal) -> bool {
+        match (self, lit) {
+            (ColumnKind::Int, Literal::Int(_)) => true,
+            (ColumnKind::Float, Literal::Int(_) | Literal::Float(_)) => true,
+            (ColumnKind::String, Literal::String(_)) => true,
+            (ColumnKind::Bool, Literal::Bool(_)) => true,
+            (ColumnKind::StringList, Literal::String(_)) => true,
+            (ColumnKind::StringList, Literal::List(items)) => {
+                items.iter().all(|i| matches!(i, Literal::String(_)))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A bound `WHERE` predicate: a column on one side, constants on the other.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predicate {
+    Compare {
+        column: ColumnRef,
+        op: CmpOp,
+        value: Literal,
+    },
+    And(Box<Predicate>, Box<Predicate>),
+    Or(Box<Predicate>, Box<Predicate>),
+    Not(Box<Predicate>),
+    IsNull {
+        column: ColumnRef,
+        negated: bool,
+    },
+    InList {
+        column: ColumnRef,
+        values: Vec<Literal>,
+        negated: bool,
+    },
+    Between {
+        column: ColumnRef,
+        low: Literal,
+        high: Literal,
+        negated: bool,
+    },
+    Like {
+        column: ColumnRef,
+        pattern: String,
+        negated: bool,
+        case_insensitive: bool,
+    },
+}
+
+/// A bound `SEARCH`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPlan {
+    pub collection: String,
+    pub query: SearchQuery,
+    /// Resolved for text (images) and image (captions) queries; for `BY ROW` without `MATCH`
+    /// the engine picks by what the row holds.
+    pub target: Option<Target>,
+    pub filter: Option<Predicate>,
+    pub model: Option<String>,
+    pub limit: u64,
+    pub into: Option<String>,
+}
+
+/// What `SELECT` returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectList {
+    Columns(Vec<(String, ColumnRef)>),
+    CountStar,
+}
+
+/// A bound statement, ready for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Search(SearchPlan),
+    Select {
+        collection: String,
+        list: SelectList,
+        filter: Option<Predicate>,
+        limit: Option<u64>,
+        offset: u64,
+    },
+    Delete {
+        collection: String,
+        filter: Option<Predicate>,
+    },
+    Insert {
+        collection: String,
+        columns: Vec<(String, ColumnRef)>,
+        rows: Vec<Vec<Literal>>,
+    },
+    Explain(Box<Plan>),
+    /// Statements that need no planning beyond the name checks the binder did.
+    Other(Statement),
+}
+
+/// Binds one statement.
+pub fn bind(stmt: Statement, catalog: &dyn Catalog) -> Result<Plan> {
+    Binder { catalog }.bind(stmt)
+}
+
+struct Binder<'c> {
+    catalog: &'c dyn Catalog,
+}
+
+impl Binder<'_> {
+    fn bind(&self, stmt: Statement) -> Result<Plan> {
+        Ok(match stmt {
+            Statement::Search(s) => {
+                let columns = self.collection(&s.collection)?;
+                let target = s.target.or(match s.query {
+                    SearchQuery::Text(_) => Some(Target::Images),
+                    SearchQuery::Image(_) => Some(Target::Texts),
+                    SearchQuery::Row(_) => None,
+                });
+                let limit = s.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+                if limit > MAX_SEARCH_LIMIT {
+                    return Err(Error::bind(
+                        format!("LIMIT {limit} is above the maximum of {MAX_SEARCH_LIMIT}"),
+                        s.collection.pos,
+                    ));
+                }
+                Plan::Search(SearchPlan {
+                    collection: s.collection.value,
+                    query: s.query,
+                    target,
+                    filter: s.filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    model: s.model,
+                    limit,
+                    into: s.into,
+                })
+            }
+            Statement::Select {
+                collection,
+                projection,
+                filter,
+                limit,
+                offset,
+            } => {
+                let columns = self.collection(&collection)?;
+                let list = match projection {
+                    Projection::All => SelectList::Columns(
+                        columns.iter().map(|c| (c.name.clone(), c.column)).collect(),
+                    ),
+                    Projection::CountStar => SelectList::CountStar,
+                    Projection::Columns(names) => SelectList::Columns(
+                        names
+                            .iter()
+                            .map(|n| Ok((n.value.clone(), column(n, &columns)?.column)))
+                            .collect::<Result<_>>()?,
+                    ),
+                };
+                Plan::Select {
+                    collection: collection.value,
+                    list,
+                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    limit,
+                    offset: offset.unwrap_or(0),
+                }
+            }
+            Statement::Delete { collection, filter } => {
+                let columns = self.collection(&collection)?;
+                Plan::Delete {
+                    collection: collection.value,
+                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
+                }
+            }
+            Statement::Insert {
+                collection,
+                columns: names,
+                rows,
+            } => self.insert(collection, names, rows)?,
+            Statement::Explain(inner) => Plan::Explain(Box::new(self.bind(*inner)?)),
+            Statement::Describe { ref name }
+            | Statement::Import {
+                collection: ref name,
+                ..
+            }
+            | Statement::CreateIndex {
+                collection: ref name,
+                ..
+            }
+            | Statement::Embed {
+                collection: ref name,
+                ..
+            }
+            | Statement::Compact {
+                collection: ref name,
+            }
+            | Statement::DropCollection {
+                ref name,
+                if_exists: false,
+            } => {
+                self.collection(name)?;
+                Plan::Other(stmt)
+            }
+            Statement::CreateCollection {
+                ref name,
+                if_not_exists: false,
+                ..
+            } if self.catalog.columns(&name.value).is_some() => {
+                return Err(Error::bind(
+                    format!(
+                        "collection '{}' already exists (use IF NOT EXISTS to accept that)",
+                        name.value
+                    ),
+                    name.pos,
+                ));
+            }
+            other => Plan::Other(other),
+        })
+    }
+
+    fn collection(&self, name: &Name) -> Result<Vec<ColumnInfo>> {
+        self.catalog.columns(&name.value).ok_or_else(|| {
+            let names = self.catalog.collection_names();
+            Error::bind(
+                format!(
+                    "collection '{}' does not exist{}",
+                    name.value,
+                    suggestion(&name.value, "collection", names.iter().map(String::as_str))
+                ),
+                name.pos,
+            )
+        })
+    }
+
+    fn insert(
+        &self,
+        collection: Name,
+        names: Vec<Name>,
+        rows: Vec<Vec<(Literal, Pos)>>,
+    ) -> Result<Plan> {
+        let columns = self.collection(&collection)?;
+        let mut bound: Vec<(&ColumnInfo, &Name)> = Vec::new();
+        for n in &names {
+            let info = column(n, &columns)?;
+            if info.column == ColumnRef::Id {
+                return Err(Error::bind(
+                    "'id' is assigned by Mirante and cannot be inserted",
+                    n.pos,
+                ));
+            }
+            if bound.iter().any(|(c, _)| c.column == info.column) {
+                return Err(Error::bind(
+                    format!("column '{}' is named twice", n.value),
+                    n.pos,
+                ));
+            }
+            bound.push((info, n));
+        }
+        for c in columns
+            .iter()
+            .filter(|c| !c.nullable && c.column != ColumnRef::Id)
+        {
+            if !bound.iter().any(|(b, _)| b.column == c.column) {
+                return Err(Error::bind(
+                    format!("column '{}' is NOT NULL and must be given", c.name),
+                    collection.pos,
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = Vec::with_capacity(row.len());
+            for ((lit, at), (info, _)) in row.into_iter().zip(&bound) {
+                let ok = match lit {
+                    Literal::Null => info.nullable,
+                    ref l => info.kind.accepts(l),
+                };
+                if !ok {
+                    return Err(Error::bind(
+                        format!(
+                            "column '{}' expects {}{}, got {}",
+                            info.name,
+                            info.kind.describe(),
+                            if info.nullable { " or NULL" } else { "" },
+                            lit.type_name()
+                        ),
+                        at,
+                    ));
+                }
+                values.push(lit);
+            }
+            out.push(values);
+        }
+        Ok(Plan::Insert {
+            collection: collection.value,
+            columns: bound
+                .iter()
+                .map(|(c, _)| (c.name.clone(), c.column))
+                .collect(),
+            rows: out,
+        })
+    }
+}
+
+fn column<'c>(name: &Name, columns: &'c [ColumnInfo]) -> Result<&'c ColumnInfo> {
+    columns
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&name.value))
+        .ok_or_else(|| {
+            Error::bind(
+                format!(
+                    "column '{}' does not exist{}",
+                    name.value,
+                    suggestion(
+                        &name.value,
+                        "column",
+                        columns.iter().map(|c| c.name.as_str())
+                    )
+                ),
+                name.pos,
+            )
+        })
+}
+
+fn expr_pos(e: &Expr) -> Pos {
+    match e {
+        Expr::Column(n) => n.pos,
+        Expr::Literal(_, p) => *p,
+        Expr::Compare { left, .. } => expr_pos(left),
+        Expr::And(l, _) | Expr::Or(l, _) => expr_pos(l),
+        Expr::Not(x) => expr_pos(x),
+        Expr::IsNull { expr, .. }
+        | Expr::InList { expr, .. }
+        | Expr::Between { expr, .. }
+        | Expr::Like { expr, .. } => expr_pos(expr),
+    }
+}
+
+/// A column operand.
+fn column_operand<'c>(e: &Expr, columns: &'c [ColumnInfo]) -> Result<&'c ColumnInfo> {
+    match e {
+        Expr::Column(n) => column(n, columns),
+        other => Err(Error::bind("expected a column name here", expr_pos(other))),
+    }
+}
+
+/// A constant operand that fits `info`.
+fn constant(e: &Expr, info: &ColumnInfo) -> Result<Literal> {
+    let Expr::Literal(lit, at) = e else {
+        return Err(Error::bind(
+            "expected a constant here (comparing two columns is not supported)",
+            expr_pos(e),
+        ));
+    };
+    if *lit == Literal::Null {
+        return Err(Error::bind(
+            format!(
+                "comparing with NULL is never true; write {} IS NULL",
+                info.name
+            ),
+            *at,
+        ));
+    }
+    // A predicate on captions compares single strings.
+    let kind = match info.kind {
+        ColumnKind::StringList => ColumnKind::String,
+        k => k,
+    };
+    if !kind.accepts(lit) {
+        return Err(Error::bind(
+            format!(
+                "column '{}' holds {}, but this is {}",
+                info.name,
+                kind.describe(),
+                lit.type_name()
+            ),
+            *at,
+        ));
+    }
+    Ok(lit.clone())
+}
+
+fn flip(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::LtEq => CmpOp::GtEq,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::GtEq => CmpOp::LtEq,
+        other => other,
+    }
+}
+
+fn predicate(e: &Expr, columns: &[ColumnInfo]) -> Result<Predicate> {
+    let p = |e: &Expr| predicate(e, columns).map(Box::new);
+    Ok(match e {
+        Expr::And(l, r) => Predicate::And(p(l)?, p(r)?),
+        Expr::Or(l, r) => Predicate::Or(p(l)?, p(r)?),
+        Expr::Not(x) => Predicate::Not(p(x)?),
+        Expr::Compare { left, op, right } => {
+            let (col, lit, op) = match (&**left, &**right) {
+                (Expr::Literal(..), r) => (r, &**left, flip(*op)),
+                (l, r) => (l, r, *op),
+            };
+            let info = column_operand(col, columns)?;
+            Predicate::Compare {
+                column: info.column,
+                op,
+                value: constant(lit, info)?,
+            }
+        }
+        Expr::IsNull { expr, negated } => Predicate::IsNull {
+            column: column_operand(expr, columns)?.column,
+            negated: *negated,
+        },
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } => {
+            let info = column_operand(expr, columns)?;
+            Predicate::InList {
+                column: info.column,
+                values: list
+                    .iter()
+                    .map(|x| constant(x, info))
+                    .collect::<Result<_>>()?,
+                negated: *negated,
+            }
+        }
+        Expr::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => {
+            let info = column_operand(expr, columns)?;
+            Predicate::Between {
+                column: info.column,
+                low: constant(low, info)?,
+                high: constant(high, info)?,
+                negated: *negated,
+            }
+        }
+        Expr::Like {
+            expr,
+            pattern,
+            negated,
+            case_insensitive,
+        } => {
+            let info = column_operand(expr, columns)?;
+            if !matches!(info.kind, ColumnKind::String | ColumnKind::StringList) {
+                return Err(Error::bind(
+                    format!("LIKE needs a string column; '{}' is not one", info.name),
+                    expr_pos(expr),
+                ));
+            }
+            Predicate::Like {
+                column: info.column,
+                pattern: pattern.clone(),
+                negated: *negated,
+                case_insensitive: *case_insensitive,
+            }
+        }
+        Expr::Column(n) => {
+            let info = column(n, columns)?;
+            if info.kind != ColumnKind::Bool {
+                return Err(Error::bind(
+                    format!(
+                        "'{}' is not a boolean column; compare it with a value",
+                        n.value
+                    ),
+                    n.pos,
+                ));
+            }
+            Predicate::Compare {
+                column: info.column,
+                op: CmpOp::Eq,
+                value: Literal::Bool(true),
+            }
+        }
+        Expr::Literal(_, at) => {
+            return Err(Error::bind(
+                "a constant alone is not a condition; compare a column with it",
+                *at,
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse;
+
+    struct TestCatalog;
+
+    impl Catalog for TestCatalog {
+        fn collection_names(&self) -> Vec<String> {
+            vec!["images".into(), "paintings".into()]
+        }
+
+        fn columns(&self, collection: &str) -> Option<Vec<ColumnInfo>> {
+            if !["images", "paintings"].contains(&collection) {
+                return None;
+            }
+            let c = |name: &str, column, kind, nullable| ColumnInfo {
+                name: name.into(),
+                column,
+                kind,
+                nullable,
+            };
+            Some(vec![
+                c("id", ColumnRef::Id, ColumnKind::Int, false),
+                c("image", ColumnRef::Image, ColumnKind::String, true),
+                c("text", ColumnRef::Text, ColumnKind::StringList, true),
+                c("split", ColumnRef::Split, ColumnKind::String, true),
+                c("year", ColumnRef::Meta(0), ColumnKind::Int, true),
+                c("artist", ColumnRef::Meta(1), ColumnKind::String, false),
+            ])
+        }
+    }
+
+    fn bind_one(sql: &str) -> Result<Plan> {
+        bind(parse(sql)?.remove(0), &TestCatalog)
+    }
+
+    #[test]
+    fn unknown_names_suggest_the_closest() {
+        let e = bind_one("SEARCH imagse BY TEXT 'x'").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "collection 'imagse' does not exist; did you mean 'images'? (at line 1, column 8)"
+        );
+        let e = bind_one("SELECT * FROM images WHERE yaer > 3").unwrap_err();
+        assert!(e.to_string().contains("did you mean 'year'?"), "{e}");
+    }
+
+    #[test]
+    fn search_defaults_are_cross_modal() {
+        let Plan::Search(s) = bind_one("SEARCH images BY TEXT 'a dog'").unwrap() else {
+            panic!()
+        };
+        assert_eq!((s.target, s.limit), (Some(Target::Images), 10));
+        let Plan::Search(s) = bind_one("SEARCH images BY IMAGE 'x.jpg' LIMIT 3").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.target, Some(Target::Texts));
+    }
+
+    #[test]
+    fn predicates_are_type_checked_and_normalised() {
+        let Plan::Select { filter, .. } =
+            bind_one("SELECT * FROM images WHERE 2000 < year").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            filter,
+            Some(Predicate::Compare {
+                column: ColumnRef::Meta(0),
+                op: CmpOp::Gt,
+                value: Literal::Int(2000)
+            })
+        );
+        let e = bind_one("SELECT * FROM images WHERE year = 'old'").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("column 'year' holds an integer, but this is string"),
+            "{e}"
+        );
+        assert!(
+            bind_one("DELETE FROM images WHERE artist = NULL")
+                .unwrap_err()
+                .to_string()
+                .contains("IS NULL")
+        );
+    }
+
+    #[test]
+    fn insert_checks_columns_and_values() {
+        let e = bind_one("INSERT INTO images (image, text) VALUES ('a.jpg', 'x')").unwrap_err();
+        assert!(e.to_string().contains("'artist' is NOT NULL"), "{e}");
+        let e = bind_one("INSERT INTO images (artist, year) VALUES ('x', 1.5)").unwrap_err();
+        assert_eq!(e.pos().column, 48, "{e}");
+        assert!(matches!(
+            bind_one("INSERT INTO images (artist, text) VALUES ('x', ARRAY['a', 'b'])").unwrap(),
+            Plan::Insert { .. }
+        ));
+    }
+
+    #[test]
+    fn create_existing_needs_if_not_exists() {
+        assert!(bind_one("CREATE COLLECTION images").is_err());
+        assert!(bind_one("CREATE COLLECTION IF NOT EXISTS images").is_ok());
+        assert!(bind_one("DROP COLLECTION IF EXISTS nope").is_ok());
+        assert!(bind_one("DROP COLLECTION nope").is_err());
+    }
+}

@@ -1,0 +1,1139 @@
+//! The parser. Like DataFusion's, it looks at a statement's leading keywords: Mirante's own
+//! statements (`SEARCH`, `IMPORT`, `CREATE COLLECTION`, ...) are parsed here with sqlparser's
+//! tokenizer and primitives (identifiers, literals, expressions), standard SQL (`SELECT`,
+//! `INSERT`, `DELETE`) goes to sqlparser whole and is converted to our [`Statement`], rejecting
+//! the parts Mirante does not run with a positioned error.
+
+use sqlparser::ast::{self as sql, Spanned};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use crate::ast::*;
+use crate::error::{Error, Pos, Result};
+
+/// Statement keywords, for error messages and completion.
+pub const STATEMENT_KEYWORDS: &[&str] = &[
+    "CREATE COLLECTION",
+    "CREATE INDEX",
+    "DROP COLLECTION",
+    "SHOW COLLECTIONS",
+    "SHOW MODELS",
+    "DESCRIBE",
+    "IMPORT",
+    "INSERT",
+    "SELECT",
+    "DELETE",
+    "SEARCH",
+    "EMBED",
+    "COMPACT",
+    "VACUUM",
+    "EXPLAIN",
+];
+
+/// Every keyword of the language (for REPL completion).
+pub const KEYWORDS: &[&str] = &[
+    "AND",
+    "ARRAY",
+    "BETWEEN",
+    "BY",
+    "COLLECTION",
+    "COLLECTIONS",
+    "COMPACT",
+    "COUNT",
+    "CREATE",
+    "DELETE",
+    "DESCRIBE",
+    "DROP",
+    "EMBED",
+    "ERROR",
+    "EXISTS",
+    "EXPLAIN",
+    "FROM",
+    "IF",
+    "ILIKE",
+    "IMAGE",
+    "IMAGES",
+    "IMPORT",
+    "IN",
+    "INDEX",
+    "INSERT",
+    "INTO",
+    "IS",
+    "KEEP",
+    "LIKE",
+    "LIMIT",
+    "MATCH",
+    "MODEL",
+    "MODELS",
+    "NOT",
+    "NULL",
+    "OFFSET",
+    "ON",
+    "OR",
+    "ROW",
+    "SEARCH",
+    "SELECT",
+    "SHOW",
+    "SKIP",
+    "TEXT",
+    "TEXTS",
+    "USING",
+    "VACUUM",
+    "VALUES",
+    "WHERE",
+    "WITH",
+];
+
+/// Parses `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::syntax(e.message, pos(e.location)))?;
+    let last_line = sql.split('\n').count().max(1);
+    let end = Pos {
+        line: last_line as u64,
+        column: sql.split('\n').next_back().unwrap_or("").chars().count() as u64 + 1,
+    };
+    let mut p = StatementParser {
+        p: Parser::new(&dialect).with_tokens_with_locations(tokens),
+        end,
+    };
+    let mut out = Vec::new();
+    loop {
+        while p.p.consume_token(&Token::SemiColon) {}
+        if p.p.peek_token().token == Token::EOF {
+            return Ok(out);
+        }
+        out.push(p.statement()?);
+        let next = p.p.peek_token();
+        if !matches!(next.token, Token::SemiColon | Token::EOF) {
+            return Err(p.unexpected("';' or the end of the input", &next));
+        }
+    }
+}
+
+fn pos(l: Location) -> Pos {
+    Pos {
+        line: l.line,
+        column: l.column,
+    }
+}
+
+/// Converts a sqlparser error, whose message ends with " at Line: L, Column: C" (line 0 when it
+/// is the end of the input, which `end` locates).
+fn from_sqlparser(e: ParserError, end: Pos) -> Error {
+    let fallback = end;
+    let message = match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => "the statement is nested too deeply".into(),
+    };
+    let (text, at) = match message.rfind(" at Line: ") {
+        Some(i) => {
+            let (text, tail) = message.split_at(i);
+            let mut nums = tail
+                .trim_start_matches(" at Line: ")
+                .split(", Column: ")
+                .map(|n| n.trim().parse::<u64>().ok());
+            match (nums.next().flatten(), nums.next().flatten()) {
+                (Some(line), Some(column)) if line > 0 => (text.to_string(), Pos { line, column }),
+                _ => (message.clone(), fallback),
+            }
+        }
+        None => (message.clone(), fallback),
+    };
+    let text = text
+        .replacen("Expected: ", "expected ", 1)
+        .replacen(", found: EOF", ", found end of input", 1)
+        .replacen(", found: ", ", found ", 1);
+    Error::syntax(text, at)
+}
+
+struct StatementParser<'a> {
+    p: Parser<'a>,
+    /// Position just past the input, for errors at its end.
+    end: Pos,
+}
+
+/// Words that end a `SEARCH`'s `WHERE` expression.
+const SEARCH_CLAUSES: [&str; 4] = ["MATCH", "USING", "LIMIT", "INTO"];
+
+impl StatementParser<'_> {
+    fn here(&self) -> Pos {
+        let t = self.p.peek_token();
+        if t.token == Token::EOF {
+            self.end
+        } else {
+            pos(t.span.start)
+        }
+    }
+
+    fn unexpected(&self, expected: &str, found: &TokenWithSpan) -> Error {
+        let found = match &found.token {
+            Token::EOF => "end of input".to_string(),
+            t => format!("'{t}'"),
+        };
+        Error::syntax(format!("expected {expected}, found {found}"), self.here())
+    }
+
+    /// The next token as an unquoted word, upper-cased.
+    fn peek_word(&self) -> Option<String> {
+        peek_word_at(&self.p, 0)
+    }
+
+    /// Consumes the word `w` (case-insensitive) if it is next.
+    fn word(&mut self, w: &str) -> bool {
+        if self.peek_word().as_deref() == Some(w) {
+            self.p.next_token();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_word(&mut self, w: &str) -> Result<()> {
+        if self.word(w) {
+            Ok(())
+        } else {
+            Err(self.unexpected(w, &self.p.peek_token()))
+        }
+    }
+
+    fn expect_token(&mut self, t: Token, what: &str) -> Result<()> {
+        if self.p.consume_token(&t) {
+            Ok(())
+        } else {
+            Err(self.unexpected(what, &self.p.peek_token()))
+        }
+    }
+
+    fn name(&mut self, what: &str) -> Result<Name> {
+        let next = self.p.peek_token();
+        match &next.token {
+            Token::Word(w) => {
+                self.p.next_token();
+                Ok(Name {
+                    value: w.value.clone(),
+                    pos: pos(next.span.start),
+                })
+            }
+            _ => Err(self.unexpected(what, &next)),
+        }
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let next = self.p.peek_token();
+        match &next.token {
+            Token::SingleQuotedString(s) => {
+                self.p.next_token();
+                Ok(s.clone())
+            }
+            _ => Err(self.unexpected(&format!("{what} as a quoted string"), &next)),
+        }
+    }
+
+    fn uint(&mut self, what: &str) -> Result<u64> {
+        let next = self.p.peek_token();
+        if let Token::Number(n, _) = &next.token
+            && let Ok(v) = n.parse::<u64>()
+        {
+            self.p.next_token();
+            return Ok(v);
+        }
+        Err(self.unexpected(what, &next))
+    }
+
+    fn expr(&mut self) -> Result<Expr> {
+        let end = self.end;
+        let e = self.p.parse_expr().map_err(|e| from_sqlparser(e, end))?;
+        convert_expr(&e)
+    }
+
+    /// An expression that ends before the first of `stops` outside parentheses: sqlparser would
+    /// otherwise read words such as MATCH as operators.
+    fn expr_until(&mut self, stops: &[&str]) -> Result<Expr> {
+        let mut tokens = Vec::new();
+        let mut depth = 0i32;
+        loop {
+            let t = self.p.peek_nth_token_ref(tokens.len()).clone();
+            match &t.token {
+                Token::EOF | Token::SemiColon => break,
+                Token::Word(w)
+                    if depth == 0
+                        && w.quote_style.is_none()
+                        && stops.iter().any(|s| w.value.eq_ignore_ascii_case(s)) =>
+                {
+                    break;
+                }
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            tokens.push(t);
+        }
+        let stop = self.p.peek_nth_token_ref(tokens.len()).clone();
+        let stop_pos = if stop.token == Token::EOF {
+            self.end
+        } else {
+            pos(stop.span.start)
+        };
+        let count = tokens.len();
+        tokens.push(TokenWithSpan::new(Token::EOF, stop.span));
+        let dialect = GenericDialect {};
+        let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let e = sub.parse_expr().map_err(|e| from_sqlparser(e, stop_pos))?;
+        let rest = sub.peek_token();
+        if rest.token != Token::EOF {
+            return Err(Error::syntax(
+                format!("unexpected '{}' in the WHERE condition", rest.token),
+                pos(rest.span.start),
+            ));
+        }
+        for _ in 0..count {
+            self.p.next_token();
+        }
+        convert_expr(&e)
+    }
+
+    fn statement(&mut self) -> Result<Statement> {
+        let start = self.p.peek_token();
+        let Some(first) = self.peek_word() else {
+            return Err(self.unexpected("a statement", &start));
+        };
+        match first.as_str() {
+            "CREATE" => {
+                self.p.next_token();
+                if self.word("COLLECTION") {
+                    self.create_collection()
+                } else if self.word("INDEX") {
+                    self.expect_word("ON")?;
+                    let collection = self.name("a collection name")?;
+                    self.expect_word("USING")?;
+                    let factory = self.string("a FAISS factory string")?;
+                    Ok(Statement::CreateIndex {
+                        collection,
+                        factory,
+                    })
+                } else {
+                    Err(self.unexpected("COLLECTION or INDEX", &self.p.peek_token()))
+                }
+            }
+            "DROP" => {
+                self.p.next_token();
+                self.expect_word("COLLECTION")?;
+                let if_exists = self.if_exists("EXISTS")?;
+                Ok(Statement::DropCollection {
+                    name: self.name("a collection name")?,
+                    if_exists,
+                })
+            }
+            "SHOW" => {
+                self.p.next_token();
+                if self.word("COLLECTIONS") {
+                    Ok(Statement::ShowCollections)
+                } else if self.word("MODELS") {
+                    Ok(Statement::ShowModels)
+                } else {
+                    Err(self.unexpected("COLLECTIONS or MODELS", &self.p.peek_token()))
+                }
+            }
+            "DESCRIBE" | "DESC" => {
+                self.p.next_token();
+                self.word("COLLECTION");
+                Ok(Statement::Describe {
+                    name: self.name("a collection name")?,
+                })
+            }
+            "IMPORT" => self.import(),
+            "SEARCH" => self.search(),
+            "EMBED" => {
+                self.p.next_token();
+                let collection = self.name("a collection name")?;
+                let model = self.using_model()?;
+                Ok(Statement::Embed { collection, model })
+            }
+            "COMPACT" => {
+                self.p.next_token();
+                Ok(Statement::Compact {
+                    collection: self.name("a collection name")?,
+                })
+            }
+            "VACUUM" => {
+                self.p.next_token();
+                let keep_versions = if self.word("KEEP") {
+                    Some(self.uint("the number of versions to keep")?)
+                } else {
+                    None
+                };
+                Ok(Statement::Vacuum { keep_versions })
+            }
+            "EXPLAIN" => {
+                self.p.next_token();
+                let inner = self.statement()?;
+                if matches!(inner, Statement::Explain(_)) {
+                    return Err(Error::syntax(
+                        "EXPLAIN EXPLAIN is not a statement",
+                        pos(start.span.start),
+                    ));
+                }
+                Ok(Statement::Explain(Box::new(inner)))
+            }
+            "SELECT" | "INSERT" | "DELETE" => {
+                let end = self.end;
+                let stmt = self
+                    .p
+                    .parse_statement()
+                    .map_err(|e| from_sqlparser(e, end))?;
+                convert_statement(stmt, pos(start.span.start))
+            }
+            _ => Err(Error::syntax(
+                format!(
+                    "expected a statement ({}), found '{}'",
+                    STATEMENT_KEYWORDS.join(", "),
+                    start.token
+                ),
+                pos(start.span.start),
+            )),
+        }
+    }
+
+    /// `IF NOT EXISTS` / `IF EXISTS`; `tail` is "NOT EXISTS" or "EXISTS".
+    fn if_exists(&mut self, tail: &str) -> Result<bool> {
+        if !self.word("IF") {
+            return Ok(false);
+        }
+        for w in tail.split(' ') {
+            self.expect_word(w)?;
+        }
+        Ok(true)
+    }
+
+    fn create_collection(&mut self) -> Result<Statement> {
+        let if_not_exists = self.if_exists("NOT EXISTS")?;
+        let name = self.name("a collection name")?;
+        let mut columns = Vec::new();
+        if self.p.consume_token(&Token::LParen) {
+            loop {
+                let col = self.name("a column name")?;
+                let ty_pos = self.here();
+                let ty = match self.peek_word().as_deref() {
+                    Some("STRING" | "TEXT" | "VARCHAR") => ColumnType::String,
+                    Some("INT" | "INTEGER" | "BIGINT" | "I64") => ColumnType::Int,
+                    Some("FLOAT" | "DOUBLE" | "REAL" | "F64") => ColumnType::Float,
+                    Some("BOOL" | "BOOLEAN") => ColumnType::Bool,
+                    _ => {
+                        return Err(Error::syntax(
+                            "expected a column type: STRING, INT, FLOAT or BOOL",
+                            ty_pos,
+                        ));
+                    }
+                };
+                self.p.next_token();
+                let nullable = if self.word("NOT") {
+                    self.expect_word("NULL")?;
+                    false
+                } else {
+                    self.word("NULL");
+                    true
+                };
+                columns.push(ColumnSpec {
+                    name: col,
+                    ty,
+                    nullable,
+                });
+                if !self.p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            self.expect_token(Token::RParen, "',' or ')'")?;
+        }
+        let options = self.options()?;
+        Ok(Statement::CreateCollection {
+            name,
+            if_not_exists,
+            columns,
+            options,
+        })
+    }
+
+    /// `WITH (key = literal, ...)`, or nothing.
+    fn options(&mut self) -> Result<Options> {
+        let mut options = Vec::new();
+        if !self.word("WITH") {
+            return Ok(Options(options));
+        }
+        self.expect_token(Token::LParen, "'('")?;
+        loop {
+            let key = self.name("an option name")?;
+            self.expect_token(Token::Eq, "'='")?;
+            let at = self.here();
+            let value = match self.expr()? {
+                Expr::Literal(l, _) => l,
+                _ => return Err(Error::syntax("expected a constant option value", at)),
+            };
+            if options
+                .iter()
+                .any(|(k, _): &(Name, Literal)| k.value.eq_ignore_ascii_case(&key.value))
+            {
+                return Err(Error::syntax(
+                    format!("option '{}' is given twice", key.value),
+                    key.pos,
+                ));
+            }
+            options.push((key, value));
+            if !self.p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        self.expect_token(Token::RParen, "',' or ')'")?;
+        Ok(Options(options))
+    }
+
+    fn using_model(&mut self) -> Result<Option<String>> {
+        if self.word("USING") {
+            self.expect_word("MODEL")?;
+            Ok(Some(self.string("a model name, folder or Hub id")?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn import(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        self.expect_word("INTO")?;
+        let collection = self.name("a collection name")?;
+        self.expect_word("FROM")?;
+        let source = self.string("a source path")?;
+        let mut options = Options::default();
+        let mut skip_errors = false;
+        loop {
+            if self.peek_word().as_deref() == Some("WITH") && options.0.is_empty() {
+                options = self.options()?;
+            } else if self.word("ON") {
+                self.expect_word("ERROR")?;
+                if self.word("SKIP") {
+                    skip_errors = true;
+                } else if !self.word("FAIL") {
+                    return Err(self.unexpected("SKIP or FAIL", &self.p.peek_token()));
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(Statement::Import {
+            collection,
+            source,
+            options,
+            skip_errors,
+        })
+    }
+
+    fn search(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        let collection = self.name("a collection name")?;
+        self.expect_word("BY")?;
+        let query = if self.word("TEXT") {
+            SearchQuery::Text(self.string("the query text")?)
+        } else if self.word("IMAGE") {
+            SearchQuery::Image(self.string("the path of the query image")?)
+        } else if self.word("ROW") {
+            SearchQuery::Row(self.uint("a row id")?)
+        } else {
+            return Err(self.unexpected("TEXT, IMAGE or ROW", &self.p.peek_token()));
+        };
+        let mut s = Search {
+            collection,
+            query,
+            target: None,
+            filter: None,
+            model: None,
+            limit: None,
+            into: None,
+        };
+        // The optional clauses may come in any order, each once.
+        loop {
+            let at = self.here();
+            let clause = self.peek_word();
+            let twice = |name: &str| Error::syntax(format!("{name} is given twice"), at);
+            match clause.as_deref() {
+                Some("MATCH") => {
+                    self.p.next_token();
+                    if s.target.is_some() {
+                        return Err(twice("MATCH"));
+                    }
+                    s.target = Some(if self.word("IMAGES") || self.word("IMAGE") {
+                        Target::Images
+                    } else if self.word("TEXTS") || self.word("TEXT") {
+                        Target::Texts
+                    } else {
+                        return Err(self.unexpected("IMAGES or TEXTS", &self.p.peek_token()));
+                    });
+                }
+                Some("WHERE") => {
+                    self.p.next_token();
+                    if s.filter.is_some() {
+                        return Err(twice("WHERE"));
+                    }
+                    s.filter = Some(self.expr_until(&SEARCH_CLAUSES)?);
+                }
+                Some("USING") => {
+                    if s.model.is_some() {
+                        return Err(twice("USING MODEL"));
+                    }
+                    s.model = self.using_model()?;
+                }
+                Some("LIMIT") => {
+                    self.p.next_token();
+                    if s.limit.is_some() {
+                        return Err(twice("LIMIT"));
+                    }
+                    s.limit = Some(self.uint("the number of results")?);
+                }
+                Some("INTO") => {
+                    self.p.next_token();
+                    if s.into.is_some() {
+                        return Err(twice("INTO"));
+                    }
+                    s.into = Some(self.string("the report's path")?);
+                }
+                _ => break,
+            }
+        }
+        Ok(Statement::Search(s))
+    }
+}
+
+fn peek_word_at(p: &Parser<'_>, n: usize) -> Option<String> {
+    match p.peek_nth_token_ref(n).token {
+        Token::Word(ref w) if w.quote_style.is_none() => Some(w.value.to_uppercase()),
+        _ => None,
+    }
+}
+
+fn span_pos(node: &impl Spanned) -> Pos {
+    pos(node.span().start)
+}
+
+fn unsupported(what: &str, node: &impl Spanned) -> Error {
+    Error::syntax(format!("{what} is not supported"), span_pos(node))
+}
+
+/// The single collection of a `FROM` clause.
+fn single_table(from: &[sql::TableWithJoins], at: Pos) -> Result<Name> {
+    let [table] = from else {
+        return Err(Error::syntax(
+            "expected exactly one collection after FROM",
+            at,
+        ));
+    };
+    if let Some(j) = table.joins.first() {
+        return Err(unsupported("JOIN", &j.relation));
+    }
+    match &table.relation {
+        sql::TableFactor::Table { name, alias, .. } => {
+            if let Some(a) = alias {
+                return Err(Error::syntax(
+                    "a collection alias is not supported",
+                    pos(a.name.span.start),
+                ));
+            }
+            object_name(name)
+        }
+        other => Err(Error::syntax(
+            "expected a collection name after FROM",
+            span_pos(other),
+        )),
+    }
+}
+
+fn object_name(name: &sql::ObjectName) -> Result<Name> {
+    match &name.0[..] {
+        [sql::ObjectNamePart::Identifier(ident)] => Ok(ident_name(ident)),
+        _ => Err(Error::syntax(
+            format!("expected a collection name, found '{name}'"),
+            span_pos(name),
+        )),
+    }
+}
+
+fn ident_name(ident: &sql::Ident) -> Name {
+    Name {
+        value: ident.value.clone(),
+        pos: pos(ident.span.start),
+    }
+}
+
+fn limit_value(e: &sql::Expr, what: &str) -> Result<u64> {
+    match convert_expr(e)? {
+        Expr::Literal(Literal::Int(n), _) if n >= 0 => Ok(n as u64),
+        _ => Err(Error::syntax(
+            format!("expected a non-negative integer {what}"),
+            span_pos(e),
+        )),
+    }
+}
+
+fn convert_statement(stmt: sql::Statement, at: Pos) -> Result<Statement> {
+    match stmt {
+        sql::Statement::Query(q) => convert_select(*q, at),
+        sql::Statement::Insert(ins) => {
+            let collection = match &ins.table {
+                sql::TableObject::TableName(n) => object_name(n)?,
+                other => return Err(unsupported("this INSERT target", other)),
+            };
+            let columns = ins
+                .columns
+                .iter()
+                .map(|c| match &c.0[..] {
+                    [sql::ObjectNamePart::Identifier(i)] => Ok(ident_name(i)),
+                    _ => Err(unsupported("a qualified column name", c)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if columns.is_empty() {
+                return Err(Error::syntax(
+                    "INSERT needs its column list, e.g. INSERT INTO name (image, text) VALUES (...)",
+                    at,
+                ));
+            }
+            let Some(source) = ins.source else {
+                return Err(Error::syntax("expected VALUES (...)", at));
+            };
+            let sql::SetExpr::Values(values) = *source.body else {
+                return Err(unsupported("INSERT ... SELECT", &*source));
+            };
+            let mut rows = Vec::new();
+            for row in &values.rows {
+                let mut out = Vec::new();
+                for e in &row.content {
+                    match convert_expr(e)? {
+                        Expr::Literal(l, p) => out.push((l, p)),
+                        _ => {
+                            return Err(Error::syntax(
+                                "INSERT values must be constants",
+                                span_pos(e),
+                            ));
+                        }
+                    }
+                }
+                if out.len() != columns.len() {
+                    return Err(Error::syntax(
+                        format!(
+                            "this row has {} values for {} columns",
+                            out.len(),
+                            columns.len()
+                        ),
+                        span_pos(&row.content[0]),
+                    ));
+                }
+                rows.push(out);
+            }
+            Ok(Statement::Insert {
+                collection,
+                columns,
+                rows,
+            })
+        }
+        sql::Statement::Delete(del) => {
+            let from = match &del.from {
+                sql::FromTable::WithFromKeyword(f) | sql::FromTable::WithoutKeyword(f) => f,
+            };
+            if let Some(l) = &del.limit {
+                return Err(unsupported("DELETE ... LIMIT", l));
+            }
+            Ok(Statement::Delete {
+                collection: single_table(from, at)?,
+                filter: del.selection.as_ref().map(convert_expr).transpose()?,
+            })
+        }
+        _ => Err(Error::syntax(
+            "only SELECT, INSERT and DELETE are accepted from standard SQL",
+            at,
+        )),
+    }
+}
+
+fn convert_select(q: sql::Query, at: Pos) -> Result<Statement> {
+    if let Some(w) = &q.with {
+        return Err(Error::syntax(
+            "WITH is not supported",
+            pos(w.with_token.0.span.start),
+        ));
+    }
+    if q.order_by.is_some() {
+        return Err(Error::syntax(
+            "ORDER BY is not supported: SELECT returns rows in id order (use SEARCH to rank)",
+            at,
+        ));
+    }
+    let (limit, offset) = match &q.limit_clause {
+        None => (None, None),
+        Some(sql::LimitClause::LimitOffset { limit, offset, .. }) => (
+            limit
+                .as_ref()
+                .map(|e| limit_value(e, "LIMIT"))
+                .transpose()?,
+            offset
+                .as_ref()
+                .map(|o| limit_value(&o.value, "OFFSET"))
+                .transpose()?,
+        ),
+        Some(sql::LimitClause::OffsetCommaLimit { offset, limit }) => (
+            Some(limit_value(limit, "LIMIT")?),
+            Some(limit_value(offset, "OFFSET")?),
+        ),
+    };
+    let sql::SetExpr::Select(select) = *q.body else {
+        return Err(Error::syntax(
+            "only a plain SELECT ... FROM one collection is supported",
+            at,
+        ));
+    };
+    if select.distinct.is_some() {
+        return Err(Error::syntax("DISTINCT is not supported", at));
+    }
+    if let Some(h) = &select.having {
+        return Err(unsupported("HAVING", h));
+    }
+    if let sql::GroupByExpr::Expressions(v, _) = &select.group_by
+        && let Some(e) = v.first()
+    {
+        return Err(unsupported("GROUP BY", e));
+    }
+    let collection = single_table(&select.from, at)?;
+    let mut columns = Vec::new();
+    let mut projection = None;
+    for item in &select.projection {
+        match item {
+            sql::SelectItem::Wildcard(_) => projection = Some(Projection::All),
+            sql::SelectItem::UnnamedExpr(sql::Expr::Identifier(i)) => columns.push(ident_name(i)),
+            sql::SelectItem::UnnamedExpr(e) if e.to_string().eq_ignore_ascii_case("count(*)") => {
+                projection = Some(Projection::CountStar)
+            }
+            other => {
+                return Err(Error::syntax(
+                    "expected column names, * or count(*)",
+                    span_pos(other),
+                ));
+            }
+        }
+    }
+    let projection = match (projection, columns.is_empty()) {
+        (Some(p), true) if select.projection.len() == 1 => p,
+        (None, false) => Projection::Columns(columns),
+        _ => {
+            return Err(Error::syntax(
+                "* and count(*) cannot be mixed with other columns",
+                at,
+            ));
+        }
+    };
+    Ok(Statement::Select {
+        collection,
+        projection,
+        filter: select.selection.as_ref().map(convert_expr).transpose()?,
+        limit,
+        offset,
+    })
+}
+
+fn literal(v: &sql::ValueWithSpan, negate: bool) -> Result<Literal> {
+    let at = pos(v.span.start);
+    let lit = match &v.value {
+        sql::Value::Number(n, _) => match n.parse::<i64>() {
+            Ok(i) => Literal::Int(if negate { -i } else { i }),
+            Err(_) => {
+                let f: f64 = n
+                    .parse()
+                    .map_err(|_| Error::syntax(format!("'{n}' is not a number"), at))?;
+                Literal::Float(if negate { -f } else { f })
+            }
+        },
+        _ if negate => return Err(Error::syntax("'-' applies to numbers only", at)),
+        sql::Value::SingleQuotedString(s) => Literal::String(s.clone()),
+        sql::Value::Boolean(b) => Literal::Bool(*b),
+        sql::Value::Null => Literal::Null,
+        other => {
+            return Err(Error::syntax(
+                format!(
+                    "unsupported literal {other}; use 'single quoted strings', numbers, TRUE, FALSE or NULL"
+                ),
+                at,
+            ));
+        }
+    };
+    Ok(lit)
+}
+
+/// Converts a sqlparser expression to the predicate language Mirante evaluates.
+pub(crate) fn convert_expr(e: &sql::Expr) -> Result<Expr> {
+    use sql::Expr as E;
+    let b = |e: &sql::Expr| convert_expr(e).map(Box::new);
+    Ok(match e {
+        E::Identifier(i) => Expr::Column(ident_name(i)),
+        E::Value(v) => Expr::Literal(literal(v, false)?, pos(v.span.start)),
+        E::UnaryOp {
+            op: sql::UnaryOperator::Minus,
+            expr,
+        } if matches!(**expr, E::Value(_)) => match &**expr {
+            E::Value(v) => Expr::Literal(literal(v, true)?, span_pos(e)),
+            _ => unreachable!("guarded by matches!"),
+        },
+        E::UnaryOp {
+            op: sql::UnaryOperator::Not,
+            expr,
+        } => Expr::Not(b(expr)?),
+        E::Nested(inner) => convert_expr(inner)?,
+        E::BinaryOp { left, op, right } => {
+            let cmp = |op| -> Result<Expr> {
+                Ok(Expr::Compare {
+                    left: b(left)?,
+                    op,
+                    right: b(right)?,
+                })
+            };
+            match op {
+                sql::BinaryOperator::And => Expr::And(b(left)?, b(right)?),
+                sql::BinaryOperator::Or => Expr::Or(b(left)?, b(right)?),
+                sql::BinaryOperator::Eq => cmp(CmpOp::Eq)?,
+                sql::BinaryOperator::NotEq => cmp(CmpOp::NotEq)?,
+                sql::BinaryOperator::Lt => cmp(CmpOp::Lt)?,
+                sql::BinaryOperator::LtEq => cmp(CmpOp::LtEq)?,
+                sql::BinaryOperator::Gt => cmp(CmpOp::Gt)?,
+                sql::BinaryOperator::GtEq => cmp(CmpOp::GtEq)?,
+                other => {
+                    return Err(Error::syntax(
+                        format!(
+                            "operator {other} is not supported; use =, <>, <, <=, >, >=, AND, OR, NOT"
+                        ),
+                        span_pos(e),
+                    ));
+                }
+            }
+        }
+        E::IsNull(x) => Expr::IsNull {
+            expr: b(x)?,
+            negated: false,
+        },
+        E::IsNotNull(x) => Expr::IsNull {
+            expr: b(x)?,
+            negated: true,
+        },
+        E::In {
+            expr,
+            target: sql::InTarget::List(list),
+            negated,
+            global: false,
+        } => Expr::InList {
+            expr: b(expr)?,
+            list: list.iter().map(convert_expr).collect::<Result<_>>()?,
+            negated: *negated,
+        },
+        E::Between {
+            expr,
+            negated,
+            low,
+            high,
+        } => Expr::Between {
+            expr: b(expr)?,
+            low: b(low)?,
+            high: b(high)?,
+            negated: *negated,
+        },
+        E::Like {
+            negated,
+            expr,
+            pattern,
+            escape_char: None,
+            any: false,
+        }
+        | E::ILike {
+            negated,
+            expr,
+            pattern,
+            escape_char: None,
+            any: false,
+        } => {
+            let Expr::Literal(Literal::String(p), _) = convert_expr(pattern)? else {
+                return Err(Error::syntax(
+                    "LIKE needs a quoted pattern",
+                    span_pos(&**pattern),
+                ));
+            };
+            Expr::Like {
+                expr: b(expr)?,
+                pattern: p,
+                negated: *negated,
+                case_insensitive: matches!(e, E::ILike { .. }),
+            }
+        }
+        E::Array(arr) => {
+            let items = arr
+                .elem
+                .iter()
+                .map(|x| match convert_expr(x)? {
+                    Expr::Literal(l, _) => Ok(l),
+                    _ => Err(Error::syntax("list items must be constants", span_pos(x))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Expr::Literal(Literal::List(items), span_pos(e))
+        }
+        E::CompoundIdentifier(_) => {
+            return Err(Error::syntax(
+                "qualified names are not supported; name the column alone",
+                span_pos(e),
+            ));
+        }
+        other => {
+            return Err(Error::syntax(
+                format!(
+                    "unsupported expression `{other}`; predicates use columns, constants, \
+                     comparisons, AND/OR/NOT, IN, BETWEEN, LIKE/ILIKE and IS [NOT] NULL"
+                ),
+                span_pos(e),
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut v = parse(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    #[test]
+    fn literal_search_form() {
+        let Statement::Search(s) = one("SEARCH images BY TEXT 'a dog on the beach' LIMIT 5") else {
+            panic!("not a search");
+        };
+        assert_eq!(s.collection.value, "images");
+        assert_eq!(s.query, SearchQuery::Text("a dog on the beach".into()));
+        assert_eq!(s.limit, Some(5));
+        assert_eq!(s.target, None);
+    }
+
+    #[test]
+    fn search_clauses_in_any_order() {
+        let Statement::Search(s) = one(
+            "search c by image '/x.jpg' limit 3 where split = 'test' and year >= 2000 \
+             match images using model 'm' into 'r.html'",
+        ) else {
+            panic!("not a search");
+        };
+        assert_eq!(s.target, Some(Target::Images));
+        assert_eq!(s.model.as_deref(), Some("m"));
+        assert_eq!(s.into.as_deref(), Some("r.html"));
+        assert!(matches!(s.filter, Some(Expr::And(_, _))));
+    }
+
+    #[test]
+    fn several_statements_and_positions() {
+        let v = parse("SHOW COLLECTIONS;\n  DESCRIBE images;;").unwrap();
+        assert_eq!(v.len(), 2);
+        let Statement::Describe { name } = &v[1] else {
+            panic!()
+        };
+        assert_eq!(
+            name.pos,
+            Pos {
+                line: 2,
+                column: 12
+            }
+        );
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let e = parse("SEARCH images BY TXT 'x'").unwrap_err();
+        assert_eq!(
+            e,
+            Error::syntax(
+                "expected TEXT, IMAGE or ROW, found 'TXT'",
+                Pos {
+                    line: 1,
+                    column: 18
+                }
+            )
+        );
+        let e = parse("SELECT * FROM images WHERE").unwrap_err();
+        assert_eq!(e.pos().column, 27, "{e}");
+        let e = parse("SELECT * FROM a JOIN b ON a.x = b.x").unwrap_err();
+        assert!(e.to_string().contains("JOIN is not supported"), "{e}");
+    }
+
+    #[test]
+    fn standard_sql_is_converted() {
+        let Statement::Insert { columns, rows, .. } = one(
+            "INSERT INTO images (image, text, year) VALUES ('a.jpg', ARRAY['x', 'y'], -3), ('b.jpg', 'z', 2.5)",
+        ) else {
+            panic!()
+        };
+        assert_eq!(columns.len(), 3);
+        assert_eq!(
+            rows[0][1].0,
+            Literal::List(vec![
+                Literal::String("x".into()),
+                Literal::String("y".into())
+            ])
+        );
+        assert_eq!(rows[0][2].0, Literal::Int(-3));
+        assert_eq!(rows[1][2].0, Literal::Float(2.5));
+        assert!(matches!(
+            one("SELECT count(*) FROM images WHERE split = 'test'"),
+            Statement::Select {
+                projection: Projection::CountStar,
+                ..
+            }
+        ));
+        assert!(matches!(
+            one("SELECT id, text FROM images LIMIT 3 OFFSET 2"),
+            Statement::Select {
+                limit: Some(3),
+                offset: Some(2),
+                ..
+            }
+        ));
+        assert!(matches!(
+            one("DELETE FROM images WHERE id IN (1, 2)"),
+            Statement::Delete {
+                filter: Some(Expr::InList { .. }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn own_statements() {
+        assert!(matches!(
+            one("CREATE COLLECTION IF NOT EXISTS art (artist STRING NOT NULL, year INT) WITH (model = 'm', index = 'HNSW32')"),
+            Statement::CreateCollection { if_not_exists: true, ref columns, ref options, .. }
+                if columns.len() == 2 && !columns[0].nullable && options.0.len() == 2
+        ));
+        assert!(matches!(
+            one("IMPORT INTO art FROM '/data' WITH (split = 'train') ON ERROR SKIP"),
+            Statement::Import {
+                skip_errors: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            one("EXPLAIN SEARCH art BY ROW 7"),
+            Statement::Explain(_)
+        ));
+        assert!(matches!(
+            one("VACUUM KEEP 3"),
+            Statement::Vacuum {
+                keep_versions: Some(3)
+            }
+        ));
+        assert!(matches!(
+            one("CREATE INDEX ON art USING 'IVF16,Flat'"),
+            Statement::CreateIndex { .. }
+        ));
+    }
+}
