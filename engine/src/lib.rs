@@ -1,9 +1,35 @@
 //! Mirante: an embedded image-text retrieval database engine.
 //!
-//! This crate is the library users depend on. Today it exposes the storage engine
-//! ([`storage`]) and the encoders ([`training`]); the query language, evaluation and training
-//! arrive on top of them.
+//! Open a [`Database`] and run statements with [`Database::sql`], or use the builder API
+//! ([`Database::collection`], [`Collection::search_text`]). Underneath: [`storage`] (files,
+//! commits, vector search), [`query`] (the language) and [`training`] (the encoders).
+//!
+//! ```no_run
+//! let db = mirante::Database::open("my.db")?;
+//! db.sql("CREATE COLLECTION images WITH (model = 'openai/clip-vit-base-patch32')")?;
+//! db.sql("IMPORT INTO images FROM 'photos/'")?;
+//! for hit in db.collection("images")?.search_text("a dog on the beach").limit(5).run()?.hits {
+//!     println!("{} {:.3} {:?}", hit.id, hit.score, hit.image);
+//! }
+//! # Ok::<(), mirante::Error>(())
+//! ```
 
+mod api;
+mod db;
+mod error;
+mod exec;
+pub mod ingest;
+mod models;
+pub mod report;
+mod result;
+mod search;
+
+pub use api::{Collection, Search};
+pub use db::{Database, Options};
+pub use error::{Error, Result, RowFailure};
+pub use mirante_query as query;
 pub use mirante_storage as storage;
-pub use mirante_storage::{Database, Error, Result, Snapshot, Writer};
 pub use mirante_training as training;
+pub use models::{LoadedModel, Models};
+pub use result::{Cell, ResultSet};
+pub use search::{SearchHit, SearchResults, SearchTimings};

@@ -111,6 +111,68 @@ pub enum Predicate {
     },
 }
 
+impl Predicate {
+    /// The predicate as SQL text, with `name` spelling column references.
+    pub fn to_sql(&self, name: &dyn Fn(ColumnRef) -> String) -> String {
+        let not = |n: bool| if n { "NOT " } else { "" };
+        match self {
+            Predicate::Compare { column, op, value } => {
+                let op = match op {
+                    CmpOp::Eq => "=",
+                    CmpOp::NotEq => "<>",
+                    CmpOp::Lt => "<",
+                    CmpOp::LtEq => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::GtEq => ">=",
+                };
+                format!("{} {op} {value}", name(*column))
+            }
+            Predicate::And(a, b) => format!("({} AND {})", a.to_sql(name), b.to_sql(name)),
+            Predicate::Or(a, b) => format!("({} OR {})", a.to_sql(name), b.to_sql(name)),
+            Predicate::Not(a) => format!("NOT {}", a.to_sql(name)),
+            Predicate::IsNull { column, negated } => {
+                format!("{} IS {}NULL", name(*column), not(*negated))
+            }
+            Predicate::InList {
+                column,
+                values,
+                negated,
+            } => format!(
+                "{} {}IN ({})",
+                name(*column),
+                not(*negated),
+                values
+                    .iter()
+                    .map(Literal::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Predicate::Between {
+                column,
+                low,
+                high,
+                negated,
+            } => format!(
+                "{} {}BETWEEN {low} AND {high}",
+                name(*column),
+                not(*negated)
+            ),
+            Predicate::Like {
+                column,
+                pattern,
+                negated,
+                case_insensitive,
+            } => format!(
+                "{} {}{} {}",
+                name(*column),
+                not(*negated),
+                if *case_insensitive { "ILIKE" } else { "LIKE" },
+                Literal::String(pattern.clone())
+            ),
+        }
+    }
+}
+
 /// A bound `SEARCH`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchPlan {
@@ -356,6 +418,16 @@ impl Binder<'_> {
             rows: out,
         })
     }
+}
+
+/// Binds a standalone predicate (see [`crate::parse_predicate`]) against a collection.
+pub fn bind_predicate(e: &Expr, collection: &str, catalog: &dyn Catalog) -> Result<Predicate> {
+    let name = Name {
+        value: collection.to_string(),
+        pos: Pos::default(),
+    };
+    let columns = Binder { catalog }.collection(&name)?;
+    predicate(e, &columns)
 }
 
 fn column<'c>(name: &Name, columns: &'c [ColumnInfo]) -> Result<&'c ColumnInfo> {

@@ -7,11 +7,11 @@ mod error;
 mod eval;
 mod parser;
 
-pub use ast::{Literal, SearchQuery, Statement, Target};
+pub use ast::{Expr, Literal, SearchQuery, Statement, Target};
 pub use binder::{
     Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, Plan,
-    Predicate, SearchPlan, SelectList, bind,
+    Predicate, SearchPlan, SelectList, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};
 pub use eval::{Datum, RowValues, like};
-pub use parser::{KEYWORDS, STATEMENT_KEYWORDS, parse};
+pub use parser::{KEYWORDS, STATEMENT_KEYWORDS, parse, parse_predicate};

@@ -91,14 +91,9 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::syntax(e.message, pos(e.location)))?;
-    let last_line = sql.split('\n').count().max(1);
-    let end = Pos {
-        line: last_line as u64,
-        column: sql.split('\n').next_back().unwrap_or("").chars().count() as u64 + 1,
-    };
     let mut p = StatementParser {
         p: Parser::new(&dialect).with_tokens_with_locations(tokens),
-        end,
+        end: end_of(sql),
     };
     let mut out = Vec::new();
     loop {
@@ -111,6 +106,32 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         if !matches!(next.token, Token::SemiColon | Token::EOF) {
             return Err(p.unexpected("';' or the end of the input", &next));
         }
+    }
+}
+
+/// Parses a standalone predicate, as written after `WHERE` (for the builder API).
+pub fn parse_predicate(text: &str) -> Result<Expr> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| Error::syntax(e.message, pos(e.location)))?;
+    let mut p = StatementParser {
+        p: Parser::new(&dialect).with_tokens_with_locations(tokens),
+        end: end_of(text),
+    };
+    let e = p.expr_until(&[])?;
+    let next = p.p.peek_token();
+    if next.token != Token::EOF {
+        return Err(p.unexpected("the end of the condition", &next));
+    }
+    Ok(e)
+}
+
+/// The position just past the end of `text`.
+fn end_of(text: &str) -> Pos {
+    Pos {
+        line: text.split('\n').count().max(1) as u64,
+        column: text.split('\n').next_back().unwrap_or("").chars().count() as u64 + 1,
     }
 }
 
@@ -760,10 +781,10 @@ fn convert_select(q: sql::Query, at: Pos) -> Result<Statement> {
             pos(w.with_token.0.span.start),
         ));
     }
-    if q.order_by.is_some() {
+    if let Some(ob) = &q.order_by {
         return Err(Error::syntax(
             "ORDER BY is not supported: SELECT returns rows in id order (use SEARCH to rank)",
-            at,
+            span_pos(ob),
         ));
     }
     let (limit, offset) = match &q.limit_clause {

@@ -191,7 +191,7 @@ impl<'a> RowRef<'a> {
         self.rec.id.to_native()
     }
 
-    pub fn texts(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
+    pub fn texts(&self) -> impl ExactSizeIterator<Item = &'a str> + use<'a> {
         self.rec.texts.iter().map(|s| s.as_str())
     }
 

@@ -175,6 +175,47 @@ impl Snapshot {
         }))
     }
 
+    /// The stored vector of a live row in `space`: its image vector, or for a text space the
+    /// vector of caption `text_index`. `None` when the row does not exist, has no such caption,
+    /// or its segment is not embedded in `space`.
+    pub fn vector_of(
+        &self,
+        collection: &str,
+        space: SpaceId,
+        row_id: u64,
+        text_index: usize,
+    ) -> Result<Option<Vec<f32>>> {
+        let c = self.collection(collection)?;
+        let modality = c.space(space)?.spec.modality;
+        let Some(meta) = c
+            .segments
+            .iter()
+            .find(|s| (s.min_row_id..=s.max_row_id).contains(&row_id))
+        else {
+            return Ok(None);
+        };
+        let seg = self.segment(c, meta)?;
+        let Ok(local) = seg
+            .data
+            .rows
+            .rows()
+            .binary_search_by_key(&row_id, |r| r.id.to_native())
+        else {
+            return Ok(None);
+        };
+        if seg.is_deleted(local) {
+            return Ok(None);
+        }
+        let item = match modality {
+            Modality::Image => local,
+            Modality::Text if text_index < seg.row(local).text_count() => {
+                seg.text_start(local) + text_index
+            }
+            Modality::Text => return Ok(None),
+        };
+        Ok(seg.vectors(c, space)?.map(|v| v.get(item).to_vec()))
+    }
+
     /// Calls `f` on every live row of `collection` (in id order) that passes `filter`.
     pub fn scan(
         &self,

@@ -160,3 +160,21 @@ pub fn assert_keyed_row(row: &mirante::storage::RowRef<'_>, key: u64) {
     let expected = keyed_row(key);
     assert_eq!(row.to_new_row(), expected, "row {} differs", row.id());
 }
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The tiny random-weight CLIP checkpoint the encoder parity tests use (24-d embeddings).
+pub fn tiny_clip() -> std::path::PathBuf {
+    repo_root().join("training/tests/fixtures/clip-tiny")
+}
+
+/// The import fixtures written by `scripts/make_import_fixtures.py`.
+pub fn import_fixtures() -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/import")
+}

@@ -38,7 +38,7 @@ fn build(dir: &Path) {
 }
 
 /// Reads everything of collection `a`: every row, a search, the deletion vector.
-fn read_all(dir: &Path, collection: &str) -> mirante::Result<()> {
+fn read_all(dir: &Path, collection: &str) -> mirante::storage::Result<()> {
     let db = Database::open(dir)?;
     let snap = db.snapshot()?;
     snap.scan(collection, None, |row| {
@@ -63,7 +63,7 @@ fn file_with_ext(dir: &Path, ext: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no .{ext} file"))
 }
 
-fn expect_error_naming(result: mirante::Result<()>, path: &Path, what: &str) {
+fn expect_error_naming(result: mirante::storage::Result<()>, path: &Path, what: &str) {
     let err = result.expect_err(what);
     let msg = err.to_string();
     assert!(

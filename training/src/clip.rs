@@ -191,6 +191,11 @@ impl Clip {
         self.config.vision_config.image_size
     }
 
+    /// Size of the shared embedding space.
+    pub fn embedding_dim(&self) -> usize {
+        self.config.projection_dim
+    }
+
     /// L2-normalised image embeddings of `[B, 3, S, S]` pixel values.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;

@@ -30,6 +30,14 @@ impl Model {
         }
     }
 
+    /// Size of the embeddings both towers produce.
+    pub fn embedding_dim(&self) -> usize {
+        match self {
+            Model::Clip(m) => m.embedding_dim(),
+            Model::Siglip(m) => m.embedding_dim(),
+        }
+    }
+
     /// The family name, as `config.json`'s `model_type` spells it.
     pub fn family(&self) -> &'static str {
         match self {
@@ -62,6 +70,43 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// The safetensors files of a checkpoint: `model.safetensors`, or the shards listed by
 /// `model.safetensors.index.json`.
+/// See [`DualEncoder::fingerprint`].
+pub fn checkpoint_fingerprint(folder: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SAMPLES: u64 = 16;
+    const SAMPLE_LEN: u64 = 64 << 10;
+    let config = folder.join("config.json");
+    let mut crc = crc32c::crc32c(&std::fs::read(&config).map_err(|e| Error::io(&config, e))?);
+    let mut total = 0u64;
+    for path in weight_files(folder)? {
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+        total += len;
+        crc = crc32c::crc32c_append(crc, &len.to_le_bytes());
+        let mut header_len = [0u8; 8];
+        f.read_exact(&mut header_len)
+            .map_err(|e| Error::io(&path, e))?;
+        let header_len = u64::from_le_bytes(header_len).min(len.saturating_sub(8));
+        let mut buf = vec![0u8; header_len.min(SAMPLE_LEN * 16) as usize];
+        f.read_exact(&mut buf).map_err(|e| Error::io(&path, e))?;
+        crc = crc32c::crc32c_append(crc, &buf);
+        let data_start = 8 + header_len;
+        let data_len = len - data_start;
+        for i in 0..SAMPLES {
+            let at = data_start + data_len.saturating_sub(SAMPLE_LEN) * i / (SAMPLES - 1);
+            f.seek(SeekFrom::Start(at))
+                .map_err(|e| Error::io(&path, e))?;
+            let mut sample = Vec::with_capacity(SAMPLE_LEN as usize);
+            (&mut f)
+                .take(SAMPLE_LEN)
+                .read_to_end(&mut sample)
+                .map_err(|e| Error::io(&path, e))?;
+            crc = crc32c::crc32c_append(crc, &sample);
+        }
+    }
+    Ok(format!("crc32c:{crc:08x}:{total}"))
+}
+
 fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     let single = folder.join("model.safetensors");
     if single.is_file() {
@@ -261,6 +306,14 @@ impl DualEncoder {
 
     pub fn folder(&self) -> &Path {
         &self.folder
+    }
+
+    /// Identity of the weights: a CRC-32C over `config.json`, the size and safetensors header of
+    /// each weight file and 16 evenly spaced 64 KiB samples of its data. Fine-tuning changes the
+    /// samples, so a re-trained checkpoint under the same name is told apart, without reading
+    /// gigabytes on every load.
+    pub fn fingerprint(&self) -> Result<String> {
+        checkpoint_fingerprint(&self.folder)
     }
 
     /// Pixel values (channel-first, flattened) of one image file's bytes.

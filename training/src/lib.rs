@@ -14,7 +14,7 @@ mod spm;
 mod tokenize;
 
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
-pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES};
+pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES, checkpoint_fingerprint};
 pub use error::{Error, Result};
 pub use hub::{hub_cache_dir, resolve_model};
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};

@@ -258,6 +258,11 @@ impl Siglip {
         self.config.vision_config.image_size
     }
 
+    /// Size of the shared embedding space (the vision width, which the text head projects to).
+    pub fn embedding_dim(&self) -> usize {
+        self.config.vision_config.hidden_size
+    }
+
     /// L2-normalised image embeddings of `[B, 3, S, S]` pixel values.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self

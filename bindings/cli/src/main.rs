@@ -1,5 +1,7 @@
 //! The `mirante` command-line tool.
 
+mod shell;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,6 +40,30 @@ enum Command {
         #[arg(long, default_value = "HNSW32")]
         index: String,
     },
+    /// Runs `;`-separated statements against a database (created if missing) and prints their
+    /// results. Exit status 0 on success; on an error, the message (with the statement line and
+    /// a caret under the position) goes to stderr and the status is 1.
+    ///
+    /// Example: mirante sql my.db "SEARCH images BY TEXT 'a dog on the beach' LIMIT 5"
+    Sql {
+        /// Database directory.
+        db: PathBuf,
+        /// Statements, e.g. "CREATE COLLECTION images WITH (model = 'org/name'); IMPORT INTO
+        /// images FROM 'photos/'". Read from stdin when omitted.
+        statements: Option<String>,
+        /// Output format: an aligned table, JSON lines (one object per result row) or CSV.
+        #[arg(long, value_enum, default_value_t = shell::Format::Table)]
+        format: shell::Format,
+        /// Show progress bars for imports and embedding.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Interactive shell: history, multi-line statements ended by ';', completion of keywords
+    /// and collection names, and dot commands (.help, .mode, .timer, .quit).
+    Shell {
+        /// Database directory (created if missing).
+        db: PathBuf,
+    },
     /// Prints the collections, segments and versions of a database.
     Info {
         /// Database directory.
@@ -72,6 +98,13 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Walkthrough { db, rows, index } => walkthrough(db, rows, &index),
         Command::Info { db } => info(&db),
+        Command::Sql {
+            db,
+            statements,
+            format,
+            progress,
+        } => shell::run_sql(&db, statements, format, progress),
+        Command::Shell { db } => shell::repl(&db),
         Command::Embed {
             model,
             image,
@@ -279,7 +312,7 @@ fn walkthrough(db: Option<PathBuf>, rows: usize, index: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_hits(snap: &mirante::Snapshot, hits: &[mirante::storage::Hit]) -> Result<()> {
+fn print_hits(snap: &mirante::storage::Snapshot, hits: &[mirante::storage::Hit]) -> Result<()> {
     println!(
         "  {:>4}  {:>6}  {:>7}  {:<10} {:>5}  text",
         "rank", "id", "score", "topic", "year"

@@ -30,7 +30,7 @@ fn main() {
     }
 }
 
-fn run(dir: &str, seed: u64, once: bool) -> mirante::Result<()> {
+fn run(dir: &str, seed: u64, once: bool) -> mirante::storage::Result<()> {
     let db = Database::open_or_create(dir)?;
     let mut w = db.writer()?;
     if w.manifest().collection("c").is_err() {

@@ -48,7 +48,7 @@ fn median(reps: usize, mut f: impl FnMut()) -> Duration {
     t[reps / 2]
 }
 
-fn main() -> mirante::Result<()> {
+fn main() -> mirante::storage::Result<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -59,7 +59,8 @@ fn main() -> mirante::Result<()> {
     let data = clustered(n + 1000, DIM, 1000, 1);
     let (vectors, queries) = data.split_at(n * DIM);
 
-    let dir = tempfile::tempdir().map_err(|e| mirante::Error::InvalidArgument(e.to_string()))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| mirante::storage::Error::InvalidArgument(e.to_string()))?;
     let db = Database::create(dir.path().join("db"))?;
     let mut w = db.writer()?;
     w.create_collection("c", test_schema(), IndexSpec::default())?;
@@ -75,9 +76,9 @@ fn main() -> mirante::Result<()> {
 
     // Flat search: Mirante vs the bare FAISS call on the same vectors.
     let mut bare = faiss::index_factory(DIM as u32, "Flat", MetricType::InnerProduct)
-        .map_err(|e| mirante::Error::InvalidArgument(e.to_string()))?;
+        .map_err(|e| mirante::storage::Error::InvalidArgument(e.to_string()))?;
     bare.add(vectors)
-        .map_err(|e| mirante::Error::InvalidArgument(e.to_string()))?;
+        .map_err(|e| mirante::storage::Error::InvalidArgument(e.to_string()))?;
     let snap = db.snapshot()?;
     snap.search("c", s, &queries[..DIM], 10, None)?; // load (map + checksum) once
     let nq_single = 30;

@@ -1,0 +1,145 @@
+//! The builder API for Rust callers: the same searches as the `SEARCH` statement without
+//! writing SQL, returning typed hits (captions, image path or bytes, metadata) ready to hand to
+//! an LLM as context.
+
+use mirante_query::{self as query, SearchPlan, SearchQuery, Target};
+
+use crate::db::{Database, SnapshotCatalog};
+use crate::error::{Error, Result};
+use crate::search::{self, SearchResults};
+
+/// A collection of a [`Database`].
+#[derive(Debug, Clone)]
+pub struct Collection<'db> {
+    db: &'db Database,
+    name: String,
+}
+
+impl Database {
+    /// A handle on an existing collection.
+    pub fn collection(&self, name: &str) -> Result<Collection<'_>> {
+        self.snapshot()?.collection(name)?;
+        Ok(Collection {
+            db: self,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl<'db> Collection<'db> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Live rows.
+    pub fn count(&self) -> Result<u64> {
+        Ok(self.db.snapshot()?.count(&self.name)?)
+    }
+
+    fn search(&self, query: SearchQuery) -> Search<'db> {
+        Search {
+            db: self.db,
+            plan: SearchPlan {
+                collection: self.name.clone(),
+                target: match query {
+                    SearchQuery::Text(_) => Some(Target::Images),
+                    SearchQuery::Image(_) => Some(Target::Texts),
+                    SearchQuery::Row(_) => None,
+                },
+                query,
+                filter: None,
+                model: None,
+                limit: query::DEFAULT_SEARCH_LIMIT,
+                into: None,
+            },
+            filter: None,
+            with_bytes: false,
+        }
+    }
+
+    /// Images ranked by a text query (override with [`Search::match_texts`]).
+    pub fn search_text(&self, text: &str) -> Search<'db> {
+        self.search(SearchQuery::Text(text.to_string()))
+    }
+
+    /// Captions ranked by an image file (override with [`Search::match_images`]).
+    pub fn search_image(&self, path: &str) -> Search<'db> {
+        self.search(SearchQuery::Image(path.to_string()))
+    }
+
+    /// Rows similar to a stored row (its image vector), the row itself left out.
+    pub fn search_row(&self, id: u64) -> Search<'db> {
+        self.search(SearchQuery::Row(id))
+    }
+}
+
+/// A search being built; [`Search::run`] executes it.
+#[derive(Debug, Clone)]
+pub struct Search<'db> {
+    db: &'db Database,
+    plan: SearchPlan,
+    filter: Option<String>,
+    with_bytes: bool,
+}
+
+impl Search<'_> {
+    pub fn limit(mut self, k: usize) -> Self {
+        self.plan.limit = k as u64;
+        self
+    }
+
+    pub fn match_images(mut self) -> Self {
+        self.plan.target = Some(Target::Images);
+        self
+    }
+
+    pub fn match_texts(mut self) -> Self {
+        self.plan.target = Some(Target::Texts);
+        self
+    }
+
+    /// A condition on the rows, written as after `WHERE` (`"split = 'test' AND year > 1900"`).
+    pub fn filter(mut self, predicate: &str) -> Self {
+        self.filter = Some(predicate.to_string());
+        self
+    }
+
+    /// Search the embeddings of another model of the collection (folder or Hub id).
+    pub fn model(mut self, locator: &str) -> Self {
+        self.plan.model = Some(locator.to_string());
+        self
+    }
+
+    /// Hits carry the stored image bytes.
+    pub fn with_image_bytes(mut self) -> Self {
+        self.with_bytes = true;
+        self
+    }
+
+    /// Also write an HTML report.
+    pub fn report(mut self, path: &str) -> Self {
+        self.plan.into = Some(path.to_string());
+        self
+    }
+
+    pub fn run(mut self) -> Result<SearchResults> {
+        if self.plan.limit > query::MAX_SEARCH_LIMIT {
+            return Err(Error::Invalid(format!(
+                "limit {} is above the maximum of {}",
+                self.plan.limit,
+                query::MAX_SEARCH_LIMIT
+            )));
+        }
+        if let Some(text) = &self.filter {
+            let expr = query::parse_predicate(text)?;
+            let snap = self.db.snapshot()?;
+            self.plan.filter = Some(query::bind_predicate(
+                &expr,
+                &self.plan.collection,
+                &SnapshotCatalog(&snap),
+            )?);
+        }
+        let with_bytes = self.with_bytes || self.plan.into.is_some();
+        search::run(self.db, &self.plan, with_bytes)
+    }
+}
