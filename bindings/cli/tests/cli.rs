@@ -112,3 +112,136 @@ fn embed_prints_reference_embeddings_in_input_order() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the Hugging Face cache"));
 }
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn sql(db: &std::path::Path, statements: &str, format: &str) -> std::process::Output {
+    Command::new(BIN)
+        .arg("sql")
+        .arg(db)
+        .arg(statements)
+        .args(["--format", format])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sql_formats_errors_and_hub_cache_datasets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let model = repo().join("training/tests/fixtures/clip-tiny");
+    // A dataset snapshot in the Hugging Face hub cache layout.
+    let cache = tmp.path().join("hub");
+    let snapshot = cache.join("datasets--mirante--photos/snapshots/0123abcd");
+    std::fs::create_dir_all(snapshot.join("data")).unwrap();
+    for split in ["train", "test"] {
+        let name = format!("{split}-00000-of-00001.parquet");
+        std::fs::copy(
+            repo()
+                .join("tests/fixtures/import/hf_parquet/data")
+                .join(&name),
+            snapshot.join("data").join(&name),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(cache.join("datasets--mirante--photos/refs")).unwrap();
+    std::fs::write(
+        cache.join("datasets--mirante--photos/refs/main"),
+        "0123abcd",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .env("HF_HUB_CACHE", &cache)
+        .arg("sql")
+        .arg(&db)
+        .arg(format!(
+            "CREATE COLLECTION images WITH (model = '{}'); \
+             IMPORT INTO images FROM 'hf://datasets/mirante/photos' WITH (split = 'train')",
+            model.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 4 rows into images"));
+
+    // JSON lines: one object per result row with the documented keys.
+    let out = sql(
+        &db,
+        "SEARCH images BY TEXT 'a dog on the beach' LIMIT 3",
+        "json",
+    );
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["rank"], i + 1);
+        for key in ["id", "score", "text", "image", "split", "year", "source"] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+    }
+    assert!(rows[0]["score"].as_f64() >= rows[2]["score"].as_f64());
+
+    let out = sql(&db, "SELECT id, year FROM images LIMIT 2", "csv");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "id,year\n1,1983\n2,2010\n"
+    );
+
+    // Errors: non-zero exit, message with a caret on stderr, nothing on stdout.
+    let out = sql(&db, "SELECT * FROM imagse", "table");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did you mean 'images'?"), "{err}");
+    assert!(err.contains("\n                ^"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn shell_reads_multi_line_statements_and_dot_commands() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let mut child = Command::new(BIN)
+        .arg("shell")
+        .arg(&db)
+        .env("MIRANTE_HISTORY", tmp.path().join("history"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"CREATE COLLECTION notes\n  (topic STRING);\n.mode json\nSHOW\nCOLLECTIONS;\n.mode csv\nDESCRIBE notes;\n.bogus\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("created collection notes"), "{text}");
+    assert!(
+        text.contains(
+            r#"{"name":"notes","rows":0,"captions":0,"segments":0,"model":null,"index":"Flat"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("column,type,nullable\nid,i64,false\n"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown or incomplete dot command"));
+}

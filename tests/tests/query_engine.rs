@@ -1,0 +1,583 @@
+//! The engine through its public API: imports of every source format, failed imports that commit
+//! nothing, end-to-end search in both directions against embeddings computed independently,
+//! deletes, the builder API and HTML reports.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use mirante::training::{DualEncoder, default_device};
+use mirante::{Cell, Database, Error, ResultSet};
+use mirante_tests::{import_fixtures, repo_root, tiny_clip};
+
+/// Real photographs from the encoder fixtures, with captions.
+const PHOTOS: [(&str, &[&str]); 5] = [
+    ("camera.png", &["a man with a camera", "black and white"]),
+    ("chelsea.png", &["a cat"]),
+    ("horse.png", &["a horse", "a silhouette", "uma silhueta"]),
+    ("rocket.jpg", &["a rocket"]),
+    ("logo.png", &["a logo with transparency"]),
+];
+
+fn photo(name: &str) -> PathBuf {
+    repo_root()
+        .join("training/tests/fixtures/images")
+        .join(name)
+}
+
+fn open(dir: &Path) -> Database {
+    Database::open(dir.join("db")).unwrap()
+}
+
+fn one(db: &Database, sql: &str) -> ResultSet {
+    let mut r = db.sql(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
+    r.pop().unwrap()
+}
+
+fn create(db: &Database) {
+    one(
+        db,
+        &format!(
+            "CREATE COLLECTION images WITH (model = '{}')",
+            tiny_clip().display()
+        ),
+    );
+}
+
+fn count(db: &Database) -> i64 {
+    match one(db, "SELECT count(*) FROM images").rows[0][0] {
+        Cell::Int(n) => n,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+/// An imagefolder with the photos split into train/ and test/ folders, each with a metadata
+/// file of the given kind.
+fn imagefolder(root: &Path, csv: bool) {
+    for (i, (name, captions)) in PHOTOS.iter().enumerate() {
+        let split = if i < 3 { "train" } else { "test" };
+        let dir = root.join(split).join("pics");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(photo(name), dir.join(name)).unwrap();
+        let meta = root.join(split).join(if csv {
+            "metadata.csv"
+        } else {
+            "metadata.jsonl"
+        });
+        let first = !meta.exists();
+        let line = if csv {
+            let header = if first { "file_name,text,rating\n" } else { "" };
+            format!(
+                "{header}pics/{name},\"{}\",{}\n",
+                captions[0],
+                i as f64 + 0.5
+            )
+        } else {
+            format!(
+                "{}\n",
+                serde_json::json!({"file_name": format!("pics/{name}"), "text": captions, "rating": i})
+            )
+        };
+        let mut text = std::fs::read_to_string(&meta).unwrap_or_default();
+        text.push_str(&line);
+        std::fs::write(&meta, text).unwrap();
+    }
+}
+
+#[test]
+fn imagefolder_with_jsonl_and_csv_metadata() {
+    for csv in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        imagefolder(&data, csv);
+        let db = open(tmp.path());
+        create(&db);
+        let r = one(
+            &db,
+            &format!("IMPORT INTO images FROM '{}'", data.display()),
+        );
+        assert_eq!(r.status.as_deref(), Some("imported 5 rows into images"));
+        let rows = one(&db, "SELECT id, text, split, rating, image FROM images");
+        assert_eq!(rows.rows.len(), 5);
+        // Splits come from the folders, captions and ratings from the metadata file.
+        let horse = rows
+            .rows
+            .iter()
+            .find(|r| matches!(&r[4], Cell::Str(s) if s.ends_with("horse.png")))
+            .unwrap();
+        assert_eq!(horse[2], Cell::Str("train".into()));
+        if csv {
+            assert_eq!(horse[1], Cell::List(vec!["a horse".into()]));
+            assert_eq!(horse[3], Cell::Float(2.5));
+        } else {
+            assert_eq!(
+                horse[1],
+                Cell::List(vec![
+                    "a horse".into(),
+                    "a silhouette".into(),
+                    "uma silhueta".into()
+                ])
+            );
+            assert_eq!(horse[3], Cell::Int(2));
+        }
+        // The split option picks one split.
+        one(&db, "DELETE FROM images");
+        one(
+            &db,
+            &format!(
+                "IMPORT INTO images FROM '{}' WITH (split = 'test')",
+                data.display()
+            ),
+        );
+        assert_eq!(count(&db), 2);
+    }
+}
+
+#[test]
+fn csv_and_jsonl_files_naming_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = import_fixtures().join("photos");
+    let csv = tmp.path().join("pairs.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "path,caption,split,year\n{0}/coffee.jpg,a cup of coffee,train,2009\n{0}/rocket.jpg,a rocket,test,1969\n",
+            photos.display()
+        ),
+    )
+    .unwrap();
+    let jsonl = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &jsonl,
+        format!(
+            "{}\n{}\n",
+            serde_json::json!({"image": format!("{}/horse.png", photos.display()), "captions": ["a horse", "cavalo"], "score": 0.5}),
+            serde_json::json!({"image": format!("{}/camera.png", photos.display()), "captions": "a camera", "score": 1}),
+        ),
+    )
+    .unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}' WITH (image_column = 'path', text_column = 'caption')",
+            csv.display()
+        ),
+    );
+    one(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", jsonl.display()),
+    );
+    let r = one(&db, "SELECT id, text, split, year, score FROM images");
+    assert_eq!(
+        r.rows,
+        vec![
+            vec![
+                Cell::Int(1),
+                Cell::List(vec!["a cup of coffee".into()]),
+                Cell::Str("train".into()),
+                Cell::Int(2009),
+                Cell::Null
+            ],
+            vec![
+                Cell::Int(2),
+                Cell::List(vec!["a rocket".into()]),
+                Cell::Str("test".into()),
+                Cell::Int(1969),
+                Cell::Null
+            ],
+            vec![
+                Cell::Int(3),
+                Cell::List(vec!["a horse".into(), "cavalo".into()]),
+                Cell::Null,
+                Cell::Null,
+                Cell::Float(0.5)
+            ],
+            vec![
+                Cell::Int(4),
+                Cell::List(vec!["a camera".into()]),
+                Cell::Null,
+                Cell::Null,
+                Cell::Float(1.0)
+            ],
+        ]
+    );
+}
+
+#[test]
+fn hugging_face_parquet_file_and_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    let data = import_fixtures().join("hf_parquet");
+    // One shard file, with the split taken from its name.
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            data.join("data/train-00000-of-00001.parquet").display()
+        ),
+    );
+    let r = one(&db, "SELECT split, year, source, text FROM images LIMIT 1");
+    assert_eq!(
+        r.rows[0],
+        vec![
+            Cell::Str("train".into()),
+            Cell::Int(1983),
+            Cell::Str("skimage.astronaut".into()),
+            Cell::List(vec![
+                "an astronaut in a white suit".into(),
+                "a woman posing with a flag".into()
+            ])
+        ]
+    );
+    // The dataset folder with a split filter.
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}' WITH (split = 'test', columns = 'year')",
+            data.display()
+        ),
+    );
+    assert_eq!(count(&db), 6);
+    let r = one(&db, "SELECT count(*) FROM images WHERE split = 'test'");
+    assert_eq!(r.rows[0][0], Cell::Int(2));
+    // The stored image is the struct's bytes, decodable, named by the struct's path.
+    let snap = db.snapshot().unwrap();
+    let row = snap.get("images", 1).unwrap().unwrap();
+    assert_eq!(row.row().image_source(), Some("astronaut.jpg"));
+    assert!(image::load_from_memory(row.row().image_bytes().unwrap()).is_ok());
+}
+
+#[test]
+fn a_bad_row_fails_the_import_and_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    imagefolder(&data, false);
+    std::fs::write(data.join("train/pics/broken.jpg"), b"not a jpeg at all").unwrap();
+    let meta = data.join("train/metadata.jsonl");
+    let mut text = std::fs::read_to_string(&meta).unwrap();
+    text.push_str("{\"file_name\": \"pics/broken.jpg\", \"text\": \"broken\"}\n");
+    text.push_str("{\"file_name\": \"pics/missing.jpg\", \"text\": \"missing\"}\n");
+    text.push_str("{\"text\": \"no file name\"}\n");
+    std::fs::write(&meta, text).unwrap();
+
+    let db = open(tmp.path());
+    create(&db);
+    let before = db.storage().versions().unwrap();
+    let sql = format!("IMPORT INTO images FROM '{}'", data.display());
+    let err = db.sql(&sql).unwrap_err();
+    let Error::RowsFailed { failures, .. } = &err else {
+        panic!("{err}")
+    };
+    let reasons: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+    assert_eq!(failures.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("missing.jpg): image file not found"))
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("missing value in image column 'file_name'"))
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("broken.jpg") && r.contains("decode")),
+        "{reasons:?}"
+    );
+    // Nothing was committed: no new version, no rows, no new columns.
+    assert_eq!(db.storage().versions().unwrap(), before);
+    assert_eq!(count(&db), 0);
+    assert!(db.sql("SELECT rating FROM images").is_err());
+
+    // A missing text column named in the options fails before reading anything.
+    let err = db
+        .sql(&format!(
+            "IMPORT INTO images FROM '{}' WITH (text_column = 'caption')",
+            data.join("train/metadata.jsonl").display()
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("text column 'caption' is not in the file"),
+        "{err}"
+    );
+
+    // ON ERROR SKIP imports the rest and reports the skipped rows with their reasons.
+    let r = one(&db, &format!("{sql} ON ERROR SKIP"));
+    assert_eq!(
+        r.status.as_deref(),
+        Some("imported 5 rows into images, skipped 3")
+    );
+    assert_eq!(r.columns, ["skipped", "image", "reason"]);
+    assert_eq!(r.rows.len(), 3);
+    assert_eq!(count(&db), 5);
+}
+
+/// Cosine of two L2-normalised vectors.
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn search_both_directions_matches_independent_embeddings_then_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    let values: Vec<String> = PHOTOS
+        .iter()
+        .map(|(name, captions)| {
+            let list: Vec<String> = captions.iter().map(|c| format!("'{c}'")).collect();
+            format!("('{}', ARRAY[{}])", photo(name).display(), list.join(", "))
+        })
+        .collect();
+    one(
+        &db,
+        &format!(
+            "INSERT INTO images (image, text) VALUES {}",
+            values.join(", ")
+        ),
+    );
+
+    // Reference embeddings straight from the encoder.
+    let enc = DualEncoder::load(&tiny_clip(), &default_device()).unwrap();
+    let image_vec = |name: &str| {
+        let bytes = std::fs::read(photo(name)).unwrap();
+        let px = enc.pixels(&bytes, name).unwrap();
+        enc.embed_pixels(&[px]).unwrap().remove(0)
+    };
+    let images: Vec<Vec<f32>> = PHOTOS.iter().map(|(n, _)| image_vec(n)).collect();
+
+    // Text -> image: every image ranked, scores are the cosines, in order.
+    let query = "a photograph of an animal";
+    let q = enc.embed_texts(&[query]).unwrap().remove(0);
+    let hits = db
+        .collection("images")
+        .unwrap()
+        .search_text(query)
+        .limit(10)
+        .run()
+        .unwrap()
+        .hits;
+    assert_eq!(hits.len(), 5);
+    let mut expected: Vec<(u64, f32)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64 + 1, cos(&q, v)))
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (h, (id, score)) in hits.iter().zip(&expected) {
+        assert_eq!(h.id, *id);
+        assert!((h.score - score).abs() < 1e-5, "{} vs {score}", h.score);
+    }
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+
+    // Image -> text: captions ranked, each hit names its caption.
+    let r = one(
+        &db,
+        &format!(
+            "SEARCH images BY IMAGE '{}' LIMIT 20",
+            photo("horse.png").display()
+        ),
+    );
+    assert_eq!(r.rows.len(), 8, "one hit per caption");
+    let captions: Vec<(u64, &str)> = PHOTOS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, cs))| cs.iter().map(move |c| (i as u64 + 1, *c)))
+        .collect();
+    let texts: Vec<&str> = captions.iter().map(|c| c.1).collect();
+    let text_vecs = enc.embed_texts(&texts).unwrap();
+    let hq = &images[2];
+    for row in 0..r.rows.len() {
+        let Some(Cell::Str(matched)) = r.get(row, "matched_text") else {
+            panic!()
+        };
+        let k = texts.iter().position(|t| t == matched).unwrap();
+        let Some(Cell::Float(score)) = r.get(row, "score") else {
+            panic!()
+        };
+        assert!((*score as f32 - cos(hq, &text_vecs[k])).abs() < 1e-5);
+        assert_eq!(r.get(row, "id"), Some(&Cell::Int(captions[k].0 as i64)));
+    }
+
+    // Image -> image finds the image itself first.
+    let r = one(
+        &db,
+        &format!(
+            "SEARCH images BY IMAGE '{}' MATCH IMAGES LIMIT 1",
+            photo("rocket.jpg").display()
+        ),
+    );
+    assert_eq!(r.get(0, "id"), Some(&Cell::Int(4)));
+    let Some(Cell::Float(s)) = r.get(0, "score") else {
+        panic!()
+    };
+    assert!(*s > 0.9999);
+
+    // Delete the best text->image hit: it disappears, the others keep their order.
+    let top = hits[0].id;
+    one(&db, &format!("DELETE FROM images WHERE id = {top}"));
+    let after = db
+        .collection("images")
+        .unwrap()
+        .search_text(query)
+        .limit(10)
+        .run()
+        .unwrap()
+        .hits;
+    let ids: Vec<u64> = after.iter().map(|h| h.id).collect();
+    let expected_ids: Vec<u64> = hits.iter().skip(1).map(|h| h.id).collect();
+    assert_eq!(ids, expected_ids);
+    assert_eq!(after[0].rank, 1);
+}
+
+#[test]
+fn builder_api_filters_and_returns_rag_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            import_fixtures().join("hf_parquet").display()
+        ),
+    );
+    let results = db
+        .collection("images")
+        .unwrap()
+        .search_text("a rocket")
+        .filter("split = 'train' AND year < 2000")
+        .with_image_bytes()
+        .limit(10)
+        .run()
+        .unwrap();
+    assert_eq!(results.hits.len(), 2);
+    for h in &results.hits {
+        assert_eq!(h.split.as_deref(), Some("train"));
+        let year = h.metadata.iter().find(|(k, _)| k == "year").unwrap();
+        assert!(matches!(year.1, mirante::storage::Value::I64(y) if y < 2000));
+        assert!(image::load_from_memory(h.image_bytes.as_ref().unwrap()).is_ok());
+        assert!(!h.texts.is_empty());
+    }
+    // Errors in the filter name the problem.
+    let err = db
+        .collection("images")
+        .unwrap()
+        .search_text("x")
+        .filter("yeer > 3")
+        .run()
+        .unwrap_err();
+    assert!(err.to_string().contains("did you mean 'year'?"), "{err}");
+    // Unknown collections are refused up front.
+    assert!(db.collection("imagse").is_err());
+}
+
+#[test]
+fn embed_fills_a_collection_imported_without_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    one(&db, "CREATE COLLECTION images");
+    let r = one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            import_fixtures().join("hf_parquet").display()
+        ),
+    );
+    assert!(r.status.unwrap().contains("without embeddings"));
+    assert!(db.sql("SEARCH images BY TEXT 'x'").is_err());
+    one(
+        &db,
+        &format!("EMBED images USING MODEL '{}'", tiny_clip().display()),
+    );
+    let r = one(&db, "SEARCH images BY TEXT 'a horse' LIMIT 6");
+    assert_eq!(r.rows.len(), 6);
+    // EMBED again has nothing left to do.
+    let r = one(&db, "EMBED images");
+    assert_eq!(
+        r.status.as_deref(),
+        Some(
+            format!(
+                "embedded 0 segment columns of images with {}",
+                tiny_clip().canonicalize().unwrap().display()
+            )
+            .as_str()
+        )
+    );
+}
+
+#[test]
+fn search_into_writes_an_html_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            import_fixtures().join("hf_parquet").display()
+        ),
+    );
+    let report = tmp.path().join("report.html");
+    let r = one(
+        &db,
+        &format!(
+            "SEARCH images BY TEXT 'a <cat> & a dog' LIMIT 4 INTO '{}'",
+            report.display()
+        ),
+    );
+    assert_eq!(r.rows.len(), 4);
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("class=\"hit\"").count(), 4);
+    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count(), 4);
+    assert!(html.contains("a &lt;cat&gt; &amp; a dog"));
+    check_in_browser(&report, 4);
+}
+
+/// Loads the page in headless Chromium and checks every thumbnail decoded. Chromium is
+/// installed by `.ci/run`; elsewhere the check is skipped with a note unless
+/// `MIRANTE_REQUIRE_BROWSER` is set.
+fn check_in_browser(page: &Path, images: usize) {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var_os("MIRANTE_REQUIRE_BROWSER").is_none(),
+            "MIRANTE_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("note: chromium not found; the HTML report was not checked in a browser");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!("data-images-loaded=\"{images}\"")),
+        "the browser did not load {images} thumbnails: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dom.chars().take(500).collect::<String>()
+    );
+}
