@@ -105,10 +105,17 @@ impl Database {
     pub fn execute(&self, stmt: query::Statement) -> Result<ResultSet> {
         let snap = self.snapshot()?;
         let plan = query::bind(stmt, &SnapshotCatalog(&snap))?;
-        crate::exec::run(self, plan)
+        let result = crate::exec::run(self, plan);
+        // The writer lock is held for one statement only, so other processes (a second shell,
+        // a script) can write between statements, as with SQLite.
+        *self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        result
     }
 
-    /// The writer, taken (with the database's writer lock) on first use and kept.
+    /// The writer, taken (with the database's writer lock) on first use in a statement.
     pub(crate) fn writer(&self) -> Result<WriterGuard<'_>> {
         let mut guard = self
             .writer
@@ -142,8 +149,9 @@ impl std::ops::DerefMut for WriterGuard<'_> {
     }
 }
 
-/// The binder's view of a snapshot.
-pub(crate) struct SnapshotCatalog<'s>(pub &'s Snapshot);
+/// The binder's view of a snapshot: its collections and their columns.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotCatalog<'s>(pub &'s Snapshot);
 
 /// Columns of a collection as the language sees them: the built-ins, then metadata.
 pub(crate) fn columns_of(schema: &storage::Schema) -> Vec<ColumnInfo> {

@@ -25,7 +25,7 @@ mod result;
 mod search;
 
 pub use api::{Collection, Search};
-pub use db::{Database, Options};
+pub use db::{Database, Options, SnapshotCatalog};
 pub use error::{Error, Result, RowFailure};
 pub use mirante_query as query;
 pub use mirante_storage as storage;

@@ -104,27 +104,13 @@ impl Completer for ShellHelper {
         if word.is_empty() {
             return Ok((start, Vec::new()));
         }
-        let lower = word.to_lowercase();
-        let mut names: Vec<String> = self
+        let collections: Vec<String> = self
             .db
             .snapshot()
             .map(|s| s.collections().iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default();
-        names.extend(mirante::query::KEYWORDS.iter().map(|k| {
-            if word.chars().next().is_some_and(char::is_lowercase) {
-                k.to_lowercase()
-            } else {
-                k.to_string()
-            }
-        }));
-        if start == 0 {
-            names.extend(
-                [".help", ".mode", ".timer", ".tables", ".quit", ".exit"].map(String::from),
-            );
-        }
-        let pairs = names
+        let pairs = completions(word, start == 0, collections)
             .into_iter()
-            .filter(|n| n.to_lowercase().starts_with(&lower))
             .map(|n| Pair {
                 display: n.clone(),
                 replacement: n,
@@ -132,6 +118,26 @@ impl Completer for ShellHelper {
             .collect();
         Ok((start, pairs))
     }
+}
+
+/// Completions of `word`: collection names, keywords (in the case the user types) and, at the
+/// start of a line, dot commands.
+fn completions(word: &str, line_start: bool, collections: Vec<String>) -> Vec<String> {
+    let lower = word.to_lowercase();
+    let mut names = collections;
+    names.extend(mirante::query::KEYWORDS.iter().map(|k| {
+        if word.chars().next().is_some_and(char::is_lowercase) {
+            k.to_lowercase()
+        } else {
+            k.to_string()
+        }
+    }));
+    if line_start {
+        names.extend([".help", ".mode", ".timer", ".tables", ".quit", ".exit"].map(String::from));
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| n.to_lowercase().starts_with(&lower) && seen.insert(n.clone()));
+    names
 }
 
 impl Hinter for ShellHelper {
@@ -248,5 +254,24 @@ fn run_one(db: &Database, text: &str, mode: Format, timer: bool, failed: &mut bo
     }
     if timer {
         println!("time: {:.3} s", start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::completions;
+
+    #[test]
+    fn completes_keywords_collections_and_dot_commands() {
+        let cols = || vec!["images".to_string(), "paintings".to_string()];
+        assert_eq!(completions("SEA", false, cols()), ["SEARCH"]);
+        assert_eq!(completions("sea", false, cols()), ["search"]);
+        assert_eq!(
+            completions("im", false, cols()),
+            ["images", "image", "import"]
+        );
+        assert_eq!(completions("pai", false, cols()), ["paintings"]);
+        assert_eq!(completions(".m", true, cols()), [".mode"]);
+        assert!(completions(".m", false, cols()).is_empty());
     }
 }
