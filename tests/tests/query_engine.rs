@@ -498,6 +498,50 @@ fn embed_fills_a_collection_imported_without_a_model() {
     );
     let r = one(&db, "SEARCH images BY TEXT 'a horse' LIMIT 6");
     assert_eq!(r.rows.len(), 6);
+    // A second model's spaces: searched with USING MODEL, the first model stays active.
+    let siglip = repo_root().join("training/tests/fixtures/siglip-tiny");
+    one(
+        &db,
+        &format!("EMBED images USING MODEL '{}'", siglip.display()),
+    );
+    let models = one(&db, "SHOW MODELS");
+    assert_eq!(models.rows.len(), 2);
+    let r = one(
+        &db,
+        &format!(
+            "SEARCH images BY TEXT 'a horse' USING MODEL '{}' LIMIT 2",
+            siglip.display()
+        ),
+    );
+    assert_eq!(r.rows.len(), 2);
+    let default = one(&db, "SEARCH images BY TEXT 'a horse' LIMIT 6");
+    assert_ne!(
+        r.rows[0][2], default.rows[0][2],
+        "different spaces, different scores"
+    );
+    let enc = DualEncoder::load(&siglip, &default_device()).unwrap();
+    let q = enc.embed_texts(&["a horse"]).unwrap().remove(0);
+    let Cell::Int(id) = r.rows[0][1] else {
+        panic!()
+    };
+    let snap = db.snapshot().unwrap();
+    let c = snap.collection("images").unwrap();
+    let space = c
+        .spaces
+        .iter()
+        .find(|s| {
+            s.spec.modality == mirante::storage::Modality::Image
+                && s.spec.model_id.ends_with("siglip-tiny")
+        })
+        .unwrap();
+    let v = snap
+        .vector_of("images", space.id, id as u64, 0)
+        .unwrap()
+        .unwrap();
+    let Cell::Float(score) = r.rows[0][2] else {
+        panic!()
+    };
+    assert!((score as f32 - cos(&q, &v)).abs() < 1e-5);
     // EMBED again has nothing left to do.
     let r = one(&db, "EMBED images");
     assert_eq!(
