@@ -34,7 +34,7 @@ impl Activation {
         })
     }
 
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Activation::Gelu => x.gelu_erf(),
@@ -81,13 +81,20 @@ impl Dense {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None)
+    }
+
+    /// `act(x W^T + b)`, the bias and activation fused into one pass where possible.
+    pub fn forward_act(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let mut y = x.reshape((rows, inp))?.matmul(&self.weight_t)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        y = match (&self.bias, act) {
+            (Some(b), act) => crate::fused::bias_act(&y, b, act)?,
+            (None, Some(a)) => a.apply(&y)?,
+            (None, None) => y,
+        };
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.weight_t.dim(1)?;
@@ -175,7 +182,7 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_act(x, Some(self.act))?)
     }
 }
 

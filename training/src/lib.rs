@@ -5,6 +5,7 @@
 mod clip;
 mod encoder;
 mod error;
+mod fused;
 mod hub;
 mod layers;
 mod pipeline;
