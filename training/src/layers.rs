@@ -137,10 +137,11 @@ impl Attention {
     /// Multi-head self-attention; `mask` is added to the scores.
     pub fn attend(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, l, 3, self.heads, self.head_dim))?;
+        let qkv = self.qkv.forward(x)?;
+        if let Some(ctx) = crate::fused::attention(&qkv, self.heads, self.head_dim, mask)? {
+            return self.out.forward(&ctx);
+        }
+        let qkv = qkv.reshape((b, l, 3, self.heads, self.head_dim))?;
         let take = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i, 1)?
                 .squeeze(2)?
