@@ -41,11 +41,7 @@ impl<'db> Collection<'db> {
             db: self.db,
             plan: SearchPlan {
                 collection: self.name.clone(),
-                target: match query {
-                    SearchQuery::Text(_) => Some(Target::Images),
-                    SearchQuery::Image(_) => Some(Target::Texts),
-                    SearchQuery::Row(_) => None,
-                },
+                target: query.default_target(),
                 query,
                 filter: None,
                 model: None,

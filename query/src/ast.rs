@@ -128,6 +128,18 @@ pub enum SearchQuery {
     Row(u64),
 }
 
+impl SearchQuery {
+    /// What a search ranks without `MATCH`: cross-modal for text (images) and image (captions)
+    /// queries; `None` for a row, whose target the engine picks from what the row holds.
+    pub fn default_target(&self) -> Option<Target> {
+        match self {
+            SearchQuery::Text(_) => Some(Target::Images),
+            SearchQuery::Image(_) => Some(Target::Texts),
+            SearchQuery::Row(_) => None,
+        }
+    }
+}
+
 /// Which side of the collection a search ranks: images (one item per row) or captions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {

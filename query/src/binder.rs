@@ -233,11 +233,7 @@ impl Binder<'_> {
         Ok(match stmt {
             Statement::Search(s) => {
                 let columns = self.collection(&s.collection)?;
-                let target = s.target.or(match s.query {
-                    SearchQuery::Text(_) => Some(Target::Images),
-                    SearchQuery::Image(_) => Some(Target::Texts),
-                    SearchQuery::Row(_) => None,
-                });
+                let target = s.target.or(s.query.default_target());
                 let limit = s.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
                 if limit > MAX_SEARCH_LIMIT {
                     return Err(Error::bind(
