@@ -148,10 +148,12 @@ impl Snapshot {
         })
     }
 
-    /// Fetches a live row by id.
-    pub fn get(&self, collection: &str, id: u64) -> Result<Option<RowHandle>> {
-        let index = self.manifest.collection_index(collection)?;
-        let c = &self.manifest.collections[index];
+    /// The segment and position of a live row, if there is one with this id.
+    fn locate<'s>(
+        &'s self,
+        c: &'s CollectionMeta,
+        id: u64,
+    ) -> Result<Option<(SegmentView<'s>, usize)>> {
         let Some(meta) = c
             .segments
             .iter()
@@ -160,13 +162,24 @@ impl Snapshot {
             return Ok(None);
         };
         let seg = self.segment(c, meta)?;
-        let rows = seg.data.rows.rows();
-        let Ok(local) = rows.binary_search_by_key(&id, |r| r.id.to_native()) else {
+        let found = seg
+            .data
+            .rows
+            .rows()
+            .binary_search_by_key(&id, |r| r.id.to_native());
+        Ok(match found {
+            Ok(local) if !seg.is_deleted(local) => Some((seg, local)),
+            _ => None,
+        })
+    }
+
+    /// Fetches a live row by id.
+    pub fn get(&self, collection: &str, id: u64) -> Result<Option<RowHandle>> {
+        let index = self.manifest.collection_index(collection)?;
+        let c = &self.manifest.collections[index];
+        let Some((seg, local)) = self.locate(c, id)? else {
             return Ok(None);
         };
-        if seg.is_deleted(local) {
-            return Ok(None);
-        }
         Ok(Some(RowHandle {
             data: seg.data.clone(),
             manifest: self.manifest.clone(),
@@ -187,25 +200,9 @@ impl Snapshot {
     ) -> Result<Option<Vec<f32>>> {
         let c = self.collection(collection)?;
         let modality = c.space(space)?.spec.modality;
-        let Some(meta) = c
-            .segments
-            .iter()
-            .find(|s| (s.min_row_id..=s.max_row_id).contains(&row_id))
-        else {
+        let Some((seg, local)) = self.locate(c, row_id)? else {
             return Ok(None);
         };
-        let seg = self.segment(c, meta)?;
-        let Ok(local) = seg
-            .data
-            .rows
-            .rows()
-            .binary_search_by_key(&row_id, |r| r.id.to_native())
-        else {
-            return Ok(None);
-        };
-        if seg.is_deleted(local) {
-            return Ok(None);
-        }
         let item = match modality {
             Modality::Image => local,
             Modality::Text if text_index < seg.row(local).text_count() => {

@@ -44,6 +44,20 @@ fn create(db: &Database) {
     );
 }
 
+/// A database whose collection `images` (tiny CLIP) holds the Hugging Face parquet fixture.
+fn parquet_collection(dir: &Path) -> Database {
+    let db = open(dir);
+    create(&db);
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            import_fixtures().join("hf_parquet").display()
+        ),
+    );
+    db
+}
+
 fn count(db: &Database) -> i64 {
     match one(db, "SELECT count(*) FROM images").rows[0][0] {
         Cell::Int(n) => n,
@@ -439,15 +453,7 @@ fn search_both_directions_matches_independent_embeddings_then_delete() {
 #[test]
 fn builder_api_filters_and_returns_rag_context() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = open(tmp.path());
-    create(&db);
-    one(
-        &db,
-        &format!(
-            "IMPORT INTO images FROM '{}'",
-            import_fixtures().join("hf_parquet").display()
-        ),
-    );
+    let db = parquet_collection(tmp.path());
     let results = db
         .collection("images")
         .unwrap()
@@ -559,15 +565,7 @@ fn embed_fills_a_collection_imported_without_a_model() {
 #[test]
 fn search_into_writes_an_html_report() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = open(tmp.path());
-    create(&db);
-    one(
-        &db,
-        &format!(
-            "IMPORT INTO images FROM '{}'",
-            import_fixtures().join("hf_parquet").display()
-        ),
-    );
+    let db = parquet_collection(tmp.path());
     let report = tmp.path().join("report.html");
     let r = one(
         &db,
