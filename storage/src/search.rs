@@ -32,9 +32,11 @@ impl Eq for Hit {}
 
 impl Ord for Hit {
     /// `a > b` when `a` ranks before `b`: higher score, then lower row id, then lower caption.
+    /// `-0.0` and `0.0` are the same score (adding `0.0` maps the first to the second), so a tie
+    /// at zero is broken by id like any other.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
+        (self.score + 0.0)
+            .total_cmp(&(other.score + 0.0))
             .then_with(|| other.row_id.cmp(&self.row_id))
             .then_with(|| other.text_index.cmp(&self.text_index))
     }
@@ -335,4 +337,22 @@ fn search_segment(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_zero_scores_tie_and_are_ordered_by_id() {
+        let hit = |row_id, score| Hit {
+            row_id,
+            text_index: 0,
+            score,
+        };
+        let mut hits = vec![hit(30, 0.0), hit(12, -0.0), hit(5, 1.0)];
+        sort_hits(&mut hits);
+        let ids: Vec<u64> = hits.iter().map(|h| h.row_id).collect();
+        assert_eq!(ids, [5, 12, 30]);
+    }
 }
