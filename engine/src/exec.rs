@@ -416,18 +416,19 @@ fn load_rows(
         }
         let (rows, image_vectors) = match &model {
             Some(m) => {
-                let sources: Vec<ImageSource> = rows
-                    .iter()
-                    .map(|(r, bytes)| ImageSource::Bytes {
-                        source: r.image.name(),
-                        bytes: bytes.clone(),
+                // The bytes move into the sources and back out, so each image is held once.
+                let (records, sources): (Vec<_>, Vec<ImageSource>) = rows
+                    .into_iter()
+                    .map(|(r, bytes)| {
+                        let source = r.image.name();
+                        (r, ImageSource::Bytes { source, bytes })
                     })
-                    .collect();
+                    .unzip();
                 let embedded = embed_images(&m.encoder, &sources, &db.options.pipeline(false))?;
-                let mut kept = Vec::with_capacity(rows.len());
+                let mut kept = Vec::with_capacity(records.len());
                 let mut vectors = Vec::new();
-                for ((r, bytes), e) in rows.into_iter().zip(embedded.embeddings) {
-                    if let Some(v) = e {
+                for ((r, src), e) in records.into_iter().zip(sources).zip(embedded.embeddings) {
+                    if let (Some(v), ImageSource::Bytes { bytes, .. }) = (e, src) {
                         vectors.extend(v);
                         kept.push((r, bytes));
                     }
