@@ -25,6 +25,7 @@ const IMPORT_CHUNK: usize = 1024;
 pub(crate) fn run(db: &Database, plan: Plan) -> Result<ResultSet> {
     match plan {
         Plan::Search(p) => search::run(db, &p, p.into.is_some()).map(|r| r.to_result_set()),
+        Plan::Evaluate(p) => crate::evaluate::run(db, &p).map(|e| e.to_result_set()),
         Plan::Select {
             collection,
             list,

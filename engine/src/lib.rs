@@ -17,9 +17,12 @@
 mod api;
 mod db;
 mod error;
+mod evaluate;
 mod exec;
 pub mod ingest;
+pub mod metrics;
 mod models;
+pub mod ranking;
 pub mod report;
 mod result;
 mod search;

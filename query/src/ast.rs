@@ -168,6 +168,84 @@ pub struct Search {
     pub into: Option<String>,
 }
 
+/// A retrieval-quality metric of `EVALUATE`; `Display` spells it as written (`recall@10`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvalMetric {
+    /// Fraction of queries with a relevant item among the first K.
+    Recall(u32),
+    /// Mean reciprocal rank of the first relevant item.
+    Mrr,
+    /// Normalised discounted cumulative gain of the first K, binary relevance.
+    Ndcg(u32),
+    /// Median rank of the first relevant item (a rank, not a fraction).
+    MedianRank,
+    /// Mean cosine of matching pairs (and, as a second column, of non-matching pairs).
+    MeanSimilarity,
+}
+
+impl EvalMetric {
+    /// What `EVALUATE ON c` computes.
+    pub const DEFAULTS: [EvalMetric; 7] = [
+        EvalMetric::Recall(1),
+        EvalMetric::Recall(5),
+        EvalMetric::Recall(10),
+        EvalMetric::Mrr,
+        EvalMetric::Ndcg(10),
+        EvalMetric::MedianRank,
+        EvalMetric::MeanSimilarity,
+    ];
+
+    /// The metric names `EVALUATE` knows, for messages.
+    pub const SPELLINGS: &str = "recall@K, mrr, ndcg@K, median_rank, mean_similarity";
+}
+
+impl std::fmt::Display for EvalMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalMetric::Recall(k) => write!(f, "recall@{k}"),
+            EvalMetric::Mrr => f.write_str("mrr"),
+            EvalMetric::Ndcg(k) => write!(f, "ndcg@{k}"),
+            EvalMetric::MedianRank => f.write_str("median_rank"),
+            EvalMetric::MeanSimilarity => f.write_str("mean_similarity"),
+        }
+    }
+}
+
+/// Which way `EVALUATE` retrieves: captions as queries over images, or the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    TextToImage,
+    ImageToText,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::TextToImage, Direction::ImageToText];
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::TextToImage => "text_to_image",
+            Direction::ImageToText => "image_to_text",
+        })
+    }
+}
+
+/// An `EVALUATE` statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluate {
+    pub collection: Name,
+    /// Empty: [`EvalMetric::DEFAULTS`].
+    pub metrics: Vec<EvalMetric>,
+    pub filter: Option<Expr>,
+    /// Empty: both.
+    pub directions: Vec<Direction>,
+    /// Empty: the collection's active model.
+    pub models: Vec<String>,
+    /// `INTO 'report.html'`.
+    pub into: Option<String>,
+}
+
 /// One statement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
@@ -210,6 +288,7 @@ pub enum Statement {
         filter: Option<Expr>,
     },
     Search(Search),
+    Evaluate(Evaluate),
     CreateIndex {
         collection: Name,
         factory: String,

@@ -187,6 +187,21 @@ pub struct SearchPlan {
     pub into: Option<String>,
 }
 
+/// A bound `EVALUATE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluatePlan {
+    pub collection: String,
+    /// In the order written (defaults filled in).
+    pub metrics: Vec<EvalMetric>,
+    /// Restricts queries and gallery alike (typically `split = 'test'`).
+    pub filter: Option<Predicate>,
+    /// In the order written (both by default).
+    pub directions: Vec<Direction>,
+    /// Empty: the collection's active model.
+    pub models: Vec<String>,
+    pub into: Option<String>,
+}
+
 /// What `SELECT` returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelectList {
@@ -198,6 +213,7 @@ pub enum SelectList {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Search(SearchPlan),
+    Evaluate(EvaluatePlan),
     Select {
         collection: String,
         list: SelectList,
@@ -249,6 +265,25 @@ impl Binder<'_> {
                     model: s.model,
                     limit,
                     into: s.into,
+                })
+            }
+            Statement::Evaluate(e) => {
+                let columns = self.collection(&e.collection)?;
+                Plan::Evaluate(EvaluatePlan {
+                    collection: e.collection.value,
+                    metrics: if e.metrics.is_empty() {
+                        EvalMetric::DEFAULTS.to_vec()
+                    } else {
+                        e.metrics
+                    },
+                    filter: e.filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    directions: if e.directions.is_empty() {
+                        Direction::BOTH.to_vec()
+                    } else {
+                        e.directions
+                    },
+                    models: e.models,
+                    into: e.into,
                 })
             }
             Statement::Select {

@@ -7,10 +7,10 @@ mod error;
 mod eval;
 mod parser;
 
-pub use ast::{Expr, Literal, SearchQuery, Statement, Target};
+pub use ast::{Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target};
 pub use binder::{
-    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, Plan,
-    Predicate, SearchPlan, SelectList, bind, bind_predicate,
+    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, EvaluatePlan,
+    MAX_SEARCH_LIMIT, Plan, Predicate, SearchPlan, SelectList, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};
 pub use eval::{Datum, RowValues, like};

@@ -25,6 +25,7 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "SELECT",
     "DELETE",
     "SEARCH",
+    "EVALUATE",
     "EMBED",
     "COMPACT",
     "VACUUM",
@@ -44,9 +45,11 @@ pub const KEYWORDS: &[&str] = &[
     "CREATE",
     "DELETE",
     "DESCRIBE",
+    "DIRECTION",
     "DROP",
     "EMBED",
     "ERROR",
+    "EVALUATE",
     "EXISTS",
     "EXPLAIN",
     "FROM",
@@ -179,6 +182,8 @@ struct StatementParser<'a> {
 
 /// Words that end a `SEARCH`'s `WHERE` expression.
 const SEARCH_CLAUSES: [&str; 4] = ["MATCH", "USING", "LIMIT", "INTO"];
+/// Words that end an `EVALUATE`'s `WHERE` expression.
+const EVALUATE_CLAUSES: [&str; 3] = ["DIRECTION", "USING", "INTO"];
 
 impl StatementParser<'_> {
     fn here(&self) -> Pos {
@@ -368,6 +373,7 @@ impl StatementParser<'_> {
             }
             "IMPORT" => self.import(),
             "SEARCH" => self.search(),
+            "EVALUATE" => self.evaluate(),
             "EMBED" => {
                 self.p.next_token();
                 let collection = self.name("a collection name")?;
@@ -622,6 +628,139 @@ impl StatementParser<'_> {
             }
         }
         Ok(Statement::Search(s))
+    }
+
+    fn evaluate(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        let mut metrics = Vec::new();
+        if self.peek_word().as_deref() != Some("ON") {
+            loop {
+                let at = self.here();
+                let m = self.metric()?;
+                if metrics.contains(&m) {
+                    return Err(Error::syntax(format!("metric {m} is given twice"), at));
+                }
+                metrics.push(m);
+                if !self.p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+        }
+        self.expect_word("ON")?;
+        let mut e = Evaluate {
+            collection: self.name("a collection name")?,
+            metrics,
+            filter: None,
+            directions: Vec::new(),
+            models: Vec::new(),
+            into: None,
+        };
+        loop {
+            let at = self.here();
+            let twice = |name: &str| Error::syntax(format!("{name} is given twice"), at);
+            match self.peek_word().as_deref() {
+                Some("WHERE") => {
+                    self.p.next_token();
+                    if e.filter.is_some() {
+                        return Err(twice("WHERE"));
+                    }
+                    e.filter = Some(self.expr_until(&EVALUATE_CLAUSES)?);
+                }
+                Some("DIRECTION") => {
+                    self.p.next_token();
+                    if !e.directions.is_empty() {
+                        return Err(twice("DIRECTION"));
+                    }
+                    let d = self.here();
+                    e.directions = match self.peek_word().as_deref() {
+                        Some("TEXT_TO_IMAGE") => vec![Direction::TextToImage],
+                        Some("IMAGE_TO_TEXT") => vec![Direction::ImageToText],
+                        Some("BOTH") => Direction::BOTH.to_vec(),
+                        _ => {
+                            return Err(Error::syntax(
+                                "expected a direction: text_to_image, image_to_text or both",
+                                d,
+                            ));
+                        }
+                    };
+                    self.p.next_token();
+                }
+                Some("USING") => {
+                    self.p.next_token();
+                    if !e.models.is_empty() {
+                        return Err(twice("USING MODEL"));
+                    }
+                    if !self.word("MODELS") {
+                        self.expect_word("MODEL")?;
+                    }
+                    loop {
+                        let at = self.here();
+                        let m = self.string("a model name, folder or Hub id")?;
+                        if e.models.contains(&m) {
+                            return Err(Error::syntax(format!("model '{m}' is given twice"), at));
+                        }
+                        e.models.push(m);
+                        if !self.p.consume_token(&Token::Comma) {
+                            break;
+                        }
+                    }
+                }
+                Some("INTO") => {
+                    self.p.next_token();
+                    if e.into.is_some() {
+                        return Err(twice("INTO"));
+                    }
+                    e.into = Some(self.string("the report's path")?);
+                }
+                _ => break,
+            }
+        }
+        Ok(Statement::Evaluate(e))
+    }
+
+    /// One metric: `recall@10` (one word to the tokenizer), `recall @ 10`, `mrr`, ...
+    fn metric(&mut self) -> Result<EvalMetric> {
+        let at = self.here();
+        let next = self.p.peek_token();
+        let Token::Word(w) = &next.token else {
+            return Err(self.unexpected(&format!("a metric ({})", EvalMetric::SPELLINGS), &next));
+        };
+        self.p.next_token();
+        let mut text = w.value.to_lowercase();
+        if self.p.consume_token(&Token::AtSign) {
+            text.push('@');
+            text.push_str(&self.uint("the cutoff K after '@'")?.to_string());
+        }
+        let bad = |why: String| Error::syntax(why, at);
+        let cutoff = |k: &str| -> Result<u32> {
+            match k.parse::<u32>() {
+                Ok(k) if k > 0 => Ok(k),
+                _ => Err(bad(format!(
+                    "the cutoff of {text} must be a whole number from 1, as in recall@10"
+                ))),
+            }
+        };
+        match text.split_once('@') {
+            Some(("recall", k)) => Ok(EvalMetric::Recall(cutoff(k)?)),
+            Some(("ndcg", k)) => Ok(EvalMetric::Ndcg(cutoff(k)?)),
+            None if text == "mrr" => Ok(EvalMetric::Mrr),
+            None if text == "median_rank" => Ok(EvalMetric::MedianRank),
+            None if text == "mean_similarity" => Ok(EvalMetric::MeanSimilarity),
+            Some(("mrr" | "median_rank" | "mean_similarity", _)) => {
+                Err(bad(format!("{text}: this metric takes no cutoff")))
+            }
+            _ => {
+                let name = text.split('@').next().unwrap_or("");
+                let known = ["recall", "mrr", "ndcg", "median_rank", "mean_similarity"];
+                let hint = crate::error::closest(name, known)
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                Err(bad(format!(
+                    "unknown metric '{text}'{hint}; metrics are {}",
+                    EvalMetric::SPELLINGS
+                )))
+            }
+        }
     }
 }
 
@@ -1036,6 +1175,56 @@ mod tests {
         assert_eq!(s.query, SearchQuery::Text("a dog on the beach".into()));
         assert_eq!(s.limit, Some(5));
         assert_eq!(s.target, None);
+    }
+
+    #[test]
+    fn evaluate_literal_form_and_clauses() {
+        let Statement::Evaluate(e) = one("EVALUATE recall@10 ON images") else {
+            panic!("not an evaluation");
+        };
+        assert_eq!(e.metrics, vec![EvalMetric::Recall(10)]);
+        assert_eq!(e.collection.value, "images");
+        assert!(e.directions.is_empty() && e.models.is_empty());
+
+        let Statement::Evaluate(e) = one(
+            "evaluate Recall@1, recall @ 5, MRR, ndcg@10, median_rank, mean_similarity on c \
+             where split = 'test' and year > 2000 direction image_to_text \
+             using model 'a', 'b' into 'r.html'",
+        ) else {
+            panic!("not an evaluation");
+        };
+        assert_eq!(
+            e.metrics,
+            vec![
+                EvalMetric::Recall(1),
+                EvalMetric::Recall(5),
+                EvalMetric::Mrr,
+                EvalMetric::Ndcg(10),
+                EvalMetric::MedianRank,
+                EvalMetric::MeanSimilarity
+            ]
+        );
+        assert!(e.filter.is_some());
+        assert_eq!(e.directions, vec![Direction::ImageToText]);
+        assert_eq!(e.models, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(e.into.as_deref(), Some("r.html"));
+
+        let Statement::Evaluate(e) = one("EVALUATE ON c DIRECTION both") else {
+            panic!("not an evaluation");
+        };
+        assert!(e.metrics.is_empty());
+        assert_eq!(e.directions, Direction::BOTH.to_vec());
+    }
+
+    #[test]
+    fn evaluate_errors_name_the_metric() {
+        let err = |sql: &str| parse(sql).unwrap_err().to_string();
+        assert!(err("EVALUATE recal@10 ON c").contains("did you mean recall"));
+        assert!(err("EVALUATE recall@0 ON c").contains("from 1"));
+        assert!(err("EVALUATE mrr@5 ON c").contains("takes no cutoff"));
+        assert!(err("EVALUATE mrr, mrr ON c").contains("given twice"));
+        assert!(err("EVALUATE mrr ON c DIRECTION sideways").contains("text_to_image"));
+        assert!(err("EVALUATE 'x' ON c").contains("a metric"));
     }
 
     #[test]

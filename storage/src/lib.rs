@@ -20,7 +20,7 @@ mod search;
 mod snapshot;
 mod writer;
 
-pub use column::{dot, normalize};
+pub use column::{dot, dot_block, normalize};
 pub use db::Database;
 pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_VERSION};

@@ -1,0 +1,652 @@
+//! `EVALUATE`: retrieval quality of stored embeddings, exact, in both directions, for one or
+//! more models; every run is recorded in the `mirante_evaluations` collection.
+//!
+//! Ground truth comes from the rows: a caption is relevant to the image of its row, and rows
+//! whose image bytes are identical share one gallery image (so a duplicate is never a miss). The
+//! `WHERE` clause restricts queries and gallery alike. Ranks come from [`crate::ranking`], the
+//! metric definitions from [`crate::metrics`] (written out in `docs/evaluation.md`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use mirante_query::{Direction, EvalMetric, EvaluatePlan};
+use mirante_storage::{
+    self as storage, CollectionMeta, ColumnDef, ColumnType, IndexSpec, Modality, NewRow, Schema,
+    SegmentView, Snapshot, SpaceId, Value, Vectors, dot,
+};
+
+use crate::db::{Database, RowValues, columns_of};
+use crate::error::{Error, Result};
+use crate::metrics::rank_metric;
+use crate::models::Models;
+use crate::ranking::{Problem, Ranks, exact_ranks};
+use crate::result::{Cell, ResultSet};
+
+/// The collection that keeps every evaluation run.
+pub const EVALUATIONS: &str = "mirante_evaluations";
+/// Failures kept per (model, direction) for the report.
+const WORST: usize = 6;
+/// Retrieved items shown per failure.
+const SHOWN: usize = 5;
+
+/// The outcome of one `EVALUATE`.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub collection: String,
+    /// The version of the collection evaluated.
+    pub version: u64,
+    /// The `WHERE` clause as SQL.
+    pub filter: Option<String>,
+    pub metrics: Vec<EvalMetric>,
+    /// Distinct images (after merging byte-identical ones) and captions evaluated.
+    pub images: usize,
+    pub captions: usize,
+    pub models: Vec<ModelEvaluation>,
+    /// Why the run was not stored in `mirante_evaluations`, if it was not.
+    pub not_recorded: Option<String>,
+    pub report: Option<String>,
+}
+
+/// The results of one model.
+#[derive(Debug, Clone)]
+pub struct ModelEvaluation {
+    /// As named in `USING MODEL`, or the collection's model.
+    pub model: String,
+    pub fingerprint: String,
+    pub directions: Vec<DirectionResult>,
+    /// Time of the exact ranking pass (both directions).
+    pub ranking_time: Duration,
+}
+
+/// The metrics of one direction.
+#[derive(Debug, Clone)]
+pub struct DirectionResult {
+    pub direction: Direction,
+    /// Queries with at least one relevant item in the gallery.
+    pub queries: usize,
+    /// Column name and value, in the order of the statement's metrics (`mean_similarity` adds
+    /// `mean_similarity_nonmatching`); `None` when there were no queries.
+    pub values: Vec<(String, Option<f64>)>,
+    /// The queries whose first relevant item ranked worst.
+    pub worst: Vec<Failure>,
+}
+
+/// A query that went badly, with what was retrieved instead (for the report).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The caption, or the query image's row.
+    pub query: Item,
+    /// Rank of the first relevant item.
+    pub rank: u32,
+    /// The relevant items (the gold image, or the image's captions).
+    pub relevant: Vec<Item>,
+    /// The first results, with their scores.
+    pub retrieved: Vec<(Item, f32)>,
+}
+
+/// A caption or an image of the evaluated rows.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub row: u64,
+    /// The caption text (captions), or the image source (images).
+    pub label: String,
+    /// Image bytes, for images.
+    pub image: Option<Vec<u8>>,
+}
+
+impl Evaluation {
+    /// Metric columns in order.
+    fn metric_columns(&self) -> Vec<String> {
+        self.models
+            .first()
+            .and_then(|m| m.directions.first())
+            .map(|d| d.values.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// One row per (model, direction): `model`, `direction`, `queries`, one column per metric,
+    /// and with several models `delta_<metric>` against the first model.
+    pub fn to_result_set(&self) -> ResultSet {
+        let metrics = self.metric_columns();
+        let mut columns: Vec<String> = ["model", "direction", "queries"].map(String::from).to_vec();
+        columns.extend(metrics.iter().cloned());
+        let compare = self.models.len() > 1;
+        if compare {
+            columns.extend(metrics.iter().map(|m| format!("delta_{m}")));
+        }
+        let cell = |v: Option<f64>| v.map_or(Cell::Null, Cell::Float);
+        let mut rows = Vec::new();
+        for m in &self.models {
+            for d in &m.directions {
+                let mut row = vec![
+                    Cell::Str(m.model.clone()),
+                    Cell::Str(d.direction.to_string()),
+                    Cell::Int(d.queries as i64),
+                ];
+                row.extend(d.values.iter().map(|(_, v)| cell(*v)));
+                if compare {
+                    let base = self.models[0]
+                        .directions
+                        .iter()
+                        .find(|b| b.direction == d.direction);
+                    for (i, (_, v)) in d.values.iter().enumerate() {
+                        let b = base.and_then(|b| b.values[i].1);
+                        row.push(cell(v.zip(b).map(|(v, b)| v - b)));
+                    }
+                }
+                rows.push(row);
+            }
+        }
+        let mut status = format!(
+            "evaluated {} on {} images and {} captions of {} (version {}{})",
+            if self.models.len() == 1 {
+                "1 model".to_string()
+            } else {
+                format!("{} models", self.models.len())
+            },
+            self.images,
+            self.captions,
+            self.collection,
+            self.version,
+            self.filter
+                .as_ref()
+                .map(|f| format!(", WHERE {f}"))
+                .unwrap_or_default()
+        );
+        match &self.not_recorded {
+            None => status.push_str(&format!("; recorded in {EVALUATIONS}")),
+            Some(why) => status.push_str(&format!("; not recorded in {EVALUATIONS}: {why}")),
+        }
+        if let Some(r) = &self.report {
+            status.push_str(&format!("; wrote report {r}"));
+        }
+        ResultSet {
+            columns,
+            rows,
+            status: Some(status),
+        }
+    }
+}
+
+/// The evaluated rows of a snapshot: which are kept, their distinct images and captions.
+struct Gallery<'s> {
+    segments: Vec<SegmentView<'s>>,
+    /// Kept rows as (segment, position).
+    rows: Vec<(usize, usize)>,
+    /// Per distinct image: the kept row that represents it.
+    images: Vec<usize>,
+    /// Per caption: (kept row, caption index).
+    captions: Vec<(usize, usize)>,
+    /// Per caption: its distinct image.
+    gold: Vec<Option<u32>>,
+}
+
+impl<'s> Gallery<'s> {
+    fn collect(
+        snap: &'s Snapshot,
+        c: &'s CollectionMeta,
+        filter: Option<&mirante_query::Predicate>,
+    ) -> Result<Self> {
+        let segments = snap.segments(c)?;
+        let mut g = Gallery {
+            segments: Vec::new(),
+            rows: Vec::new(),
+            images: Vec::new(),
+            captions: Vec::new(),
+            gold: Vec::new(),
+        };
+        // Byte-identical images: candidates by checksum, confirmed by comparing the bytes.
+        let mut by_checksum: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (s, seg) in segments.iter().enumerate() {
+            for (local, row) in seg.live_rows() {
+                if filter.is_some_and(|p| !p.matches(&RowValues(row))) {
+                    continue;
+                }
+                let kept = g.rows.len();
+                g.rows.push((s, local));
+                let image = match row.image_bytes() {
+                    Some(bytes) => {
+                        let same = by_checksum.entry(crc32c::crc32c(bytes)).or_default();
+                        let found = same.iter().copied().find(|&img| {
+                            let (rs, rl) = g.rows[g.images[img as usize]];
+                            segments[rs].row(rl).image_bytes() == Some(bytes)
+                        });
+                        Some(found.unwrap_or_else(|| {
+                            g.images.push(kept);
+                            let id = (g.images.len() - 1) as u32;
+                            same.push(id);
+                            id
+                        }))
+                    }
+                    None => None,
+                };
+                for k in 0..row.text_count() {
+                    g.captions.push((kept, k));
+                    g.gold.push(image);
+                }
+            }
+        }
+        g.segments = segments;
+        Ok(g)
+    }
+
+    fn row(&self, kept: usize) -> storage::RowRef<'_> {
+        let (s, local) = self.rows[kept];
+        self.segments[s].row(local)
+    }
+
+    fn caption_item(&self, caption: usize) -> Item {
+        let (kept, k) = self.captions[caption];
+        let row = self.row(kept);
+        Item {
+            row: row.id(),
+            label: row.text(k).unwrap_or("").to_string(),
+            image: None,
+        }
+    }
+
+    fn image_item(&self, image: usize) -> Item {
+        let row = self.row(self.images[image]);
+        Item {
+            row: row.id(),
+            label: row.image_source().unwrap_or("").to_string(),
+            image: row.image_bytes().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// The image and text spaces one evaluated model stands for.
+struct ModelSpaces {
+    label: String,
+    fingerprint: String,
+    image: SpaceId,
+    text: SpaceId,
+}
+
+/// Finds the spaces of `locator` (or the active ones) without loading weights when the stored
+/// name decides; a model stored under another name is found by loading it and comparing
+/// fingerprints.
+fn model_spaces(db: &Database, c: &CollectionMeta, locator: Option<&str>) -> Result<ModelSpaces> {
+    let pair = |fingerprint: &str, model_id: Option<&str>| {
+        let find = |m: Modality| {
+            c.spaces
+                .iter()
+                .find(|s| {
+                    s.spec.modality == m
+                        && s.spec.fingerprint == fingerprint
+                        && model_id.is_none_or(|id| s.spec.model_id == id)
+                })
+                .map(|s| s.id)
+        };
+        find(Modality::Image).zip(find(Modality::Text))
+    };
+    let Some(locator) = locator else {
+        let (Some(image), Some(text)) = (c.active_image, c.active_text) else {
+            return Err(Error::Invalid(format!(
+                "collection {} has no image and text embeddings to evaluate; give it a model \
+                 with EMBED {} USING MODEL '<folder or hub id>'",
+                c.name, c.name
+            )));
+        };
+        let (i, t) = (&c.space(image)?.spec, &c.space(text)?.spec);
+        if i.fingerprint != t.fingerprint {
+            return Err(Error::Invalid(format!(
+                "the active image and text embeddings of {} come from different models ({} and \
+                 {}); name one with USING MODEL",
+                c.name, i.model_id, t.model_id
+            )));
+        }
+        return Ok(ModelSpaces {
+            label: i.model_id.clone(),
+            fingerprint: i.fingerprint.clone(),
+            image,
+            text,
+        });
+    };
+    let key = Models::key(locator)?;
+    let mut fingerprints: Vec<&str> = c
+        .spaces
+        .iter()
+        .filter(|s| s.spec.model_id == key && pair(&s.spec.fingerprint, Some(&key)).is_some())
+        .map(|s| s.spec.fingerprint.as_str())
+        .collect();
+    fingerprints.dedup();
+    let active = c.active_image.and_then(|s| c.space(s).ok());
+    let chosen = match fingerprints.as_slice() {
+        [one] => Some(one.to_string()),
+        [] => None,
+        several => active
+            .filter(|a| several.contains(&a.spec.fingerprint.as_str()))
+            .map(|a| a.spec.fingerprint.clone()),
+    };
+    let fingerprint = match chosen {
+        Some(f) => f,
+        None => match db.models.load(locator) {
+            Ok(m) => m.fingerprint.clone(),
+            Err(e) if fingerprints.is_empty() => {
+                let names: Vec<&str> = c.spaces.iter().map(|s| s.spec.model_id.as_str()).collect();
+                return Err(Error::Invalid(format!(
+                    "collection {} has no embeddings from model {locator} ({e}); its models: {}; \
+                     compute them with EMBED {} USING MODEL '{locator}'",
+                    c.name,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    },
+                    c.name
+                )));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let (image, text) = pair(&fingerprint, None).ok_or_else(|| {
+        Error::Invalid(format!(
+            "collection {} has no image and text embeddings from model {locator}; compute them \
+             with EMBED {} USING MODEL '{locator}'",
+            c.name, c.name
+        ))
+    })?;
+    Ok(ModelSpaces {
+        label: locator.to_string(),
+        fingerprint,
+        image,
+        text,
+    })
+}
+
+/// The segment columns of one space, loaded for the segments that hold evaluated rows.
+fn columns(
+    c: &CollectionMeta,
+    g: &Gallery<'_>,
+    space: SpaceId,
+    model: &str,
+) -> Result<Vec<Option<Vectors>>> {
+    let mut used = vec![false; g.segments.len()];
+    for &(s, _) in &g.rows {
+        used[s] = true;
+    }
+    g.segments
+        .iter()
+        .zip(used)
+        .map(|(seg, used)| {
+            if !used {
+                return Ok(None);
+            }
+            match seg.vectors(c, space)? {
+                Some(v) => Ok(Some(v)),
+                None => Err(Error::Invalid(format!(
+                    "some rows of {} have no {} embeddings from {model} yet; run EMBED {} \
+                     USING MODEL '{model}' first",
+                    c.name,
+                    c.space(space)?.spec.modality,
+                    c.name
+                ))),
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(&plan.collection)?;
+    let spaces: Vec<ModelSpaces> = if plan.models.is_empty() {
+        vec![model_spaces(db, c, None)?]
+    } else {
+        plan.models
+            .iter()
+            .map(|m| model_spaces(db, c, Some(m)))
+            .collect::<Result<_>>()?
+    };
+    let g = Gallery::collect(&snap, c, plan.filter.as_ref())?;
+    let filter = plan.filter.as_ref().map(|f| {
+        let names = columns_of(&c.schema);
+        f.to_sql(&|col| {
+            names
+                .iter()
+                .find(|n| n.column == col)
+                .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
+        })
+    });
+    let mut models = Vec::with_capacity(spaces.len());
+    for m in &spaces {
+        let image_columns = columns(c, &g, m.image, &m.label)?;
+        let text_columns = columns(c, &g, m.text, &m.label)?;
+        fn vector(cols: &[Option<Vectors>], segment: usize, item: usize) -> &[f32] {
+            // `columns` loaded every segment that holds an evaluated row.
+            cols[segment].as_ref().map_or(&[][..], |v| v.get(item))
+        }
+        let problem = Problem {
+            texts: g
+                .captions
+                .iter()
+                .map(|&(kept, k)| {
+                    let (s, local) = g.rows[kept];
+                    vector(&text_columns, s, g.segments[s].text_start(local) + k)
+                })
+                .collect(),
+            images: g
+                .images
+                .iter()
+                .map(|&kept| vector(&image_columns, g.rows[kept].0, g.rows[kept].1))
+                .collect(),
+            gold: g.gold.clone(),
+        };
+        let start = Instant::now();
+        let ranks = exact_ranks(&problem);
+        let ranking_time = start.elapsed();
+        let directions = plan
+            .directions
+            .iter()
+            .map(|&d| direction_result(d, &plan.metrics, &ranks, &problem, &g))
+            .collect();
+        models.push(ModelEvaluation {
+            model: m.label.clone(),
+            fingerprint: m.fingerprint.clone(),
+            directions,
+            ranking_time,
+        });
+    }
+    let mut evaluation = Evaluation {
+        collection: plan.collection.clone(),
+        version: snap.version(),
+        filter,
+        metrics: plan.metrics.clone(),
+        images: g.images.len(),
+        captions: g.captions.len(),
+        models,
+        not_recorded: None,
+        report: None,
+    };
+    if let Err(e) = record(db, &evaluation) {
+        evaluation.not_recorded = Some(e.to_string());
+    }
+    if let Some(path) = &plan.into {
+        crate::report::write_evaluation_report(std::path::Path::new(path), &evaluation)?;
+        evaluation.report = Some(path.clone());
+    }
+    Ok(evaluation)
+}
+
+/// Metric values and worst failures of one direction.
+fn direction_result(
+    direction: Direction,
+    metrics: &[EvalMetric],
+    ranks: &Ranks,
+    p: &Problem<'_>,
+    g: &Gallery<'_>,
+) -> DirectionResult {
+    // Each query as the ascending ranks of its relevant items.
+    let queries: Vec<&[u32]> = match direction {
+        Direction::TextToImage => ranks
+            .text_to_image
+            .iter()
+            .flatten()
+            .map(std::slice::from_ref)
+            .collect(),
+        Direction::ImageToText => (0..p.images.len())
+            .map(|i| ranks.image_to_text(i))
+            .filter(|r| !r.is_empty())
+            .collect(),
+    };
+    let mut values = Vec::new();
+    for &m in metrics {
+        if m == EvalMetric::MeanSimilarity {
+            values.push((m.to_string(), ranks.matching.value()));
+            values.push((
+                "mean_similarity_nonmatching".to_string(),
+                ranks.non_matching.value(),
+            ));
+        } else {
+            values.push((m.to_string(), rank_metric(m, queries.iter().copied())));
+        }
+    }
+    DirectionResult {
+        direction,
+        queries: queries.len(),
+        values,
+        worst: worst_failures(direction, ranks, p, g),
+    }
+}
+
+/// The queries whose first relevant item ranked worst, with their top results.
+fn worst_failures(
+    direction: Direction,
+    ranks: &Ranks,
+    p: &Problem<'_>,
+    g: &Gallery<'_>,
+) -> Vec<Failure> {
+    // (first relevant rank, query index), worst first, ties by query order.
+    let mut firsts: Vec<(u32, usize)> = match direction {
+        Direction::TextToImage => ranks
+            .text_to_image
+            .iter()
+            .enumerate()
+            .filter_map(|(t, r)| r.map(|r| (r, t)))
+            .collect(),
+        Direction::ImageToText => (0..p.images.len())
+            .filter_map(|i| ranks.image_to_text(i).first().map(|&r| (r, i)))
+            .collect(),
+    };
+    firsts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    firsts
+        .into_iter()
+        .take(WORST)
+        .filter(|&(r, _)| r > 1)
+        .map(|(rank, q)| {
+            let (query, gallery): (&[f32], &[&[f32]]) = match direction {
+                Direction::TextToImage => (p.texts[q], &p.images),
+                Direction::ImageToText => (p.images[q], &p.texts),
+            };
+            let mut scored: Vec<(f32, usize)> = gallery
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (dot(query, v), j))
+                .collect();
+            let shown = SHOWN.min(scored.len());
+            if shown > 0 {
+                scored.select_nth_unstable_by(shown - 1, |a, b| {
+                    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+                });
+            }
+            scored.truncate(shown);
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            match direction {
+                Direction::TextToImage => Failure {
+                    query: g.caption_item(q),
+                    rank,
+                    relevant: p.gold[q]
+                        .map(|i| g.image_item(i as usize))
+                        .into_iter()
+                        .collect(),
+                    retrieved: scored
+                        .into_iter()
+                        .map(|(s, j)| (g.image_item(j), s))
+                        .collect(),
+                },
+                Direction::ImageToText => Failure {
+                    query: g.image_item(q),
+                    rank,
+                    relevant: ranks.image_texts[ranks.image_offsets[q]..ranks.image_offsets[q + 1]]
+                        .iter()
+                        .map(|&t| g.caption_item(t as usize))
+                        .collect(),
+                    retrieved: scored
+                        .into_iter()
+                        .map(|(s, j)| (g.caption_item(j), s))
+                        .collect(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// The schema of `mirante_evaluations`.
+fn evaluations_schema() -> Result<Schema> {
+    let col = |n: &str, ty, nullable| ColumnDef::new(n, ty, nullable);
+    Ok(Schema::new(vec![
+        col("time", ColumnType::String, false),
+        col("collection", ColumnType::String, false),
+        col("version", ColumnType::I64, false),
+        col("model", ColumnType::String, false),
+        col("fingerprint", ColumnType::String, false),
+        col("direction", ColumnType::String, false),
+        col("filter", ColumnType::String, true),
+        col("queries", ColumnType::I64, false),
+        col("metrics", ColumnType::String, false),
+    ])?)
+}
+
+/// Appends one row per (model, direction) to `mirante_evaluations`, creating it on first use.
+fn record(db: &Database, e: &Evaluation) -> Result<()> {
+    let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let rows: Vec<NewRow> = e
+        .models
+        .iter()
+        .flat_map(|m| {
+            m.directions.iter().map(|d| {
+                let metrics: serde_json::Map<String, serde_json::Value> = d
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.map_or(serde_json::Value::Null, Into::into)))
+                    .collect();
+                let text = |s: &str| Value::String(s.to_string());
+                NewRow {
+                    metadata: vec![
+                        ("time".into(), text(&time)),
+                        ("collection".into(), text(&e.collection)),
+                        ("version".into(), Value::I64(e.version as i64)),
+                        ("model".into(), text(&m.model)),
+                        ("fingerprint".into(), text(&m.fingerprint)),
+                        ("direction".into(), text(&d.direction.to_string())),
+                        (
+                            "filter".into(),
+                            e.filter.as_deref().map_or(Value::Null, text),
+                        ),
+                        ("queries".into(), Value::I64(d.queries as i64)),
+                        (
+                            "metrics".into(),
+                            text(&serde_json::Value::Object(metrics).to_string()),
+                        ),
+                    ],
+                    ..Default::default()
+                }
+            })
+        })
+        .collect();
+    let mut w = db.writer()?;
+    let schema = evaluations_schema()?;
+    match w.snapshot().collection(EVALUATIONS) {
+        Ok(existing) if existing.schema != schema => {
+            return Err(Error::Invalid(format!(
+                "collection {EVALUATIONS} exists with another schema; drop or rename it"
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            w.create_collection(EVALUATIONS, schema, IndexSpec::new("Flat"))?;
+        }
+    }
+    w.append(EVALUATIONS, rows, &[])?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! `EVALUATE`: metric values against reference implementations (pytrec_eval, scikit-learn,
+//! numpy, through fixtures written by `scripts/make_eval_fixtures.py`), and the statement end to
+//! end: ground truth from rows, duplicates, filters, several models, the system table, reports.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use mirante::metrics::rank_metric;
+use mirante::query::EvalMetric;
+use mirante::ranking::{Problem, exact_ranks};
+use mirante::{Cell, Database, ResultSet};
+use mirante_tests::{import_fixtures, repo_root, tiny_clip};
+use serde_json::Value as Json;
+
+/// The metrics the fixtures hold, by the names Mirante gives them.
+const FIXTURE_METRICS: [EvalMetric; 7] = [
+    EvalMetric::Recall(1),
+    EvalMetric::Recall(5),
+    EvalMetric::Recall(10),
+    EvalMetric::Mrr,
+    EvalMetric::Ndcg(5),
+    EvalMetric::Ndcg(10),
+    EvalMetric::MedianRank,
+];
+
+#[test]
+fn metrics_equal_pytrec_eval_and_sklearn_on_the_fixtures() {
+    let path = repo_root().join("tests/fixtures/evaluation/metrics.json");
+    let fixtures: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = fixtures["cases"].as_array().unwrap();
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let scores: Vec<Vec<f32>> = case["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        let gold: Vec<Option<u32>> = case["gold"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_u64().map(|g| g as u32))
+            .collect();
+        // One-hot captions and images holding the scores: every dot product is exactly the
+        // fixture's score, so ties in the fixture are ties here.
+        let (n, m) = (scores.len(), scores[0].len());
+        let texts: Vec<Vec<f32>> = (0..n)
+            .map(|t| (0..n).map(|k| f32::from(u8::from(k == t))).collect())
+            .collect();
+        let images: Vec<Vec<f32>> = (0..m)
+            .map(|j| (0..n).map(|t| scores[t][j]).collect())
+            .collect();
+        let ranks = exact_ranks(&Problem {
+            texts: texts.iter().map(Vec::as_slice).collect(),
+            images: images.iter().map(Vec::as_slice).collect(),
+            gold,
+        });
+        let t2i: Vec<&[u32]> = ranks
+            .text_to_image
+            .iter()
+            .flatten()
+            .map(std::slice::from_ref)
+            .collect();
+        let i2t: Vec<&[u32]> = (0..m)
+            .map(|i| ranks.image_to_text(i))
+            .filter(|r| !r.is_empty())
+            .collect();
+        for (direction, queries) in [("text_to_image", &t2i), ("image_to_text", &i2t)] {
+            let expected = &case[direction];
+            assert_eq!(
+                queries.len() as u64,
+                expected["queries"].as_u64().unwrap(),
+                "{name} {direction} queries"
+            );
+            for metric in FIXTURE_METRICS {
+                let got = rank_metric(metric, queries.iter().copied()).unwrap();
+                let want = expected[metric.to_string()].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{name} {direction} {metric}: {got} vs reference {want}"
+                );
+            }
+            for (key, got) in [
+                ("mean_similarity", ranks.matching.value().unwrap()),
+                (
+                    "mean_similarity_nonmatching",
+                    ranks.non_matching.value().unwrap(),
+                ),
+            ] {
+                let want = expected[key].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{name} {direction} {key}: {got} vs numpy {want}"
+                );
+            }
+        }
+    }
+}
+
+fn one(db: &Database, sql: &str) -> ResultSet {
+    let mut r = db.sql(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
+    r.pop().unwrap()
+}
+
+fn float(r: &ResultSet, row: usize, column: &str) -> f64 {
+    match r.get(row, column) {
+        Some(Cell::Float(v)) => *v,
+        other => panic!("{column}: {other:?}"),
+    }
+}
+
+fn int(r: &ResultSet, row: usize, column: &str) -> i64 {
+    match r.get(row, column) {
+        Some(Cell::Int(v)) => *v,
+        other => panic!("{column}: {other:?}"),
+    }
+}
+
+/// The parquet fixture (6 photos, 9 captions, train and test splits) under the tiny CLIP.
+fn collection(dir: &Path) -> Database {
+    let db = Database::open(dir.join("db")).unwrap();
+    one(
+        &db,
+        &format!(
+            "CREATE COLLECTION images WITH (model = '{}')",
+            tiny_clip().display()
+        ),
+    );
+    one(
+        &db,
+        &format!(
+            "IMPORT INTO images FROM '{}'",
+            import_fixtures().join("hf_parquet").display()
+        ),
+    );
+    db
+}
+
+#[test]
+fn evaluate_agrees_with_search_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path());
+    let r = one(
+        &db,
+        "EVALUATE recall@1, recall@3, mrr ON images DIRECTION text_to_image",
+    );
+    assert_eq!(r.rows.len(), 1);
+    // The same quantities from SEARCH: for every caption, where does its row's image rank?
+    let captions = one(&db, "SELECT id, text FROM images");
+    let mut first = Vec::new();
+    for row in &captions.rows {
+        let (Cell::Int(id), Cell::List(texts)) = (&row[0], &row[1]) else {
+            panic!("{row:?}");
+        };
+        for t in texts {
+            let hits = one(
+                &db,
+                &format!(
+                    "SEARCH images BY TEXT '{}' LIMIT 100",
+                    t.replace('\'', "''")
+                ),
+            );
+            let rank = hits
+                .rows
+                .iter()
+                .position(|h| h[1] == Cell::Int(*id))
+                .unwrap()
+                + 1;
+            first.push(rank as f64);
+        }
+    }
+    let n = first.len() as f64;
+    assert_eq!(int(&r, 0, "queries"), first.len() as i64);
+    let recall = |k: f64| first.iter().filter(|&&r| r <= k).count() as f64 / n;
+    assert!((float(&r, 0, "recall@1") - recall(1.0)).abs() < 1e-12);
+    assert!((float(&r, 0, "recall@3") - recall(3.0)).abs() < 1e-12);
+    let mrr = first.iter().map(|r| 1.0 / r).sum::<f64>() / n;
+    assert!((float(&r, 0, "mrr") - mrr).abs() < 1e-12);
+}
+
+#[test]
+fn filters_duplicates_models_and_the_system_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path());
+    let all = one(&db, "EVALUATE ON images");
+    assert_eq!(all.rows.len(), 2);
+    assert_eq!(
+        all.columns,
+        [
+            "model",
+            "direction",
+            "queries",
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "mrr",
+            "ndcg@10",
+            "median_rank",
+            "mean_similarity",
+            "mean_similarity_nonmatching"
+        ]
+    );
+    for row in 0..2 {
+        for c in ["recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"] {
+            let v = float(&all, row, c);
+            assert!((0.0..=1.0).contains(&v), "{c} {v}");
+        }
+    }
+    let captions = int(&all, 0, "queries");
+
+    // WHERE restricts queries and gallery: fewer captions, and recall@K over a smaller gallery.
+    let test = one(
+        &db,
+        "EVALUATE recall@1 ON images WHERE split = 'test' DIRECTION image_to_text",
+    );
+    let test_rows = one(&db, "SELECT count(*) FROM images WHERE split = 'test'");
+    assert_eq!(
+        Some(&Cell::Int(int(&test, 0, "queries"))),
+        test_rows.get(0, "count")
+    );
+
+    // Two rows with byte-identical images: one gallery image, relevant to both captions.
+    let photo = import_fixtures().join("photos/chelsea.png");
+    one(
+        &db,
+        &format!(
+            "INSERT INTO images (image, text) VALUES ('{p}', 'a cat'), ('{p}', 'the same cat')",
+            p = photo.display()
+        ),
+    );
+    let dup = one(&db, "EVALUATE mrr ON images");
+    let images = int(&all, 1, "queries");
+    assert_eq!(
+        int(&dup, 0, "queries"),
+        captions + 2,
+        "both captions are queries"
+    );
+    assert_eq!(
+        int(&dup, 1, "queries"),
+        images + 1,
+        "the copy is not a second image"
+    );
+    let status = dup.status.clone().unwrap();
+    assert!(
+        status.contains(&format!(
+            "{} images and {} captions",
+            images + 1,
+            captions + 2
+        )),
+        "{status}"
+    );
+
+    // Two models side by side (the same weights under two names): zero deltas.
+    let folder = tiny_clip();
+    let both = one(
+        &db,
+        &format!(
+            "EVALUATE recall@1, mrr ON images USING MODEL '{}', '{}/'",
+            folder.display(),
+            folder.display()
+        ),
+    );
+    assert_eq!(both.rows.len(), 4);
+    assert!(both.columns.contains(&"delta_mrr".to_string()));
+    assert_eq!(float(&both, 3, "delta_mrr"), 0.0);
+
+    // Unknown models are named, with the collection's own.
+    let err = db
+        .sql("EVALUATE mrr ON images USING MODEL 'no/such-model'")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no embeddings from model no/such-model"),
+        "{err}"
+    );
+
+    // Every run is in the system table, with its metrics as JSON.
+    let runs = one(
+        &db,
+        "SELECT direction, model, metrics FROM mirante_evaluations WHERE collection = 'images'",
+    );
+    assert_eq!(runs.rows.len(), 2 + 1 + 2 + 4);
+    let Cell::Str(metrics) = &runs.rows[0][2] else {
+        panic!()
+    };
+    let metrics: Json = serde_json::from_str(metrics).unwrap();
+    assert_eq!(
+        metrics["recall@1"].as_f64().unwrap(),
+        float(&all, 0, "recall@1")
+    );
+}
+
+#[test]
+fn evaluation_report_shows_metrics_charts_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path());
+    let path = dir.path().join("eval.html");
+    let r = one(
+        &db,
+        &format!("EVALUATE ON images INTO '{}'", path.display()),
+    );
+    assert!(r.status.unwrap().contains("wrote report"));
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert!(html.contains("<table class=\"metrics\">"));
+    assert_eq!(html.matches("<div class=\"chart\">").count(), 8);
+    assert!(html.contains("Worst text_to_image queries"));
+    assert!(html.matches("data:image/jpeg;base64,").count() >= 6);
+}
+
+#[test]
+fn evaluate_without_embeddings_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    one(&db, "CREATE COLLECTION bare");
+    let err = db.sql("EVALUATE ON bare").unwrap_err().to_string();
+    assert!(err.contains("EMBED bare USING MODEL"), "{err}");
+    let err = db
+        .sql("EVALUATE recall@10 ON nope")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("collection 'nope' does not exist"), "{err}");
+}
