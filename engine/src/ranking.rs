@@ -10,10 +10,11 @@
 use mirante_storage::{dot, dot_block};
 use rayon::prelude::*;
 
-/// Captions per parallel task (a multiple of the kernel's 3 rows).
+/// Captions per parallel task (a multiple of the kernels' 3 and 4 rows).
 const TEXT_STRIP: usize = 48;
-/// Images per tile (a multiple of the kernel's 4 columns); a strip's tile of scores fits in L1.
-const IMAGE_TILE: usize = 64;
+/// Images per tile (a multiple of the kernels' 3 and 6 columns); a strip's tile of scores fits
+/// in L1.
+const IMAGE_TILE: usize = 48;
 
 /// A retrieval problem: captions, distinct images, and which image each caption describes.
 #[derive(Debug, Clone)]
@@ -62,11 +63,10 @@ impl Ranks {
     }
 }
 
-/// What one parallel worker accumulates for image queries.
+/// What one parallel worker accumulates for image queries: per (image, caption) pair in
+/// threshold order, the captions scoring at least the threshold.
 struct Partial {
-    /// Per (image, caption) pair in threshold order: captions scoring at least the threshold.
     at_least: Vec<u32>,
-    score_sum: f64,
 }
 
 /// Ranks every caption's image and every image's captions by exact scores.
@@ -105,11 +105,17 @@ pub fn exact_ranks(p: &Problem<'_>) -> Ranks {
             .sort_by(|&a, &b| thr(b).total_cmp(&thr(a)).then(a.cmp(&b)));
     }
     let image_thresholds: Vec<f32> = image_texts.iter().map(|&t| thr(t)).collect();
+    // The lowest threshold of each image: a caption below it counts for none of its captions.
+    let lowest: Vec<f32> = (0..n_images)
+        .map(|i| match image_offsets[i]..image_offsets[i + 1] {
+            r if r.is_empty() => f32::INFINITY,
+            r => image_thresholds[r.end - 1],
+        })
+        .collect();
 
     let mut text_to_image: Vec<Option<u32>> = vec![None; n_texts];
     let empty = || Partial {
         at_least: vec![0; image_texts.len()],
-        score_sum: 0.0,
     };
     let total = p
         .texts
@@ -122,8 +128,11 @@ pub fn exact_ranks(p: &Problem<'_>) -> Ranks {
                 thresholds,
                 ranks,
                 &p.images,
-                &image_offsets,
-                &image_thresholds,
+                &Thresholds {
+                    offsets: &image_offsets,
+                    values: &image_thresholds,
+                    lowest: &lowest,
+                },
                 &mut acc,
             );
             acc
@@ -133,7 +142,6 @@ pub fn exact_ranks(p: &Problem<'_>) -> Ranks {
                 .iter_mut()
                 .zip(&b.at_least)
                 .for_each(|(x, y)| *x += y);
-            a.score_sum += b.score_sum;
             a
         });
 
@@ -156,8 +164,23 @@ pub fn exact_ranks(p: &Problem<'_>) -> Ranks {
             sum: m.sum + f64::from(s),
             count: m.count + 1,
         });
+    // Scores are bilinear: their sum over all pairs is the dot product of the sums.
+    let sum_of = |vectors: &[&[f32]]| {
+        let mut sum = vec![0f64; vectors.first().map_or(0, |v| v.len())];
+        for v in vectors {
+            sum.iter_mut()
+                .zip(*v)
+                .for_each(|(s, &x)| *s += f64::from(x));
+        }
+        sum
+    };
+    let all_pairs: f64 = sum_of(&p.texts)
+        .iter()
+        .zip(sum_of(&p.images))
+        .map(|(a, b)| a * b)
+        .sum();
     let non_matching = Mean {
-        sum: total.score_sum - matching.sum,
+        sum: all_pairs - matching.sum,
         count: (n_texts * n_images) as u64 - matching.count,
     };
     Ranks {
@@ -170,14 +193,21 @@ pub fn exact_ranks(p: &Problem<'_>) -> Ranks {
     }
 }
 
+/// The captions of every image, as thresholds: `values[offsets[i]..offsets[i + 1]]` are image
+/// `i`'s caption scores in descending order, `lowest[i]` the last of them.
+struct Thresholds<'a> {
+    offsets: &'a [usize],
+    values: &'a [f32],
+    lowest: &'a [f32],
+}
+
 /// Scores one strip of captions against every image tile and updates the counts.
 fn score_strip(
     strip: &[&[f32]],
     thresholds: &[Option<f32>],
     ranks: &mut [Option<u32>],
     images: &[&[f32]],
-    image_offsets: &[usize],
-    image_thresholds: &[f32],
+    image: &Thresholds<'_>,
     acc: &mut Partial,
 ) {
     let rows = strip.len();
@@ -188,22 +218,37 @@ fn score_strip(
         let width = image_tile.len();
         let scores = &mut tile[..rows * width];
         dot_block(strip, image_tile, scores);
+        let lowest = &image.lowest[first_image..first_image + width];
         for (r, row) in scores.chunks_exact(width).enumerate() {
-            acc.score_sum += row.iter().map(|&s| f64::from(s)).sum::<f64>();
             if let Some(th) = thresholds[r] {
                 counts[r] += row.iter().map(|&s| u32::from(s >= th)).sum::<u32>();
             }
-        }
-        for c in 0..width {
-            let i = first_image + c;
-            let range = image_offsets[i]..image_offsets[i + 1];
-            for (count, &th) in acc.at_least[range.clone()]
-                .iter_mut()
-                .zip(&image_thresholds[range])
+            // Most scores are below every threshold of their image: one vectorised test per
+            // row, and the per-caption counts only where a score reaches the lowest one.
+            if !row
+                .iter()
+                .zip(lowest)
+                .fold(false, |any, (s, l)| any | (s >= l))
             {
-                *count += (0..rows)
-                    .map(|r| u32::from(scores[r * width + c] >= th))
-                    .sum::<u32>();
+                continue;
+            }
+            for (c, (&s, &l)) in row.iter().zip(lowest).enumerate() {
+                if s < l {
+                    continue;
+                }
+                let i = first_image + c;
+                let range = image.offsets[i]..image.offsets[i + 1];
+                // Descending thresholds: from the lowest up, while the score reaches them.
+                for (count, &th) in acc.at_least[range.clone()]
+                    .iter_mut()
+                    .zip(&image.values[range])
+                    .rev()
+                {
+                    if s < th {
+                        break;
+                    }
+                    *count += 1;
+                }
             }
         }
     }

@@ -126,11 +126,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Rows of `a` scored against rows of `b` per call of the block kernel: 3 x 4 pairs keep twelve
-/// 8-lane accumulators and one row of each side in the 16 vector registers of AVX2.
-const BLOCK_ROWS: usize = 3;
-const BLOCK_COLS: usize = 4;
-
 /// Scores every pair (`a[i]`, `b[j]`) into `out[i * b.len() + j]`, each score bit-identical to
 /// [`dot`] of the pair (same lanes, same order of additions, no fused multiply-add), so callers
 /// that mix this with `dot` (exact evaluation compares tile scores with thresholds computed
@@ -141,85 +136,135 @@ pub fn dot_block(a: &[&[f32]], b: &[&[f32]], out: &mut [f32]) {
         a.len() * b.len(),
         "output must hold one score per pair"
     );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only requirement of `dot_block_avx2`.
-        unsafe { dot_block_avx2(a, b, out) };
-        return;
-    }
-    dot_block_portable(a, b, out);
-}
-
-/// The same code compiled for AVX2, where each 8-lane accumulator is one register.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_block_avx2(a: &[&[f32]], b: &[&[f32]], out: &mut [f32]) {
-    dot_block_portable(a, b, out);
-}
-
-#[inline(always)]
-fn dot_block_portable(a: &[&[f32]], b: &[&[f32]], out: &mut [f32]) {
-    let cols = b.len();
-    let mut i = 0;
-    while i < a.len() {
-        let rows = BLOCK_ROWS.min(a.len() - i);
-        let mut j = 0;
-        while j < cols {
-            let width = BLOCK_COLS.min(cols - j);
-            if rows == BLOCK_ROWS && width == BLOCK_COLS {
-                let s = block::<BLOCK_ROWS, BLOCK_COLS>(
-                    std::array::from_fn(|r| a[i + r]),
-                    std::array::from_fn(|c| b[j + c]),
-                );
-                for (r, row) in s.iter().enumerate() {
-                    out[(i + r) * cols + j..][..BLOCK_COLS].copy_from_slice(row);
-                }
-            } else {
-                for r in 0..rows {
-                    for c in 0..width {
-                        let [[s]] = block::<1, 1>([a[i + r]], [b[j + c]]);
-                        out[(i + r) * cols + j + c] = s;
-                    }
-                }
-            }
-            j += width;
-        }
-        i += rows;
-    }
-}
-
-/// `R x C` dot products, each accumulated exactly as [`dot`] does.
-#[inline(always)]
-fn block<const R: usize, const C: usize>(a: [&[f32]; R], b: [&[f32]; C]) -> [[f32; C]; R] {
-    let dim = a[0].len();
+    let dim = a.first().or(b.first()).map_or(0, |v| v.len());
     assert!(
-        a.iter().chain(&b).all(|v| v.len() == dim),
+        a.iter().chain(b).all(|v| v.len() == dim),
         "vectors differ in length"
     );
-    let full = dim / 8 * 8;
-    let mut acc = [[[0f32; 8]; C]; R];
-    for k in (0..full).step_by(8) {
-        let av: [&[f32; 8]; R] = std::array::from_fn(|r| a[r][k..k + 8].try_into().expect("8"));
-        let bv: [&[f32; 8]; C] = std::array::from_fn(|c| b[c][k..k + 8].try_into().expect("8"));
-        for r in 0..R {
-            for c in 0..C {
-                for l in 0..8 {
-                    acc[r][c][l] += av[r][l] * bv[c][l];
-                }
-            }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") {
+            // SAFETY: the CPU has the kernel's features; the vectors have equal lengths.
+            unsafe { avx512::dot_block(a, b, out) };
+            return;
+        }
+        if has!("avx") {
+            // SAFETY: as above.
+            unsafe { avx::dot_block(a, b, out) };
+            return;
         }
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|c| {
-            let mut tail = 0f32;
-            for (x, y) in a[r][full..].iter().zip(&b[c][full..]) {
-                tail += x * y;
-            }
-            let l = &acc[r][c];
-            ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
-        })
-    })
+    for (i, x) in a.iter().enumerate() {
+        for (j, y) in b.iter().enumerate() {
+            out[i * b.len() + j] = dot(x, y);
+        }
+    }
 }
+
+/// An x86 kernel for [`dot_block`]: one 8-lane register per pair holds `dot`'s eight
+/// accumulators, `$rows x $cols` pairs at a time (as many as the registers of `$features`
+/// hold), multiplies and adds kept separate as `dot` does them.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_kernel {
+    ($name:ident, $features:literal, $rows:literal, $cols:literal) => {
+        mod $name {
+            use std::arch::x86_64::*;
+
+            const ROWS: usize = $rows;
+            const COLS: usize = $cols;
+
+            /// # Safety
+            /// The CPU must have the module's features; all vectors must have one length.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn dot_block(a: &[&[f32]], b: &[&[f32]], out: &mut [f32]) {
+                let cols = b.len();
+                let mut i = 0;
+                while i < a.len() {
+                    let rows = ROWS.min(a.len() - i);
+                    let mut j = 0;
+                    while j < cols {
+                        let width = COLS.min(cols - j);
+                        if rows == ROWS && width == COLS {
+                            let s = block::<ROWS, COLS>(
+                                std::array::from_fn(|r| a[i + r]),
+                                std::array::from_fn(|c| b[j + c]),
+                            );
+                            for (r, row) in s.iter().enumerate() {
+                                out[(i + r) * cols + j..][..COLS].copy_from_slice(row);
+                            }
+                        } else {
+                            for r in 0..rows {
+                                for c in 0..width {
+                                    let [[s]] = block::<1, 1>([a[i + r]], [b[j + c]]);
+                                    out[(i + r) * cols + j + c] = s;
+                                }
+                            }
+                        }
+                        j += width;
+                    }
+                    i += rows;
+                }
+            }
+
+            /// `R x C` dot products, each accumulated exactly as [`super::dot`] does.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn block<const R: usize, const C: usize>(
+                a: [&[f32]; R],
+                b: [&[f32]; C],
+            ) -> [[f32; C]; R] {
+                let dim = a[0].len();
+                let full = dim / 8 * 8;
+                // Raw pointers keep the loop free of bounds checks and the accumulators in
+                // registers (slices made the compiler store them on every step).
+                let pa: [*const f32; R] = std::array::from_fn(|r| a[r].as_ptr());
+                let pb: [*const f32; C] = std::array::from_fn(|c| b[c].as_ptr());
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let mut k = 0;
+                while k < full {
+                    let mut av = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        // SAFETY: k + 8 <= full <= the length of every vector.
+                        av[r] = unsafe { _mm256_loadu_ps(pa[r].add(k)) };
+                    }
+                    for c in 0..C {
+                        // SAFETY: as above.
+                        let bv = unsafe { _mm256_loadu_ps(pb[c].add(k)) };
+                        for r in 0..R {
+                            acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(av[r], bv));
+                        }
+                    }
+                    k += 8;
+                }
+                let mut out = [[0f32; C]; R];
+                for r in 0..R {
+                    for c in 0..C {
+                        let mut tail = 0f32;
+                        for (x, y) in a[r][full..].iter().zip(&b[c][full..]) {
+                            tail += x * y;
+                        }
+                        // ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)), as `dot` adds.
+                        let halves = _mm_add_ps(
+                            _mm256_castps256_ps128(acc[r][c]),
+                            _mm256_extractf128_ps::<1>(acc[r][c]),
+                        );
+                        let pairs = _mm_hadd_ps(halves, halves);
+                        out[r][c] = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs))) + tail;
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+// 16 vector registers: 3 x 3 accumulators, 3 + 1 operands, one product.
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(avx, "avx", 3, 3);
+// AVX-512VL gives 32 registers for 256-bit operations: 4 x 6 accumulators.
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(avx512, "avx,avx512f,avx512vl", 4, 6);
 
 /// L2-normalises each `dim`-sized vector in place; zero vectors stay zero.
 pub fn normalize(vectors: &mut [f32], dim: usize) {
@@ -268,10 +313,32 @@ mod tests {
             let ar: Vec<&[f32]> = a.iter().map(Vec::as_slice).collect();
             let br: Vec<&[f32]> = b.iter().map(Vec::as_slice).collect();
             let mut out = vec![0f32; rows * cols];
+            let check = |out: &[f32]| -> Result<(), TestCaseError> {
+                for i in 0..rows {
+                    for j in 0..cols {
+                        prop_assert_eq!(out[i * cols + j].to_bits(), dot(&a[i], &b[j]).to_bits());
+                    }
+                }
+                Ok(())
+            };
             dot_block(&ar, &br, &mut out);
-            for i in 0..rows {
-                for j in 0..cols {
-                    prop_assert_eq!(out[i * cols + j].to_bits(), dot(&a[i], &b[j]).to_bits());
+            check(&out)?;
+            // Every kernel this CPU can run, whichever `dot_block` picks.
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx") {
+                    out.fill(0.0);
+                    // SAFETY: the CPU has AVX; the vectors have one length.
+                    unsafe { avx::dot_block(&ar, &br, &mut out) };
+                    check(&out)?;
+                }
+                if std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                {
+                    out.fill(0.0);
+                    // SAFETY: the CPU has AVX-512F/VL; the vectors have one length.
+                    unsafe { avx512::dot_block(&ar, &br, &mut out) };
+                    check(&out)?;
                 }
             }
         }
