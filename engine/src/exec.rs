@@ -353,11 +353,19 @@ fn insert(
             texts,
             split,
             metadata,
+            vectors: None,
         }));
     }
     let mut w = db.writer()?;
     let mut tx = w.transaction();
-    let report = load_rows(db, &mut tx, collection, records.into_iter().map(Ok), false)?;
+    let report = load_rows(
+        db,
+        &mut tx,
+        collection,
+        records.into_iter().map(Ok),
+        false,
+        None,
+    )?;
     tx.commit(format!("insert {} rows into {collection}", report.rows))?;
     Ok(ResultSet::status(format!(
         "inserted {} row{} into {collection}",
@@ -374,18 +382,28 @@ struct LoadReport {
     embedded: bool,
 }
 
-/// Reads, embeds (with the collection's model, if it has one) and stages rows in `tx`. A bad
-/// row fails the whole load unless `skip_errors`, in which case it is reported and left out.
+/// Reads, embeds (with the collection's model, if it has one, or taking the rows' precomputed
+/// vectors) and stages rows in `tx`. A bad row fails the whole load unless `skip_errors`, in
+/// which case it is reported and left out.
 fn load_rows(
     db: &Database,
     tx: &mut storage::Transaction<'_>,
     collection: &str,
     items: impl Iterator<Item = Result<Item>>,
     skip_errors: bool,
+    precomputed: Option<&ingest::EmbeddingColumns>,
 ) -> Result<LoadReport> {
     let snap = db.snapshot()?;
     let c = snap.collection(collection)?;
-    let model = collection_model(db, c)?;
+    let model = match precomputed {
+        Some(e) => {
+            check_precomputed_target(c, e)?;
+            None
+        }
+        None => collection_model(db, c)?,
+    };
+    // Precomputed vectors: their spaces (image, text), found or staged at the first rows.
+    let mut external: Option<[(SpaceId, usize); 2]> = None;
     let spaces: Vec<(SpaceId, Modality)> = [c.active_image, c.active_text]
         .into_iter()
         .flatten()
@@ -393,7 +411,7 @@ fn load_rows(
         .collect::<Result<_>>()?;
     let bar = progress(db.options.progress);
     let mut report = LoadReport {
-        embedded: model.is_some(),
+        embedded: model.is_some() || precomputed.is_some(),
         ..Default::default()
     };
     let mut items = items.peekable();
@@ -463,6 +481,43 @@ fn load_rows(
                 (kept, Vec::new())
             }
         };
+        let mut rows = rows;
+        if let Some(e) = precomputed
+            && let Some(first) = rows.first().and_then(|(r, _)| r.vectors.as_ref())
+        {
+            let spaces = match external {
+                Some(s) => s,
+                None => {
+                    let s = external_spaces(tx, collection, e, first)?;
+                    external = Some(s);
+                    s
+                }
+            };
+            let [(_, image_dim), (_, text_dim)] = spaces;
+            rows.retain(|(r, _)| {
+                let Some(v) = &r.vectors else { return false };
+                let bad = if v.image.len() != image_dim {
+                    Some(("image", v.image.len(), image_dim))
+                } else {
+                    v.texts
+                        .iter()
+                        .find(|t| t.len() != text_dim)
+                        .map(|t| ("text", t.len(), text_dim))
+                };
+                if let Some((kind, got, want)) = bad {
+                    failures.push(RowFailure {
+                        location: r.location.clone(),
+                        image: Some(r.image.name()),
+                        reason: format!(
+                            "{kind} embedding has {got} values; the {kind} vectors of model {} \
+                             have {want}",
+                            e.model
+                        ),
+                    });
+                }
+                bad.is_none()
+            });
+        }
         if !failures.is_empty() && !skip_errors {
             return Err(Error::RowsFailed {
                 total: seen,
@@ -483,9 +538,24 @@ fn load_rows(
             }
             None => Vec::new(),
         };
+        let (image_vectors, text_vectors, spaces) = match external {
+            Some([(image, _), (text, _)]) => {
+                let vectors = rows.iter().filter_map(|(r, _)| r.vectors.as_ref());
+                let image_vectors: Vec<f32> = vectors
+                    .clone()
+                    .flat_map(|v| v.image.iter().copied())
+                    .collect();
+                let text_vectors: Vec<f32> = vectors
+                    .flat_map(|v| v.texts.iter().flatten().copied())
+                    .collect();
+                let spaces = vec![(image, Modality::Image), (text, Modality::Text)];
+                (image_vectors, text_vectors, spaces)
+            }
+            None if model.is_some() => (image_vectors, text_vectors, spaces.clone()),
+            None => (image_vectors, text_vectors, Vec::new()),
+        };
         let embeddings: Vec<(SpaceId, &[f32])> = spaces
             .iter()
-            .filter(|_| model.is_some())
             .map(|&(s, m)| match m {
                 Modality::Image => (s, &image_vectors[..]),
                 Modality::Text => (s, &text_vectors[..]),
@@ -510,6 +580,69 @@ fn load_rows(
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// Precomputed vectors go into a collection without a model, or one whose active spaces are
+/// that external model's.
+fn check_precomputed_target(c: &CollectionMeta, e: &ingest::EmbeddingColumns) -> Result<()> {
+    for active in [c.active_image, c.active_text].into_iter().flatten() {
+        let spec = &c.space(active)?.spec;
+        if spec.model_id != e.model || spec.fingerprint != external_fingerprint(&e.model) {
+            return Err(Error::Invalid(format!(
+                "collection {} embeds with model {}; precomputed vectors from '{}' go into a \
+                 collection without a model (CREATE COLLECTION name) or one holding that \
+                 model's vectors",
+                c.name, spec.model_id, e.model
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fingerprint of vectors made outside Mirante: their model is known by name only.
+fn external_fingerprint(model: &str) -> String {
+    format!("external:{model}")
+}
+
+/// The (space, dim) of the image and text vectors of an external model, staged in `tx` (and
+/// made active) with the dimensions of the first row when the collection lacks them.
+fn external_spaces(
+    tx: &mut storage::Transaction<'_>,
+    collection: &str,
+    e: &ingest::EmbeddingColumns,
+    first: &ingest::Precomputed,
+) -> Result<[(SpaceId, usize); 2]> {
+    let fingerprint = external_fingerprint(&e.model);
+    let mut out = [(0, 0); 2];
+    for (slot, (modality, first_dim)) in [
+        (Modality::Image, first.image.len()),
+        (Modality::Text, first.texts.first().map_or(0, Vec::len)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let existing = tx
+            .collection(collection)?
+            .spaces
+            .iter()
+            .find(|s| s.spec.modality == modality && s.spec.fingerprint == fingerprint)
+            .map(|s| s.spec.dim);
+        let dim = match (existing, first_dim) {
+            (Some(d), _) => d,
+            // A first row without captions tells nothing about text vectors; take the image's.
+            (None, 0) => first.image.len(),
+            (None, d) => d,
+        };
+        let spec = storage::SpaceSpec {
+            model_id: e.model.clone(),
+            fingerprint: fingerprint.clone(),
+            modality,
+            dim,
+            metric: storage::Metric::Cosine,
+        };
+        out[slot] = (tx.add_space(collection, spec, true)?, dim);
+    }
+    Ok(out)
 }
 
 fn read_image(image: &ImageRef) -> std::result::Result<Vec<u8>, String> {
@@ -544,7 +677,16 @@ fn import(
 ) -> Result<ResultSet> {
     let opts = options_map(
         options,
-        &["image_column", "text_column", "split", "columns", "limit"],
+        &[
+            "image_column",
+            "text_column",
+            "split",
+            "columns",
+            "limit",
+            "image_embedding",
+            "text_embedding",
+            "embedding_model",
+        ],
     )?;
     let text = |k: &str| opts.get(k).map(|v| string_option(v, k)).transpose();
     let import_options = ImportOptions {
@@ -567,12 +709,37 @@ fn import(
             }
             None => None,
         },
+        embeddings: match (
+            text("image_embedding")?,
+            text("text_embedding")?,
+            text("embedding_model")?,
+        ) {
+            (None, None, None) => None,
+            (Some(image), Some(text), Some(model)) => {
+                Some(ingest::EmbeddingColumns { image, text, model })
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "precomputed embeddings need all three options: image_embedding and \
+                     text_embedding (the columns) and embedding_model (the name of the model \
+                     that made them)"
+                        .into(),
+                ));
+            }
+        },
     };
     let src = ingest::open(source, &import_options)?;
     let mut w = db.writer()?;
     let mut tx = w.transaction();
     tx.add_columns(collection, src.columns.clone())?;
-    let report = load_rows(db, &mut tx, collection, src.items, skip_errors)?;
+    let report = load_rows(
+        db,
+        &mut tx,
+        collection,
+        src.items,
+        skip_errors,
+        import_options.embeddings.as_ref(),
+    )?;
     if report.rows > 0 {
         tx.commit(format!(
             "import {} rows into {collection} from {source}",

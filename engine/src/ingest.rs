@@ -42,6 +42,27 @@ pub struct ImportOptions {
     pub columns: Option<Vec<String>>,
     /// Import at most this many rows.
     pub limit: Option<usize>,
+    /// Columns holding vectors computed elsewhere, stored instead of embedding the rows.
+    pub embeddings: Option<EmbeddingColumns>,
+}
+
+/// Where precomputed embeddings are, and which model made them.
+#[derive(Debug, Clone)]
+pub struct EmbeddingColumns {
+    /// One vector per row.
+    pub image: String,
+    /// One vector per caption: a list of vectors (or one vector for a row with one caption).
+    pub text: String,
+    /// The name the vectors' spaces get (`EVALUATE ... USING MODEL` names them by it).
+    pub model: String,
+}
+
+/// A row's precomputed vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Precomputed {
+    pub image: Vec<f32>,
+    /// One per caption, in caption order.
+    pub texts: Vec<Vec<f32>>,
 }
 
 /// Where a row's image comes from.
@@ -74,6 +95,8 @@ pub struct Record {
     pub texts: Vec<String>,
     pub split: Option<String>,
     pub metadata: Vec<(String, Value)>,
+    /// Present when the import names embedding columns.
+    pub vectors: Option<Precomputed>,
 }
 
 /// A row, or why it cannot be imported.
@@ -435,6 +458,25 @@ fn table_items(
             },
             None => Vec::new(),
         };
+        let vectors = match &options.embeddings {
+            Some(e) => {
+                let null = serde_json::Value::Null;
+                let cell = |c: &str| row.get(c).unwrap_or(&null);
+                match precomputed(
+                    json_vector(cell(&e.image)),
+                    json_vectors(cell(&e.text)),
+                    e,
+                    texts.len(),
+                ) {
+                    Ok(v) => Some(v),
+                    Err(reason) => {
+                        items.push(bad(reason, Some(image.display().to_string())));
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
         let row_split = match row.get("split") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             _ => split.clone(),
@@ -452,6 +494,7 @@ fn table_items(
             texts,
             split: row_split,
             metadata,
+            vectors,
         }));
     }
     Ok(items)
@@ -473,7 +516,14 @@ fn table_columns(table: &Table, options: &ImportOptions) -> Result<(Vec<String>,
     }
     let image_col = role_column(options.image_column.as_ref(), &IMAGE_COLUMNS, &present);
     let text_col = role_column(options.text_column.as_ref(), &TEXT_COLUMNS, &present);
-    let roles = [image_col, text_col, Some("split".to_string())];
+    let embedding_cols = options
+        .embeddings
+        .as_ref()
+        .map(|e| [e.image.clone(), e.text.clone()]);
+    let roles = [image_col, text_col, Some("split".to_string())]
+        .into_iter()
+        .chain(embedding_cols.into_iter().flatten().map(Some))
+        .collect::<Vec<_>>();
     let keep = |name: &String| {
         !roles.iter().flatten().any(|r| r == name)
             && options
@@ -591,6 +641,7 @@ fn imagefolder(root: &Path, options: &ImportOptions) -> Result<Source> {
                     image: ImageRef::Path(p),
                     texts: Vec::new(),
                     metadata,
+                    vectors: None,
                 })
             })
             .collect();
@@ -693,6 +744,7 @@ struct ParquetPlan {
     text: Option<String>,
     split_column: bool,
     columns: Vec<ColumnDef>,
+    embeddings: Option<EmbeddingColumns>,
 }
 
 fn parquet_source(root: &Path, files: Vec<PathBuf>, options: &ImportOptions) -> Result<Source> {
@@ -750,11 +802,25 @@ fn parquet_source(root: &Path, files: Vec<PathBuf>, options: &ImportOptions) -> 
             _ => {}
         }
     }
+    if let Some(e) = &options.embeddings {
+        for c in [&e.image, &e.text] {
+            if !present.contains(c) {
+                return Err(Error::source(
+                    first,
+                    format!(
+                        "embedding column '{c}' is not in the file (columns: {})",
+                        present.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let plan = ParquetPlan {
         image,
         text,
         split_column: present.iter().any(|p| p == "split"),
         columns: columns.clone(),
+        embeddings: options.embeddings.clone(),
     };
     let shards: Vec<(PathBuf, Option<String>)> = files
         .into_iter()
@@ -844,6 +910,14 @@ impl ParquetShard {
         } else {
             None
         };
+        let embedding_arrays = match &self.plan.embeddings {
+            Some(e) => Some((
+                self.column(batch, &e.image)?,
+                self.column(batch, &e.text)?,
+                e,
+            )),
+            None => None,
+        };
         let meta: Vec<(&ColumnDef, &ArrayRef)> = self
             .plan
             .columns
@@ -875,6 +949,22 @@ impl ParquetShard {
                     continue;
                 }
             };
+            let vectors = match embedding_arrays {
+                Some((im, tx, e)) => {
+                    match precomputed(vector_at(im, i), vectors_at(tx, i), e, texts.len()) {
+                        Ok(v) => Some(v),
+                        Err(reason) => {
+                            out.push(Item::Bad(RowFailure {
+                                location,
+                                image: Some(image.name()),
+                                reason,
+                            }));
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
             let row_split = match split {
                 Some(s) => string_at(s, i),
                 None => self.split.clone(),
@@ -889,6 +979,7 @@ impl ParquetShard {
                 texts,
                 split: row_split,
                 metadata,
+                vectors,
             }));
         }
         Ok(out)
@@ -1000,6 +1091,112 @@ fn texts_at(a: &ArrayRef, i: usize) -> std::result::Result<Vec<String>, String> 
             )),
         },
     }
+}
+
+/// Checks a row's precomputed vectors: present, finite, one text vector per caption.
+fn precomputed(
+    image: std::result::Result<Vec<f32>, String>,
+    texts: std::result::Result<Vec<Vec<f32>>, String>,
+    e: &EmbeddingColumns,
+    captions: usize,
+) -> std::result::Result<Precomputed, String> {
+    let image = image.map_err(|m| format!("image embedding column '{}': {m}", e.image))?;
+    let texts = texts.map_err(|m| format!("text embedding column '{}': {m}", e.text))?;
+    if texts.len() != captions {
+        return Err(format!(
+            "text embedding column '{}' holds {} vectors for {captions} captions",
+            e.text,
+            texts.len()
+        ));
+    }
+    if image.is_empty() || texts.iter().any(Vec::is_empty) {
+        return Err("an embedding is empty".into());
+    }
+    if !image
+        .iter()
+        .chain(texts.iter().flatten())
+        .all(|x| x.is_finite())
+    {
+        return Err("an embedding holds NaN or infinity".into());
+    }
+    Ok(Precomputed { image, texts })
+}
+
+/// A vector from JSON: an array of numbers, or a string holding one (a CSV cell).
+fn json_vector(v: &serde_json::Value) -> std::result::Result<Vec<f32>, String> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Err("the vector is missing".into()),
+        J::String(s) => json_vector(
+            &serde_json::from_str(s).map_err(|e| format!("not a JSON array of numbers: {e}"))?,
+        ),
+        J::Array(items) => items
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| format!("the vector holds {x}, expected numbers"))
+            })
+            .collect(),
+        other => Err(format!("{other} is not a vector (a list of numbers)")),
+    }
+}
+
+/// Caption vectors from JSON: an array of vectors, or one vector for a single caption.
+fn json_vectors(v: &serde_json::Value) -> std::result::Result<Vec<Vec<f32>>, String> {
+    use serde_json::Value as J;
+    match v {
+        J::String(s) => json_vectors(
+            &serde_json::from_str(s).map_err(|e| format!("not a JSON array of vectors: {e}"))?,
+        ),
+        J::Array(items) if items.iter().all(J::is_array) => items.iter().map(json_vector).collect(),
+        J::Array(_) => Ok(vec![json_vector(v)?]),
+        J::Null => Ok(Vec::new()),
+        other => Err(format!("{other} is not a list of vectors")),
+    }
+}
+
+/// A vector cell: a list (or fixed-size list) of floats.
+fn vector_at(a: &ArrayRef, i: usize) -> std::result::Result<Vec<f32>, String> {
+    if a.is_null(i) {
+        return Err("the vector is missing".into());
+    }
+    let values = match a.data_type() {
+        DataType::List(_) => a.as_list::<i32>().value(i),
+        DataType::LargeList(_) => a.as_list::<i64>().value(i),
+        DataType::FixedSizeList(_, _) => a.as_fixed_size_list().value(i),
+        other => return Err(format!("type {other} is not a list of floats")),
+    };
+    let floats = arrow_cast::cast(&values, &DataType::Float32)
+        .map_err(|e| format!("type {} is not a list of floats: {e}", a.data_type()))?;
+    let floats = floats.as_primitive::<arrow_array::types::Float32Type>();
+    if floats.null_count() > 0 {
+        return Err("the vector holds nulls".into());
+    }
+    Ok(floats.values().to_vec())
+}
+
+/// Caption vectors: a list of vectors, or one vector for a row with one caption.
+fn vectors_at(a: &ArrayRef, i: usize) -> std::result::Result<Vec<Vec<f32>>, String> {
+    if a.is_null(i) {
+        return Ok(Vec::new());
+    }
+    let inner = match a.data_type() {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type(),
+        other => return Err(format!("type {other} is not a list of vectors")),
+    };
+    if !matches!(
+        inner,
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _)
+    ) {
+        return Ok(vec![vector_at(a, i)?]);
+    }
+    let list = match a.data_type() {
+        DataType::List(_) => a.as_list::<i32>().value(i),
+        DataType::LargeList(_) => a.as_list::<i64>().value(i),
+        _ => a.as_fixed_size_list().value(i),
+    };
+    (0..list.len()).map(|j| vector_at(&list, j)).collect()
 }
 
 fn list_strings(a: &ArrayRef) -> std::result::Result<Vec<String>, String> {

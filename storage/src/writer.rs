@@ -218,34 +218,12 @@ impl Writer {
         spec: SpaceSpec,
         activate: bool,
     ) -> Result<SpaceId> {
-        if spec.dim == 0 {
-            return Err(Error::InvalidArgument(
-                "an embedding space needs dim > 0".into(),
-            ));
-        }
         let mut next = self.manifest.clone();
-        let c = next.collection_mut(collection)?;
-        let id = match c.spaces.iter().find(|s| s.spec == spec) {
-            Some(s) => s.id,
-            None => {
-                let id = c.next_space_id;
-                c.next_space_id += 1;
-                c.spaces.push(SpaceMeta {
-                    id,
-                    spec: spec.clone(),
-                });
-                id
-            }
-        };
-        if activate {
-            set_active(c, spec.modality, id);
-        }
+        let (modality, model) = (spec.modality, spec.model_id.clone());
+        let id = stage_space(&mut next, collection, spec, activate)?;
         self.commit(
             next,
-            format!(
-                "add {} space {id} ({}) to {collection}",
-                spec.modality, spec.model_id
-            ),
+            format!("add {modality} space {id} ({model}) to {collection}"),
         )?;
         Ok(id)
     }
@@ -766,6 +744,22 @@ impl Transaction<'_> {
         Ok(ids)
     }
 
+    /// Stages an embedding space (see [`Writer::add_space`]), so that rows appended in this
+    /// transaction can carry vectors of a space that appears with them.
+    pub fn add_space(
+        &mut self,
+        collection: &str,
+        spec: SpaceSpec,
+        activate: bool,
+    ) -> Result<SpaceId> {
+        stage_space(&mut self.next, collection, spec, activate)
+    }
+
+    /// A collection as staged so far.
+    pub fn collection(&self, collection: &str) -> Result<&CollectionMeta> {
+        self.next.collection(collection)
+    }
+
     /// The schema of a collection as staged so far.
     pub fn schema(&self, collection: &str) -> Result<&Schema> {
         Ok(&self.next.collection(collection)?.schema)
@@ -789,6 +783,37 @@ impl Transaction<'_> {
         }
         Ok(version)
     }
+}
+
+/// Registers `spec` in `manifest` (or finds an identical space) and optionally activates it.
+fn stage_space(
+    manifest: &mut Manifest,
+    collection: &str,
+    spec: SpaceSpec,
+    activate: bool,
+) -> Result<SpaceId> {
+    if spec.dim == 0 {
+        return Err(Error::InvalidArgument(
+            "an embedding space needs dim > 0".into(),
+        ));
+    }
+    let c = manifest.collection_mut(collection)?;
+    let id = match c.spaces.iter().find(|s| s.spec == spec) {
+        Some(s) => s.id,
+        None => {
+            let id = c.next_space_id;
+            c.next_space_id += 1;
+            c.spaces.push(SpaceMeta {
+                id,
+                spec: spec.clone(),
+            });
+            id
+        }
+    };
+    if activate {
+        set_active(c, spec.modality, id);
+    }
+    Ok(id)
 }
 
 impl SegmentView<'_> {

@@ -329,3 +329,117 @@ fn evaluate_without_embeddings_says_what_to_do() {
         .to_string();
     assert!(err.contains("collection 'nope' does not exist"), "{err}");
 }
+
+#[test]
+fn precomputed_embeddings_are_imported_compared_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    one(&db, "CREATE COLLECTION vecs");
+    // Parquet: images as a fixed-size list column, captions as a list of lists (8-d).
+    let r = one(
+        &db,
+        &format!(
+            "IMPORT INTO vecs FROM '{}' WITH (image_embedding = 'img_emb', \
+             text_embedding = 'txt_emb', embedding_model = 'elsewhere/clip')",
+            import_fixtures().join("vectors.parquet").display()
+        ),
+    );
+    assert_eq!(r.status.as_deref(), Some("imported 6 rows into vecs"));
+    let models = one(&db, "SHOW MODELS");
+    assert_eq!(
+        models.get(0, "model"),
+        Some(&Cell::Str("elsewhere/clip".into()))
+    );
+    assert_eq!(models.get(0, "dim"), Some(&Cell::Int(8)));
+    // Each caption is its image's vector plus a little noise: perfect retrieval both ways.
+    for sql in [
+        "EVALUATE recall@1, mrr ON vecs",
+        "EVALUATE recall@1, mrr ON vecs USING MODEL 'elsewhere/clip'",
+    ] {
+        let e = one(&db, sql);
+        for row in 0..2 {
+            assert_eq!(float(&e, row, "recall@1"), 1.0, "{sql}");
+            assert_eq!(float(&e, row, "mrr"), 1.0, "{sql}");
+        }
+    }
+    // Stored vectors serve searches by row without any model (the row itself left out).
+    let hits = one(&db, "SEARCH vecs BY ROW 1 LIMIT 2");
+    assert_eq!(hits.rows.len(), 2);
+    assert!(hits.rows.iter().all(|h| h[1] != Cell::Int(1)));
+
+    // JSONL: a single caption may carry one flat vector; a wrong dimension is named.
+    let photo = |n: &str| {
+        import_fixtures()
+            .join("photos")
+            .join(n)
+            .display()
+            .to_string()
+    };
+    let jsonl = dir.path().join("more.jsonl");
+    std::fs::write(
+        &jsonl,
+        format!(
+            "{{\"image\": \"{}\", \"text\": \"a cup\", \"img\": [1,0,0,0,0,0,0,0], \"txt\": [1,0,0,0,0,0,0,0]}}\n\
+             {{\"image\": \"{}\", \"text\": [\"a cat\", \"a pet\"], \"img\": [0,1,0,0,0,0,0,0], \"txt\": [[0,1,0,0,0,0,0,0],[0,1,0,0,0,0,0,0.1]]}}\n\
+             {{\"image\": \"{}\", \"text\": \"a horse\", \"img\": [0,0,1,0], \"txt\": [0,0,1,0]}}\n",
+            photo("coffee.jpg"),
+            photo("chelsea.png"),
+            photo("horse.png")
+        ),
+    )
+    .unwrap();
+    let import = format!(
+        "IMPORT INTO vecs FROM '{}' WITH (image_embedding = 'img', text_embedding = 'txt', \
+         embedding_model = 'elsewhere/clip')",
+        jsonl.display()
+    );
+    let err = db.sql(&import).unwrap_err().to_string();
+    assert!(
+        err.contains("more.jsonl line 3")
+            && err.contains("image embedding has 4 values")
+            && err.contains("have 8"),
+        "{err}"
+    );
+    let r = one(&db, &format!("{import} ON ERROR SKIP"));
+    assert!(r.status.unwrap().starts_with("imported 2 rows"));
+    assert!(float(&one(&db, "EVALUATE mrr ON vecs"), 0, "mrr") > 0.0);
+
+    // The three options go together.
+    let err = db
+        .sql(&format!(
+            "IMPORT INTO vecs FROM '{}' WITH (image_embedding = 'img')",
+            jsonl.display()
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("need all three options"), "{err}");
+
+    // A Mirante model next to the precomputed vectors: side by side, deltas against the first.
+    one(
+        &db,
+        &format!("EMBED vecs USING MODEL '{}'", tiny_clip().display()),
+    );
+    let both = one(
+        &db,
+        &format!(
+            "EVALUATE recall@1 ON vecs USING MODEL 'elsewhere/clip', '{}'",
+            tiny_clip().display()
+        ),
+    );
+    assert_eq!(both.rows.len(), 4);
+    let delta = float(&both, 2, "delta_recall@1");
+    assert!((delta - (float(&both, 2, "recall@1") - float(&both, 0, "recall@1"))).abs() < 1e-12);
+
+    // A collection with its own model refuses vectors from another.
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = collection(dir2.path());
+    let err = db2
+        .sql(&format!(
+            "IMPORT INTO images FROM '{}' WITH (image_embedding = 'img_emb', \
+             text_embedding = 'txt_emb', embedding_model = 'elsewhere/clip')",
+            import_fixtures().join("vectors.parquet").display()
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("embeds with model"), "{err}");
+}
