@@ -324,7 +324,9 @@ fn model_spaces(db: &Database, c: &CollectionMeta, locator: Option<&str>) -> Res
         None => match db.models.load(locator) {
             Ok(m) => m.fingerprint.clone(),
             Err(e) if fingerprints.is_empty() => {
-                let names: Vec<&str> = c.spaces.iter().map(|s| s.spec.model_id.as_str()).collect();
+                let mut names: Vec<&str> =
+                    c.spaces.iter().map(|s| s.spec.model_id.as_str()).collect();
+                names.dedup();
                 return Err(Error::Invalid(format!(
                     "collection {} has no embeddings from model {locator} ({e}); its models: {}; \
                      compute them with EMBED {} USING MODEL '{locator}'",
@@ -387,6 +389,63 @@ fn columns(
         .collect()
 }
 
+/// The SQL text of the plan's filter, with the collection's column names.
+fn filter_sql(c: &CollectionMeta, plan: &EvaluatePlan) -> Option<String> {
+    plan.filter.as_ref().map(|f| {
+        let names = columns_of(&c.schema);
+        f.to_sql(&|col| {
+            names
+                .iter()
+                .find(|n| n.column == col)
+                .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
+        })
+    })
+}
+
+/// What `EXPLAIN EVALUATE` prints: the spaces each model resolves to and how ranks are made.
+pub(crate) fn explain(db: &Database, plan: &EvaluatePlan) -> Result<Vec<String>> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(&plan.collection)?;
+    let locators: Vec<Option<&str>> = if plan.models.is_empty() {
+        vec![None]
+    } else {
+        plan.models.iter().map(|m| Some(m.as_str())).collect()
+    };
+    let metrics: Vec<String> = plan.metrics.iter().map(ToString::to_string).collect();
+    let directions: Vec<String> = plan.directions.iter().map(ToString::to_string).collect();
+    let mut lines = vec![
+        format!("Evaluate {} at version {}", c.name, snap.version()),
+        format!("  metrics: {}", metrics.join(", ")),
+        format!("  directions: {}", directions.join(", ")),
+        format!(
+            "  rows: {} (queries and gallery alike)",
+            filter_sql(c, plan).map_or("all".into(), |f| format!("WHERE {f}"))
+        ),
+        "  ground truth: a caption is relevant to its row's image; byte-identical images are one"
+            .into(),
+    ];
+    for locator in locators {
+        let m = model_spaces(db, c, locator)?;
+        let dim = c.space(m.image)?.spec.dim;
+        lines.push(format!(
+            "  model {}: image space {} and text space {} (dim {dim}, fingerprint {})",
+            m.label, m.image, m.text, m.fingerprint
+        ));
+    }
+    lines.push(
+        "  ranks: exact scores of every caption x image in tiles, both directions in one pass; \
+         ties ranked pessimistically"
+            .into(),
+    );
+    lines.push(format!(
+        "  record: one row per model and direction in {EVALUATIONS}"
+    ));
+    if let Some(p) = &plan.into {
+        lines.push(format!("  report: {p}"));
+    }
+    Ok(lines)
+}
+
 pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
     let snap = db.snapshot()?;
     let c = snap.collection(&plan.collection)?;
@@ -399,15 +458,7 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
             .collect::<Result<_>>()?
     };
     let g = Gallery::collect(&snap, c, plan.filter.as_ref())?;
-    let filter = plan.filter.as_ref().map(|f| {
-        let names = columns_of(&c.schema);
-        f.to_sql(&|col| {
-            names
-                .iter()
-                .find(|n| n.column == col)
-                .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
-        })
-    });
+    let filter = filter_sql(c, plan);
     let mut models = Vec::with_capacity(spaces.len());
     for m in &spaces {
         let image_columns = columns(c, &g, m.image, &m.label)?;

@@ -1044,6 +1044,7 @@ fn explain(db: &Database, plan: Plan) -> Result<ResultSet> {
             }
             lines.push("  merge: global top-k by score desc, then row id asc".into());
         }
+        Plan::Evaluate(p) => lines.extend(crate::evaluate::explain(db, p)?),
         other => lines.extend(format!("{other:#?}").lines().map(str::to_string)),
     }
     Ok(ResultSet {

@@ -132,6 +132,11 @@ fn completions(word: &str, line_start: bool, collections: Vec<String>) -> Vec<St
             k.to_string()
         }
     }));
+    names.extend(
+        mirante::query::EvalMetric::DEFAULTS
+            .iter()
+            .map(ToString::to_string),
+    );
     if line_start {
         names.extend([".help", ".mode", ".timer", ".tables", ".quit", ".exit"].map(String::from));
     }
