@@ -17,9 +17,9 @@ use mirante_storage::{
 
 use crate::db::{Database, RowValues, columns_of};
 use crate::error::{Error, Result};
-use crate::metrics::rank_metric;
+use crate::metrics::{NOT_RETRIEVED, rank_metric};
 use crate::models::Models;
-use crate::ranking::{Problem, Ranks, exact_ranks};
+use crate::ranking::{Problem, Ranks, exact_ranks, exact_top_k};
 use crate::result::{Cell, ResultSet};
 
 /// The collection that keeps every evaluation run.
@@ -28,6 +28,13 @@ pub const EVALUATIONS: &str = "mirante_evaluations";
 const WORST: usize = 6;
 /// Retrieved items shown per failure.
 const SHOWN: usize = 5;
+/// `USING INDEX` asks each search for this many results at least (more when a metric's K is
+/// larger); relevant items below are misses.
+const INDEX_DEPTH: usize = 100;
+/// `USING INDEX` reports how much of the exact top-k its searches return, at this k.
+const INDEX_RECALL_AT: usize = 10;
+/// Queries per batched search of `USING INDEX`.
+const INDEX_BATCH: usize = 1024;
 
 /// The outcome of one `EVALUATE`.
 #[derive(Debug, Clone)]
@@ -42,6 +49,8 @@ pub struct Evaluation {
     pub images: usize,
     pub captions: usize,
     pub models: Vec<ModelEvaluation>,
+    /// `USING INDEX`: how deep each search went; `None` for exact ranks.
+    pub index_depth: Option<usize>,
     /// Why the run was not stored in `mirante_evaluations`, if it was not.
     pub not_recorded: Option<String>,
     pub report: Option<String>,
@@ -76,7 +85,8 @@ pub struct DirectionResult {
 pub struct Failure {
     /// The caption, or the query image's row.
     pub query: Item,
-    /// Rank of the first relevant item.
+    /// Rank of the first relevant item ([`crate::metrics::NOT_RETRIEVED`] when a `USING INDEX`
+    /// search did not return it).
     pub rank: u32,
     /// The relevant items (the gold image, or the image's captions).
     pub relevant: Vec<Item>,
@@ -153,6 +163,11 @@ impl Evaluation {
                 .map(|f| format!(", WHERE {f}"))
                 .unwrap_or_default()
         );
+        if let Some(depth) = self.index_depth {
+            status.push_str(&format!(
+                "; ranked through the collection's search (top {depth} per query)"
+            ));
+        }
         match &self.not_recorded {
             None => status.push_str(&format!("; recorded in {EVALUATIONS}")),
             Some(why) => status.push_str(&format!("; not recorded in {EVALUATIONS}: {why}")),
@@ -179,6 +194,10 @@ struct Gallery<'s> {
     captions: Vec<(usize, usize)>,
     /// Per caption: its distinct image.
     gold: Vec<Option<u32>>,
+    /// Per kept row: its row id, its distinct image, and its first caption's index.
+    row_ids: Vec<u64>,
+    image_of: Vec<Option<u32>>,
+    first_caption: Vec<usize>,
 }
 
 impl<'s> Gallery<'s> {
@@ -194,6 +213,9 @@ impl<'s> Gallery<'s> {
             images: Vec::new(),
             captions: Vec::new(),
             gold: Vec::new(),
+            row_ids: Vec::new(),
+            image_of: Vec::new(),
+            first_caption: Vec::new(),
         };
         // Byte-identical images: candidates by checksum, confirmed by comparing the bytes.
         let mut by_checksum: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -220,6 +242,9 @@ impl<'s> Gallery<'s> {
                     }
                     None => None,
                 };
+                g.row_ids.push(row.id());
+                g.image_of.push(image);
+                g.first_caption.push(g.captions.len());
                 for k in 0..row.text_count() {
                     g.captions.push((kept, k));
                     g.gold.push(image);
@@ -443,6 +468,14 @@ pub(crate) fn explain(db: &Database, plan: &EvaluatePlan) -> Result<Vec<String>>
     if let Some(p) = &plan.into {
         lines.push(format!("  report: {p}"));
     }
+    if plan.use_index {
+        lines.push(format!(
+            "  USING INDEX: each query also searched through the collection's index (top {}), \
+             ranks from those results, index_recall@{INDEX_RECALL_AT} against the exact top \
+             {INDEX_RECALL_AT}",
+            index_depth(plan)
+        ));
+    }
     Ok(lines)
 }
 
@@ -484,12 +517,27 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
             gold: g.gold.clone(),
         };
         let start = Instant::now();
-        let ranks = exact_ranks(&problem);
+        let exact = exact_ranks(&problem);
+        let (ranks, index_recall) = if plan.use_index {
+            let (ranks, recall) = index_ranks(&snap, plan, m, &g, &problem, &exact)?;
+            (ranks, Some(recall))
+        } else {
+            (exact, None)
+        };
         let ranking_time = start.elapsed();
         let directions = plan
             .directions
             .iter()
-            .map(|&d| direction_result(d, &plan.metrics, &ranks, &problem, &g))
+            .map(|&d| {
+                let mut r = direction_result(d, &plan.metrics, &ranks, &problem, &g);
+                if let Some(recall) = &index_recall {
+                    r.values.push((
+                        format!("index_recall@{INDEX_RECALL_AT}"),
+                        recall[usize::from(d == Direction::ImageToText)],
+                    ));
+                }
+                r
+            })
             .collect();
         models.push(ModelEvaluation {
             model: m.label.clone(),
@@ -506,6 +554,7 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
         images: g.images.len(),
         captions: g.captions.len(),
         models,
+        index_depth: plan.use_index.then(|| index_depth(plan)),
         not_recorded: None,
         report: None,
     };
@@ -517,6 +566,121 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
         evaluation.report = Some(path.clone());
     }
     Ok(evaluation)
+}
+
+/// `USING INDEX`: the ranks the collection's search (ANN index where segments have one, exact
+/// re-scoring) gives each query within its depth, as [`Ranks`] with misses as
+/// [`NOT_RETRIEVED`], and per direction the mean share of the exact top-k it returned.
+fn index_ranks(
+    snap: &Snapshot,
+    plan: &EvaluatePlan,
+    m: &ModelSpaces,
+    g: &Gallery<'_>,
+    p: &Problem<'_>,
+    exact: &Ranks,
+) -> Result<(Ranks, [Option<f64>; 2])> {
+    let depth = index_depth(plan);
+    let kept: HashMap<u64, usize> = g
+        .row_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
+    let filter = plan.filter.as_ref().map(crate::db::row_filter);
+    let search = |space: SpaceId, queries: &[&[f32]]| -> Result<Vec<Vec<storage::Hit>>> {
+        let mut out = Vec::with_capacity(queries.len());
+        for batch in queries.chunks(INDEX_BATCH) {
+            let flat: Vec<f32> = batch.iter().flat_map(|q| q.iter().copied()).collect();
+            out.extend(snap.search(
+                &plan.collection,
+                space,
+                &flat,
+                depth,
+                filter.as_ref().map(|f| f as &storage::RowFilter<'_>),
+            )?);
+        }
+        Ok(out)
+    };
+    let overlap = |found: &[u32], truth: &[u32]| {
+        let hits = found.iter().filter(|x| truth.contains(x)).count();
+        hits as f64 / truth.len().max(1) as f64
+    };
+    let mut ranks = exact.clone();
+
+    // Captions over images: hits are rows; byte-identical rows count as one image.
+    let with_gold: Vec<usize> = (0..p.texts.len())
+        .filter(|&t| p.gold[t].is_some())
+        .collect();
+    let queries: Vec<&[f32]> = with_gold.iter().map(|&t| p.texts[t]).collect();
+    let truth = exact_top_k(&queries, &p.images, INDEX_RECALL_AT);
+    let mut shares = Vec::with_capacity(with_gold.len());
+    for ((&t, hits), truth) in with_gold.iter().zip(search(m.image, &queries)?).zip(&truth) {
+        let mut images: Vec<u32> = Vec::new();
+        for h in &hits {
+            if let Some(image) = kept.get(&h.row_id).and_then(|&k| g.image_of[k])
+                && !images.contains(&image)
+            {
+                images.push(image);
+            }
+        }
+        ranks.text_to_image[t] = Some(
+            images
+                .iter()
+                .position(|&i| Some(i) == p.gold[t])
+                .map_or(NOT_RETRIEVED, |r| r as u32 + 1),
+        );
+        images.truncate(INDEX_RECALL_AT);
+        shares.push(overlap(&images, truth));
+    }
+    let text_share = mean_of(&shares);
+
+    // Images over captions: hits are (row, caption) pairs.
+    let truth = exact_top_k(&p.images, &p.texts, INDEX_RECALL_AT);
+    let mut shares = Vec::with_capacity(p.images.len());
+    for (i, (hits, truth)) in search(m.text, &p.images)?
+        .into_iter()
+        .zip(&truth)
+        .enumerate()
+    {
+        let captions: Vec<u32> = hits
+            .iter()
+            .filter_map(|h| {
+                kept.get(&h.row_id)
+                    .map(|&k| (g.first_caption[k] + h.text_index as usize) as u32)
+            })
+            .collect();
+        let range = exact.image_offsets[i]..exact.image_offsets[i + 1];
+        let mut found: Vec<u32> = captions
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| p.gold[c as usize] == Some(i as u32))
+            .map(|(r, _)| r as u32 + 1)
+            .collect();
+        found.resize(range.len(), NOT_RETRIEVED);
+        ranks.image_ranks[range].copy_from_slice(&found);
+        if !truth.is_empty() {
+            shares.push(overlap(
+                &captions[..captions.len().min(INDEX_RECALL_AT)],
+                truth,
+            ));
+        }
+    }
+    Ok((ranks, [text_share, mean_of(&shares)]))
+}
+
+/// How many results each `USING INDEX` search asks for.
+fn index_depth(plan: &EvaluatePlan) -> usize {
+    plan.metrics
+        .iter()
+        .filter_map(|m| match m {
+            EvalMetric::Recall(k) | EvalMetric::Ndcg(k) => Some(*k as usize),
+            _ => None,
+        })
+        .fold(INDEX_DEPTH, usize::max)
+}
+
+fn mean_of(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 /// Metric values and worst failures of one direction.
@@ -643,6 +807,7 @@ fn evaluations_schema() -> Result<Schema> {
         col("fingerprint", ColumnType::String, false),
         col("direction", ColumnType::String, false),
         col("filter", ColumnType::String, true),
+        col("ranking", ColumnType::String, false),
         col("queries", ColumnType::I64, false),
         col("metrics", ColumnType::String, false),
     ])?)
@@ -673,6 +838,13 @@ fn record(db: &Database, e: &Evaluation) -> Result<()> {
                         (
                             "filter".into(),
                             e.filter.as_deref().map_or(Value::Null, text),
+                        ),
+                        (
+                            "ranking".into(),
+                            text(
+                                &e.index_depth
+                                    .map_or("exact".into(), |d| format!("index top {d}")),
+                            ),
                         ),
                         ("queries".into(), Value::I64(d.queries as i64)),
                         (

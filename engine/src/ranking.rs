@@ -257,6 +257,38 @@ fn score_strip(
     }
 }
 
+/// The `k` best gallery items of every query by exact score (descending, ties by index), with
+/// the same tiles as [`exact_ranks`]: the reference an ANN index's results are compared with.
+pub fn exact_top_k(queries: &[&[f32]], gallery: &[&[f32]], k: usize) -> Vec<Vec<u32>> {
+    let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    queries
+        .par_chunks(TEXT_STRIP)
+        .flat_map_iter(|strip| {
+            let rows = strip.len();
+            let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(k + 1); rows];
+            let mut tile = vec![0f32; TEXT_STRIP * IMAGE_TILE];
+            for (tile_index, items) in gallery.chunks(IMAGE_TILE).enumerate() {
+                let width = items.len();
+                let scores = &mut tile[..rows * width];
+                dot_block(strip, items, scores);
+                for (top, row) in tops.iter_mut().zip(scores.chunks_exact(width)) {
+                    for (c, &s) in row.iter().enumerate() {
+                        let item = (s, (tile_index * IMAGE_TILE + c) as u32);
+                        if top.len() == k && better(top.last().unwrap_or(&item), &item).is_le() {
+                            continue;
+                        }
+                        let at = top.partition_point(|x| better(x, &item).is_lt());
+                        top.insert(at, item);
+                        top.truncate(k);
+                    }
+                }
+            }
+            tops.into_iter()
+                .map(|t| t.into_iter().map(|(_, i)| i).collect::<Vec<u32>>())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +335,16 @@ mod tests {
         assert_eq!(r.matching.count, 3);
         assert!((r.matching.value().unwrap() - (0.5 + 0.9 + 0.5) / 3.0).abs() < 1e-7);
         assert_eq!(r.non_matching.count, 6);
+    }
+
+    #[test]
+    fn top_k_is_sorted_by_score_then_index() {
+        let scores = vec![vec![0.5, 0.9, 0.5, 0.1], vec![0.0, 0.0, 0.0, 0.3]];
+        let (texts, images) = one_hot(&scores);
+        let t: Vec<&[f32]> = texts.iter().map(Vec::as_slice).collect();
+        let i: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+        assert_eq!(exact_top_k(&t, &i, 3), vec![vec![1, 0, 2], vec![3, 0, 1]]);
+        assert_eq!(exact_top_k(&t, &i, 0), vec![Vec::<u32>::new(); 2]);
     }
 
     #[test]

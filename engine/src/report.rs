@@ -294,11 +294,16 @@ fn failure_html(f: &Failure) -> String {
     };
     let relevant: String = f.relevant.iter().map(|i| cell(i, None)).collect();
     let retrieved: String = f.retrieved.iter().map(|(i, s)| cell(i, Some(*s))).collect();
+    let rank = if f.rank == crate::metrics::NOT_RETRIEVED {
+        "not retrieved by the index".to_string()
+    } else {
+        format!("first relevant at rank {}", f.rank)
+    };
     format!(
-        "<div class=\"failure\" data-rank=\"{}\"><div class=\"query\">{query} &middot; first \
-         relevant at rank {}</div><div>relevant:</div><div class=\"row\">{relevant}</div>\
-         <div>retrieved:</div><div class=\"row\">{retrieved}</div></div>\n",
-        f.rank, f.rank
+        "<div class=\"failure\" data-rank=\"{}\"><div class=\"query\">{query} &middot; {rank}\
+         </div><div>relevant:</div><div class=\"row\">{relevant}</div>\
+         <div>retrieved (exact scores):</div><div class=\"row\">{retrieved}</div></div>\n",
+        f.rank
     )
 }
 

@@ -242,6 +242,8 @@ pub struct Evaluate {
     pub directions: Vec<Direction>,
     /// Empty: the collection's active model.
     pub models: Vec<String>,
+    /// `USING INDEX`: rank through the collection's search (ANN index) instead of exactly.
+    pub use_index: bool,
     /// `INTO 'report.html'`.
     pub into: Option<String>,
 }

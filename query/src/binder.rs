@@ -199,6 +199,8 @@ pub struct EvaluatePlan {
     pub directions: Vec<Direction>,
     /// Empty: the collection's active model.
     pub models: Vec<String>,
+    /// Rank through the search path (ANN index) and compare with exact ranks.
+    pub use_index: bool,
     pub into: Option<String>,
 }
 
@@ -283,6 +285,7 @@ impl Binder<'_> {
                         e.directions
                     },
                     models: e.models,
+                    use_index: e.use_index,
                     into: e.into,
                 })
             }

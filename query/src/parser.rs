@@ -656,6 +656,7 @@ impl StatementParser<'_> {
             filter: None,
             directions: Vec::new(),
             models: Vec::new(),
+            use_index: false,
             into: None,
         };
         loop {
@@ -687,6 +688,14 @@ impl StatementParser<'_> {
                         }
                     };
                     self.p.next_token();
+                }
+                Some("USING") if peek_word_at(&self.p, 1).as_deref() == Some("INDEX") => {
+                    self.p.next_token();
+                    self.p.next_token();
+                    if e.use_index {
+                        return Err(twice("USING INDEX"));
+                    }
+                    e.use_index = true;
                 }
                 Some("USING") => {
                     self.p.next_token();
@@ -1192,7 +1201,7 @@ mod tests {
         let Statement::Evaluate(e) = one(
             "evaluate Recall@1, recall @ 5, MRR, ndcg@10, median_rank, mean_similarity on c \
              where split = 'test' and year > 2000 direction image_to_text \
-             using model 'a', 'b' into 'r.html'",
+             using model 'a', 'b' using index into 'r.html'",
         ) else {
             panic!("not an evaluation");
         };
@@ -1210,6 +1219,7 @@ mod tests {
         assert!(e.filter.is_some());
         assert_eq!(e.directions, vec![Direction::ImageToText]);
         assert_eq!(e.models, vec!["a".to_string(), "b".to_string()]);
+        assert!(e.use_index);
         assert_eq!(e.into.as_deref(), Some("r.html"));
 
         let Statement::Evaluate(e) = one("EVALUATE ON c DIRECTION both") else {

@@ -9,6 +9,7 @@ use std::path::Path;
 use mirante::metrics::rank_metric;
 use mirante::query::EvalMetric;
 use mirante::ranking::{Problem, exact_ranks};
+use mirante::storage::IndexSpec;
 use mirante::{Cell, Database, ResultSet};
 use mirante_tests::{import_fixtures, repo_root, tiny_clip};
 use serde_json::Value as Json;
@@ -442,4 +443,87 @@ fn precomputed_embeddings_are_imported_compared_and_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("embeds with model"), "{err}");
+}
+
+/// A collection of `n` rows with one caption each, stored with vectors through the storage API:
+/// clustered image vectors, captions near their images, distinct image bytes per row.
+fn vector_collection(dir: &Path, n: usize, index: mirante::storage::IndexSpec) -> Database {
+    use mirante::storage::{ImageData, Metric, Modality, NewRow, Schema};
+    let dim = 32;
+    let images = mirante_tests::clustered(n, dim, n, 3);
+    let noise = mirante_tests::clustered(n, dim, 1, 4);
+    let texts: Vec<f32> = images
+        .iter()
+        .zip(&noise)
+        .map(|(x, e)| x + 0.3 * e)
+        .collect();
+    let store = mirante::storage::Database::create(dir.join("db")).unwrap();
+    let mut w = store.writer().unwrap();
+    w.create_collection("vecs", Schema::default(), index)
+        .unwrap();
+    let space = |m| mirante_tests::test_space(m, dim, Metric::Cosine);
+    let image_space = w.add_space("vecs", space(Modality::Image), true).unwrap();
+    let text_space = w.add_space("vecs", space(Modality::Text), true).unwrap();
+    let rows = (0..n)
+        .map(|i| NewRow {
+            image: Some(ImageData {
+                bytes: (i as u64).to_le_bytes().to_vec(),
+                source: format!("{i}.jpg"),
+            }),
+            texts: vec![format!("caption {i}")],
+            ..Default::default()
+        })
+        .collect();
+    w.append(
+        "vecs",
+        rows,
+        &[(image_space, &images), (text_space, &texts)],
+    )
+    .unwrap();
+    drop(w);
+    drop(store);
+    Database::open(dir.join("db")).unwrap()
+}
+
+#[test]
+fn using_index_ranks_through_the_search_and_reports_its_recall() {
+    // A flat index returns the exact results: every number equals the exact evaluation.
+    let dir = tempfile::tempdir().unwrap();
+    let db = vector_collection(dir.path(), 1500, IndexSpec::new("Flat"));
+    let exact = one(&db, "EVALUATE recall@1, recall@10, mrr, ndcg@10 ON vecs");
+    let flat = one(
+        &db,
+        "EVALUATE recall@1, recall@10, mrr, ndcg@10 ON vecs USING INDEX",
+    );
+    assert!(flat.status.as_ref().unwrap().contains("top 100 per query"));
+    for row in 0..2 {
+        assert_eq!(float(&flat, row, "index_recall@10"), 1.0);
+        for m in ["recall@1", "recall@10", "mrr", "ndcg@10"] {
+            assert!(
+                (float(&flat, row, m) - float(&exact, row, m)).abs() < 1e-12,
+                "{m}: {} vs {}",
+                float(&flat, row, m),
+                float(&exact, row, m)
+            );
+        }
+    }
+
+    // IVF probing two lists of 16 misses neighbours: recall against exact drops, and the
+    // metrics cannot rise above the exact ones.
+    let dir = tempfile::tempdir().unwrap();
+    let ivf = IndexSpec {
+        factory: "IVF16,Flat".into(),
+        params: "nprobe=2".into(),
+    };
+    let db = vector_collection(dir.path(), 2000, ivf);
+    let exact = one(&db, "EVALUATE recall@10, mrr ON vecs");
+    let ivf = one(&db, "EVALUATE recall@10, mrr ON vecs USING INDEX");
+    for row in 0..2 {
+        let share = float(&ivf, row, "index_recall@10");
+        assert!(share > 0.0 && share < 1.0, "index_recall@10 {share}");
+        assert!(float(&ivf, row, "recall@10") <= float(&exact, row, "recall@10") + 1e-12);
+    }
+    let runs = one(&db, "SELECT ranking FROM mirante_evaluations");
+    assert_eq!(runs.rows[0][0], Cell::Str("exact".into()));
+    assert_eq!(runs.rows[2][0], Cell::Str("index top 100".into()));
 }
