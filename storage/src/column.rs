@@ -179,12 +179,14 @@ macro_rules! x86_kernel {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn dot_block(a: &[&[f32]], b: &[&[f32]], out: &mut [f32]) {
                 let cols = b.len();
-                let mut i = 0;
-                while i < a.len() {
-                    let rows = ROWS.min(a.len() - i);
-                    let mut j = 0;
-                    while j < cols {
-                        let width = COLS.min(cols - j);
+                // Columns outer: a block of `b` rows stays in L1 while the rows of `a` stream
+                // past it (fewer bytes from L2 per multiply than the other way round).
+                let mut j = 0;
+                while j < cols {
+                    let width = COLS.min(cols - j);
+                    let mut i = 0;
+                    while i < a.len() {
+                        let rows = ROWS.min(a.len() - i);
                         if rows == ROWS && width == COLS {
                             let s = block::<ROWS, COLS>(
                                 std::array::from_fn(|r| a[i + r]),
@@ -201,9 +203,9 @@ macro_rules! x86_kernel {
                                 }
                             }
                         }
-                        j += width;
+                        i += rows;
                     }
-                    i += rows;
+                    j += width;
                 }
             }
 
