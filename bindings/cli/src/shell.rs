@@ -273,7 +273,11 @@ mod tests {
         assert_eq!(completions("sea", false, cols()), ["search"]);
         assert_eq!(
             completions("im", false, cols()),
-            ["images", "image", "import"]
+            ["images", "image", "image_to_text", "import"]
+        );
+        assert_eq!(
+            completions("rec", false, cols()),
+            ["recall@1", "recall@5", "recall@10"]
         );
         assert_eq!(completions("pai", false, cols()), ["paintings"]);
         assert_eq!(completions(".m", true, cols()), [".mode"]);
