@@ -222,6 +222,17 @@ impl query::RowValues for RowValues<'_> {
     }
 }
 
+/// A bound predicate as SQL, spelled with the collection's column names.
+pub(crate) fn predicate_sql(schema: &storage::Schema, p: &query::Predicate) -> String {
+    let names = columns_of(schema);
+    p.to_sql(&|col| {
+        names
+            .iter()
+            .find(|n| n.column == col)
+            .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
+    })
+}
+
 /// The storage filter of a bound predicate.
 pub(crate) fn row_filter(p: &query::Predicate) -> impl Fn(&RowRef<'_>) -> bool + Sync + '_ {
     move |row: &RowRef<'_>| p.matches(&RowValues(*row))

@@ -15,7 +15,7 @@ use mirante_storage::{
     SegmentView, Snapshot, SpaceId, Value, Vectors, dot,
 };
 
-use crate::db::{Database, RowValues, columns_of};
+use crate::db::{Database, RowValues, predicate_sql};
 use crate::error::{Error, Result};
 use crate::metrics::{NOT_RETRIEVED, rank_metric};
 use crate::models::Models;
@@ -416,15 +416,7 @@ fn columns(
 
 /// The SQL text of the plan's filter, with the collection's column names.
 fn filter_sql(c: &CollectionMeta, plan: &EvaluatePlan) -> Option<String> {
-    plan.filter.as_ref().map(|f| {
-        let names = columns_of(&c.schema);
-        f.to_sql(&|col| {
-            names
-                .iter()
-                .find(|n| n.column == col)
-                .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
-        })
-    })
+    plan.filter.as_ref().map(|f| predicate_sql(&c.schema, f))
 }
 
 /// What `EXPLAIN EVALUATE` prints: the spaces each model resolves to and how ranks are made.
@@ -692,17 +684,9 @@ fn direction_result(
     g: &Gallery<'_>,
 ) -> DirectionResult {
     // Each query as the ascending ranks of its relevant items.
-    let queries: Vec<&[u32]> = match direction {
-        Direction::TextToImage => ranks
-            .text_to_image
-            .iter()
-            .flatten()
-            .map(std::slice::from_ref)
-            .collect(),
-        Direction::ImageToText => (0..p.images.len())
-            .map(|i| ranks.image_to_text(i))
-            .filter(|r| !r.is_empty())
-            .collect(),
+    let queries = match direction {
+        Direction::TextToImage => ranks.text_queries(),
+        Direction::ImageToText => ranks.image_queries(),
     };
     let mut values = Vec::new();
     for &m in metrics {

@@ -12,7 +12,7 @@ use mirante_storage::{
 };
 use mirante_training::{ImageSource, embed_images, embed_texts};
 
-use crate::db::{Database, columns_of, row_filter};
+use crate::db::{Database, columns_of, predicate_sql, row_filter};
 use crate::error::{Error, Result, RowFailure};
 use crate::ingest::{self, ImageRef, ImportOptions, Item};
 use crate::models::LoadedModel;
@@ -1009,15 +1009,7 @@ fn explain(db: &Database, plan: Plan) -> Result<ResultSet> {
             lines.push(format!(
                 "  filter: {}",
                 match (&p.filter, resolved.exclude) {
-                    (Some(f), _) => {
-                        let names = columns_of(&c.schema);
-                        f.to_sql(&|col| {
-                            names
-                                .iter()
-                                .find(|n| n.column == col)
-                                .map_or_else(|| format!("{col:?}"), |n| n.name.clone())
-                        })
-                    }
+                    (Some(f), _) => predicate_sql(&c.schema, f),
                     (None, Some(id)) => format!("id <> {id}"),
                     (None, None) => "none".into(),
                 }

@@ -938,8 +938,20 @@ impl ParquetShard {
                     continue;
                 }
             };
-            let texts = match text.map(|t| texts_at(t, i)).transpose() {
-                Ok(t) => t.unwrap_or_default(),
+            let cells = text
+                .map(|t| texts_at(t, i))
+                .transpose()
+                .map(Option::unwrap_or_default)
+                .and_then(|texts| {
+                    let vectors = embedding_arrays
+                        .map(|(im, tx, e)| {
+                            precomputed(vector_at(im, i), vectors_at(tx, i), e, texts.len())
+                        })
+                        .transpose()?;
+                    Ok((texts, vectors))
+                });
+            let (texts, vectors) = match cells {
+                Ok(c) => c,
                 Err(reason) => {
                     out.push(Item::Bad(RowFailure {
                         location,
@@ -948,22 +960,6 @@ impl ParquetShard {
                     }));
                     continue;
                 }
-            };
-            let vectors = match embedding_arrays {
-                Some((im, tx, e)) => {
-                    match precomputed(vector_at(im, i), vectors_at(tx, i), e, texts.len()) {
-                        Ok(v) => Some(v),
-                        Err(reason) => {
-                            out.push(Item::Bad(RowFailure {
-                                location,
-                                image: Some(image.name()),
-                                reason,
-                            }));
-                            continue;
-                        }
-                    }
-                }
-                None => None,
             };
             let row_split = match split {
                 Some(s) => string_at(s, i),

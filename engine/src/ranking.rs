@@ -61,6 +61,23 @@ impl Ranks {
     pub fn image_to_text(&self, i: usize) -> &[u32] {
         &self.image_ranks[self.image_offsets[i]..self.image_offsets[i + 1]]
     }
+
+    /// The caption queries (those with a gold image), each as the rank of its one relevant item.
+    pub fn text_queries(&self) -> Vec<&[u32]> {
+        self.text_to_image
+            .iter()
+            .flatten()
+            .map(std::slice::from_ref)
+            .collect()
+    }
+
+    /// The image queries (those with captions), each as the ascending ranks of its captions.
+    pub fn image_queries(&self) -> Vec<&[u32]> {
+        (0..self.image_offsets.len() - 1)
+            .map(|i| self.image_to_text(i))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
 }
 
 /// What one parallel worker accumulates for image queries: per (image, caption) pair in

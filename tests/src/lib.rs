@@ -169,6 +169,24 @@ pub fn repo_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Runs `scripts/<script>` with `args` under python3 and parses the JSON it prints: the peers
+/// of the benchmarks, measured in the same run. The error is the script's last stderr line.
+pub fn python_peer(script: &str, args: &[&std::ffi::OsStr]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
 /// The tiny random-weight CLIP checkpoint the encoder parity tests use (24-d embeddings).
 pub fn tiny_clip() -> std::path::PathBuf {
     repo_root().join("training/tests/fixtures/clip-tiny")

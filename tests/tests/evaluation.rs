@@ -65,16 +65,7 @@ fn metrics_equal_pytrec_eval_and_sklearn_on_the_fixtures() {
             images: images.iter().map(Vec::as_slice).collect(),
             gold,
         });
-        let t2i: Vec<&[u32]> = ranks
-            .text_to_image
-            .iter()
-            .flatten()
-            .map(std::slice::from_ref)
-            .collect();
-        let i2t: Vec<&[u32]> = (0..m)
-            .map(|i| ranks.image_to_text(i))
-            .filter(|r| !r.is_empty())
-            .collect();
+        let (t2i, i2t) = (ranks.text_queries(), ranks.image_queries());
         for (direction, queries) in [("text_to_image", &t2i), ("image_to_text", &i2t)] {
             let expected = &case[direction];
             assert_eq!(

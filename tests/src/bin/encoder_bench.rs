@@ -36,21 +36,12 @@ fn main() {
         );
         serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap()
     } else {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_encoders.py");
         eprintln!("writing checkpoints and timing PyTorch (a few minutes)...");
         std::fs::create_dir_all(&dir).unwrap();
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(&saved, &out.stdout).unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let torch = mirante_tests::python_peer("bench_encoders.py", &[dir.as_os_str()])
+            .unwrap_or_else(|e| panic!("bench_encoders.py failed: {e}"));
+        std::fs::write(&saved, torch.to_string()).unwrap();
+        torch
     };
     println!(
         "# Encoder throughput, fp32, batch 32 (PyTorch {}, {} threads)\n",

@@ -89,13 +89,7 @@ fn main() {
         std::hint::black_box(total);
     });
 
-    let t2i: Vec<&[u32]> = ranks
-        .text_to_image
-        .iter()
-        .flatten()
-        .map(std::slice::from_ref)
-        .collect();
-    let i2t: Vec<&[u32]> = (0..n_images).map(|i| ranks.image_to_text(i)).collect();
+    let (t2i, i2t) = (ranks.text_queries(), ranks.image_queries());
     let metrics = [
         EvalMetric::Recall(1),
         EvalMetric::Recall(5),
@@ -225,19 +219,9 @@ fn numpy_peer(texts: &[f32], images: &[f32], gold: &[u32]) -> Result<serde_json:
     std::fs::write(dir.path().join("images.f32"), bytes(images)).map_err(|e| e.to_string())?;
     let gold: Vec<u8> = gold.iter().flat_map(|g| g.to_le_bytes()).collect();
     std::fs::write(dir.path().join("gold.u32"), gold).map_err(|e| e.to_string())?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_eval_peer.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg(DIM.to_string())
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    let dim = DIM.to_string();
+    mirante_tests::python_peer(
+        "bench_eval_peer.py",
+        &[dir.path().as_os_str(), dim.as_ref()],
+    )
 }

@@ -228,21 +228,8 @@ fn python_peers(vectors: &[f32], queries: &[f32]) -> Result<serde_json::Value, S
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("vectors.f32"), as_bytes(vectors)).map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("queries.f32"), as_bytes(queries)).map_err(|e| e.to_string())?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_peers.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg(DIM.to_string())
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    let dim = DIM.to_string();
+    mirante_tests::python_peer("bench_peers.py", &[dir.path().as_os_str(), dim.as_ref()])
 }
 
 fn as_bytes(v: &[f32]) -> Vec<u8> {
