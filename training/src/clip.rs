@@ -5,11 +5,13 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers::{Activation, Encoder, PatchEmbedding, TowerShape, l2_normalize};
+use crate::layers::{
+    Activation, Encoder, Norm, PatchEmbedding, TowerShape, l2_normalize, layer_norm,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -90,16 +92,16 @@ pub struct Clip {
     token_embedding: Embedding,
     position_embedding: Tensor,
     text_encoder: Encoder,
-    final_ln: LayerNorm,
+    final_ln: Norm,
     text_projection: Linear,
     eos_token_id: u32,
     // vision tower
     class_embedding: Tensor,
     patch_embedding: PatchEmbedding,
     vision_position: Tensor,
-    pre_ln: LayerNorm,
+    pre_ln: Norm,
     vision_encoder: Encoder,
-    post_ln: LayerNorm,
+    post_ln: Norm,
     visual_projection: Linear,
     pub config: ClipConfig,
     device: Device,
@@ -148,11 +150,7 @@ impl Clip {
                 "embeddings.position_embedding.weight",
             )?,
             text_encoder: Encoder::new(tv.pp("encoder"), &text_shape)?,
-            final_ln: candle_nn::layer_norm(
-                t.hidden_size,
-                t.layer_norm_eps,
-                tv.pp("final_layer_norm"),
-            )?,
+            final_ln: layer_norm(t.hidden_size, t.layer_norm_eps, tv.pp("final_layer_norm"))?,
             text_projection: candle_nn::linear_no_bias(
                 t.hidden_size,
                 config.projection_dim,
@@ -170,13 +168,9 @@ impl Clip {
                 (patches + 1, v.hidden_size),
                 "embeddings.position_embedding.weight",
             )?,
-            pre_ln: candle_nn::layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("pre_layrnorm"))?,
+            pre_ln: layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("pre_layrnorm"))?,
             vision_encoder: Encoder::new(vv.pp("encoder"), &vision_shape)?,
-            post_ln: candle_nn::layer_norm(
-                v.hidden_size,
-                v.layer_norm_eps,
-                vv.pp("post_layernorm"),
-            )?,
+            post_ln: layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("post_layernorm"))?,
             visual_projection: candle_nn::linear_no_bias(
                 v.hidden_size,
                 config.projection_dim,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 
 use crate::clip::{Clip, ClipConfig};
 use crate::error::{Error, Result};
@@ -235,6 +235,32 @@ fn siglip_tokenizer(folder: &Path, text_positions: usize) -> Result<TextTokenize
     )
 }
 
+/// `config.json` and its `model_type`, refused with the supported list unless Mirante
+/// implements it.
+fn read_config(folder: &Path) -> Result<(serde_json::Value, String)> {
+    let config_path = folder.join("config.json");
+    let config = read_json(&config_path)?;
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    if !["clip", "siglip"].contains(&model_type.as_str()) {
+        return Err(Error::UnsupportedModel {
+            path: config_path,
+            found: if model_type == "siglip2" {
+                "siglip2 (NaFlex variable-resolution SigLIP 2 is not implemented yet; \
+                 fixed-resolution SigLIP 2 checkpoints have model_type siglip)"
+                    .into()
+            } else {
+                model_type
+            },
+            supported: SUPPORTED_MODEL_TYPES.to_string(),
+        });
+    }
+    Ok((config, model_type))
+}
+
 /// Tensor errors while building a model are weight problems (missing tensor, wrong shape):
 /// report them against the checkpoint file.
 fn weights_error(files: &[PathBuf]) -> impl Fn(Error) -> Error + '_ {
@@ -250,26 +276,7 @@ fn weights_error(files: &[PathBuf]) -> impl Fn(Error) -> Error + '_ {
 impl DualEncoder {
     /// Loads a checkpoint folder (config.json, safetensors weights, tokenizer, preprocessor).
     pub fn load(folder: &Path, device: &Device) -> Result<Self> {
-        let config_path = folder.join("config.json");
-        let config = read_json(&config_path)?;
-        let model_type = config
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        if !["clip", "siglip"].contains(&model_type.as_str()) {
-            return Err(Error::UnsupportedModel {
-                path: config_path.clone(),
-                found: if model_type == "siglip2" {
-                    "siglip2 (NaFlex variable-resolution SigLIP 2 is not implemented yet; \
-                     fixed-resolution SigLIP 2 checkpoints have model_type siglip)"
-                        .into()
-                } else {
-                    model_type
-                },
-                supported: SUPPORTED_MODEL_TYPES.to_string(),
-            });
-        }
+        let (config, model_type) = read_config(folder)?;
         let files = weight_files(folder)?;
         // SAFETY: safetensors files of a checkpoint are mapped read-only and not modified while
         // the model lives; this is the crate's only mapping call.
@@ -278,11 +285,45 @@ impl DualEncoder {
                 path: files[0].clone(),
                 detail: e.to_string(),
             })?;
+        Self::build(folder, config, &model_type, vb, &files, device)
+    }
+
+    /// Loads a checkpoint for training: every parameter is a variable of the returned
+    /// [`VarMap`] (named as in the checkpoint), filled from the weight files. `extra` names
+    /// further checkpoint tensors to hold as variables when present (a loss's logit scale and
+    /// bias).
+    pub fn load_variables(
+        folder: &Path,
+        device: &Device,
+        extra: &[&str],
+    ) -> Result<(Self, VarMap)> {
+        let (config, model_type) = read_config(folder)?;
+        let files = weight_files(folder)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let encoder = Self::build(folder, config, &model_type, vb.clone(), &files, device)?;
+        let weights = crate::train::Weights::open(&files)?;
+        for name in extra.iter().filter(|n| weights.contains(n)) {
+            vb.get(weights.shape(name)?, name)?;
+        }
+        weights.fill(&varmap, device)?;
+        Ok((encoder, varmap))
+    }
+
+    fn build(
+        folder: &Path,
+        config: serde_json::Value,
+        model_type: &str,
+        vb: VarBuilder,
+        files: &[PathBuf],
+        device: &Device,
+    ) -> Result<Self> {
+        let config_path = folder.join("config.json");
         let parse_err = |e: serde_json::Error| Error::config(&config_path, e.to_string());
         let (model, processor, tokenizer) = if model_type == "clip" {
             let cfg: ClipConfig = serde_json::from_value(config).map_err(parse_err)?;
             let max_len = cfg.text_config.max_position_embeddings;
-            let model = Clip::new(vb, cfg, &config_path).map_err(weights_error(&files))?;
+            let model = Clip::new(vb, cfg, &config_path).map_err(weights_error(files))?;
             let processor = ImageProcessor::from_folder(folder, &clip_processor_defaults())?;
             let tokenizer =
                 TextTokenizer::from_file(&folder.join("tokenizer.json"), max_len, None)?;
@@ -290,7 +331,7 @@ impl DualEncoder {
         } else {
             let cfg: SiglipConfig = serde_json::from_value(config).map_err(parse_err)?;
             let positions = cfg.text_config.max_position_embeddings;
-            let model = Siglip::new(vb, cfg, &config_path).map_err(weights_error(&files))?;
+            let model = Siglip::new(vb, cfg, &config_path).map_err(weights_error(files))?;
             let processor = ImageProcessor::from_folder(folder, &siglip_processor_defaults())?;
             let tokenizer = siglip_tokenizer(folder, positions)?;
             (Model::Siglip(model), processor, tokenizer)

@@ -43,6 +43,50 @@ impl Activation {
     }
 }
 
+/// Layer normalisation: candle's fused kernel for inference, the composed form when gradients
+/// are tracked (the fused kernel has no backward pass, so gradients would stop there).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    inner: LayerNorm,
+    eps: f64,
+}
+
+/// A layer norm with weight and bias (`<prefix>.weight`, `<prefix>.bias`).
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
+    Ok(Norm {
+        inner: candle_nn::layer_norm(size, eps, vb)?,
+        eps,
+    })
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = self.inner.weight();
+        if !x.track_op() && !weight.track_op() {
+            return self.inner.forward(x);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let scaled = normed.broadcast_mul(weight)?;
+        match self.inner.bias() {
+            Some(b) => scaled.broadcast_add(b),
+            None => Ok(scaled),
+        }
+    }
+}
+
+/// Softmax over the last dimension: candle's fused kernel for inference, the composed form when
+/// gradients are tracked (the fused kernel has no backward pass).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 /// Sizes of one transformer tower.
 #[derive(Debug, Clone, Copy)]
 pub struct TowerShape {
@@ -52,6 +96,17 @@ pub struct TowerShape {
     pub layers: usize,
     pub eps: f64,
     pub act: Activation,
+}
+
+/// A weight laid out for inference (a contiguous copy, fastest to multiply) or, when it is a
+/// trainable variable or derived from one, a view of it: an optimiser updates variables in
+/// place, and a copy taken at construction would keep the old values and cut the gradient.
+pub(crate) fn layout(view: Tensor) -> Result<Tensor> {
+    if view.track_op() {
+        Ok(view)
+    } else {
+        view.contiguous()
+    }
 }
 
 /// A linear layer applied as one matrix product over all leading dimensions (candle's
@@ -65,7 +120,7 @@ pub struct Dense {
 impl Dense {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Dense {
-            weight_t: weight.t()?.contiguous()?,
+            weight_t: layout(weight.t()?)?,
             bias,
         })
     }
@@ -102,10 +157,19 @@ impl Dense {
     }
 }
 
+/// Query, key and value projections.
+#[derive(Debug)]
+enum Qkv {
+    /// Inference: the three weights concatenated once, one product for all three.
+    Fused(Dense),
+    /// Training: the checkpoint's three (weight, bias) variables, concatenated at each forward
+    /// pass so that updates and gradients reach them.
+    Parts([(Tensor, Tensor); 3]),
+}
+
 #[derive(Debug)]
 struct Attention {
-    /// Query, key and value projections fused into one product (weights concatenated).
-    qkv: Dense,
+    qkv: Qkv,
     out: Dense,
     heads: usize,
     head_dim: usize,
@@ -120,14 +184,18 @@ impl Attention {
                 vb.get(h, &format!("{name}.bias"))?,
             ))
         };
-        let (qw, qb) = part("q_proj")?;
-        let (kw, kb) = part("k_proj")?;
-        let (vw, vbias) = part("v_proj")?;
+        let parts = [part("q_proj")?, part("k_proj")?, part("v_proj")?];
+        let qkv = if parts[0].0.track_op() {
+            Qkv::Parts(parts)
+        } else {
+            let [(qw, qb), (kw, kb), (vw, vbias)] = &parts;
+            Qkv::Fused(Dense::new(
+                Tensor::cat(&[qw, kw, vw], 0)?,
+                Some(Tensor::cat(&[qb, kb, vbias], 0)?),
+            )?)
+        };
         Ok(Attention {
-            qkv: Dense::new(
-                Tensor::cat(&[&qw, &kw, &vw], 0)?,
-                Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?),
-            )?,
+            qkv,
             out: Dense::load(vb.pp("out_proj"), h, h, true)?,
             heads: s.heads,
             head_dim: h / s.heads,
@@ -137,7 +205,14 @@ impl Attention {
     /// Multi-head self-attention; `mask` is added to the scores.
     pub fn attend(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?;
+        let qkv = match &self.qkv {
+            Qkv::Fused(dense) => dense.forward(x)?,
+            Qkv::Parts([(qw, qb), (kw, kb), (vw, vbias)]) => Dense::new(
+                Tensor::cat(&[qw, kw, vw], 0)?,
+                Some(Tensor::cat(&[qb, kb, vbias], 0)?),
+            )?
+            .forward(x)?,
+        };
         if let Some(ctx) = crate::fused::attention(&qkv, self.heads, self.head_dim, mask)? {
             return self.out.forward(&ctx);
         }
@@ -155,7 +230,7 @@ impl Attention {
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         self.out.forward(&ctx)
     }
@@ -190,9 +265,9 @@ impl Mlp {
 #[derive(Debug)]
 struct EncoderLayer {
     attn: Attention,
-    ln1: LayerNorm,
+    ln1: Norm,
     mlp: Mlp,
-    ln2: LayerNorm,
+    ln2: Norm,
 }
 
 impl EncoderLayer {
@@ -217,9 +292,9 @@ impl Encoder {
                 let vb = vb.pp(format!("layers.{i}"));
                 Ok(EncoderLayer {
                     attn: Attention::new(vb.pp("self_attn"), s)?,
-                    ln1: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm1"))?,
+                    ln1: layer_norm(s.hidden, s.eps, vb.pp("layer_norm1"))?,
                     mlp: Mlp::new(vb.pp("mlp"), s.hidden, s.intermediate, s.act)?,
-                    ln2: candle_nn::layer_norm(s.hidden, s.eps, vb.pp("layer_norm2"))?,
+                    ln2: layer_norm(s.hidden, s.eps, vb.pp("layer_norm2"))?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -255,7 +330,7 @@ impl PatchEmbedding {
             None
         };
         Ok(PatchEmbedding {
-            weight: weight.t()?.contiguous()?,
+            weight: layout(weight.t()?)?,
             bias,
             patch,
         })

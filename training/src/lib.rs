@@ -13,6 +13,7 @@ pub mod preprocess;
 mod siglip;
 mod spm;
 mod tokenize;
+pub mod train;
 
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES, checkpoint_fingerprint};
@@ -22,6 +23,7 @@ pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images
 pub use preprocess::ImageProcessor;
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
+pub use train::{AdamWConfig, Loss, Optimizer, Trainable, contrastive_loss};
 
 /// Re-exported so callers can pick a device without depending on candle directly.
 pub use candle_core::Device;

@@ -5,11 +5,14 @@
 use std::path::Path;
 
 use candle_core::{IndexOp, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers::{Activation, Dense, Encoder, Mlp, PatchEmbedding, TowerShape, l2_normalize};
+use crate::layers::{
+    Activation, Dense, Encoder, Mlp, Norm, PatchEmbedding, TowerShape, l2_normalize, layer_norm,
+    softmax_last_dim,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -89,7 +92,7 @@ struct MapHead {
     k: Dense,
     v: Dense,
     out: Dense,
-    ln: LayerNorm,
+    ln: Norm,
     mlp: Mlp,
     heads: usize,
 }
@@ -108,7 +111,7 @@ impl MapHead {
             k: part(1)?,
             v: part(2)?,
             out: Dense::load(vb.pp("attention.out_proj"), h, h, true)?,
-            ln: candle_nn::layer_norm(h, s.eps, vb.pp("layernorm"))?,
+            ln: layer_norm(h, s.eps, vb.pp("layernorm"))?,
             mlp: Mlp::new(vb.pp("mlp"), h, s.intermediate, s.act)?,
             heads: s.heads,
         })
@@ -129,7 +132,7 @@ impl MapHead {
         };
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, h))?;
         let attended = self.out.forward(&ctx)?;
         let y = (&attended + self.mlp.forward(&self.ln.forward(&attended)?)?)?;
@@ -143,12 +146,12 @@ pub struct Siglip {
     token_embedding: Embedding,
     text_position: Tensor,
     text_encoder: Encoder,
-    final_ln: LayerNorm,
+    final_ln: Norm,
     text_head: Linear,
     patch_embedding: PatchEmbedding,
     vision_position: Tensor,
     vision_encoder: Encoder,
-    post_ln: LayerNorm,
+    post_ln: Norm,
     map_head: MapHead,
     pub config: SiglipConfig,
     device: candle_core::Device,
@@ -226,11 +229,7 @@ impl Siglip {
                 "embeddings.position_embedding.weight",
             )?,
             text_encoder: Encoder::new(tv.pp("encoder"), &ts)?,
-            final_ln: candle_nn::layer_norm(
-                t.hidden_size,
-                t.layer_norm_eps,
-                tv.pp("final_layer_norm"),
-            )?,
+            final_ln: layer_norm(t.hidden_size, t.layer_norm_eps, tv.pp("final_layer_norm"))?,
             text_head: candle_nn::linear(t.hidden_size, projection, tv.pp("head"))?,
             patch_embedding: PatchEmbedding::new(
                 vv.pp("embeddings.patch_embedding"),
@@ -243,11 +242,7 @@ impl Siglip {
                 "embeddings.position_embedding.weight",
             )?,
             vision_encoder: Encoder::new(vv.pp("encoder"), &vs)?,
-            post_ln: candle_nn::layer_norm(
-                v.hidden_size,
-                v.layer_norm_eps,
-                vv.pp("post_layernorm"),
-            )?,
+            post_ln: layer_norm(v.hidden_size, v.layer_norm_eps, vv.pp("post_layernorm"))?,
             map_head: MapHead::new(vv.pp("head"), &vs)?,
             device: vb.device().clone(),
             config,

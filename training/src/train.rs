@@ -1,0 +1,305 @@
+//! Training: a checkpoint in trainable form (every parameter a variable), the contrastive losses
+//! (CLIP's symmetric InfoNCE, SigLIP's pairwise sigmoid loss) and AdamW with decoupled weight
+//! decay on matrices only, as OpenCLIP trains.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::backprop::GradStore;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarMap};
+
+use crate::encoder::{DualEncoder, Model};
+use crate::error::{Error, Result};
+
+/// The weight files of a checkpoint, mapped, for filling variables.
+pub(crate) struct Weights {
+    tensors: MmapedSafetensors,
+    path: PathBuf,
+}
+
+impl Weights {
+    pub(crate) fn open(files: &[PathBuf]) -> Result<Self> {
+        // SAFETY: the files are mapped read-only and copied into variables before this returns
+        // to the caller's training; they are not modified meanwhile.
+        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::Weights {
+            path: files[0].clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Weights {
+            tensors,
+            path: files[0].clone(),
+        })
+    }
+
+    fn error(&self, detail: String) -> Error {
+        Error::Weights {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.tensors.get(name).is_ok()
+    }
+
+    pub(crate) fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let view = self
+            .tensors
+            .get(name)
+            .map_err(|_| self.error(format!("tensor '{name}' is missing")))?;
+        Ok(view.shape().to_vec())
+    }
+
+    /// Copies every variable's tensor from the checkpoint, checking shapes.
+    pub(crate) fn fill(&self, varmap: &VarMap, device: &Device) -> Result<()> {
+        let vars = varmap.data().lock().map_err(|_| {
+            Error::InvalidArgument("the variable map was poisoned by a panic".into())
+        })?;
+        for (name, var) in vars.iter() {
+            let t = self
+                .tensors
+                .load(name, device)
+                .map_err(|e| self.error(format!("tensor '{name}': {e}")))?
+                .to_dtype(DType::F32)?;
+            if t.dims() != var.dims() {
+                return Err(self.error(format!(
+                    "tensor '{name}' has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which contrastive loss trains the towers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// CLIP: cross-entropy over the batch in both directions, temperature learned.
+    InfoNce,
+    /// SigLIP: an independent binary decision per (image, text) pair, temperature and bias
+    /// learned.
+    Sigmoid,
+}
+
+impl Loss {
+    /// The loss a model family was trained with.
+    pub fn for_model(model: &Model) -> Loss {
+        match model {
+            Model::Clip(_) => Loss::InfoNce,
+            Model::Siglip(_) => Loss::Sigmoid,
+        }
+    }
+}
+
+/// `log(sigmoid(x))` without overflow: `min(x, 0) - log(1 + exp(-|x|))`.
+fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    let softplus = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    x.minimum(0f32)? - softplus
+}
+
+/// The loss of a batch of L2-normalised embeddings whose row `i` in `images` and `texts` is a
+/// matching pair. `logit_scale` is the log of the temperature's inverse (as checkpoints store
+/// it); `logit_bias` is SigLIP's bias.
+pub fn contrastive_loss(
+    loss: Loss,
+    images: &Tensor,
+    texts: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let n = images.dim(0)?;
+    let logits = texts
+        .matmul(&images.t()?)?
+        .broadcast_mul(&logit_scale.exp()?)?;
+    Ok(match loss {
+        Loss::InfoNce => {
+            let labels = Tensor::arange(0u32, n as u32, images.device())?;
+            let per_text = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let per_image = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
+            ((per_text + per_image)? / 2.0)?
+        }
+        Loss::Sigmoid => {
+            let bias = logit_bias.ok_or_else(|| {
+                Error::InvalidArgument("the sigmoid loss needs a logit bias".into())
+            })?;
+            let logits = logits.broadcast_add(bias)?;
+            // +1 on the diagonal (pairs), -1 elsewhere.
+            let labels = ((Tensor::eye(n, DType::F32, images.device())? * 2.0)? - 1.0)?;
+            (log_sigmoid(&(labels * logits)?)?.sum_all()? / -(n as f64))?
+        }
+    })
+}
+
+/// A checkpoint in trainable form.
+pub struct Trainable {
+    pub encoder: DualEncoder,
+    /// Every parameter, named as in the checkpoint (so saving it writes a checkpoint).
+    pub varmap: VarMap,
+    pub loss: Loss,
+}
+
+impl std::fmt::Debug for Trainable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainable")
+            .field("encoder", &self.encoder)
+            .field("variables", &self.varmap.all_vars().len())
+            .field("loss", &self.loss)
+            .finish()
+    }
+}
+
+impl Trainable {
+    /// Loads `folder` with every parameter, the logit scale (and SigLIP's bias) as variables.
+    pub fn load(folder: &Path, device: &Device) -> Result<Self> {
+        let (encoder, varmap) =
+            DualEncoder::load_variables(folder, device, &["logit_scale", "logit_bias"])?;
+        let loss = Loss::for_model(&encoder.model);
+        let t = Trainable {
+            encoder,
+            varmap,
+            loss,
+        };
+        t.variable("logit_scale")?;
+        if loss == Loss::Sigmoid {
+            t.variable("logit_bias")?;
+        }
+        Ok(t)
+    }
+
+    /// The variable of a parameter by checkpoint name.
+    pub fn variable(&self, name: &str) -> Result<Var> {
+        self.varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Weights {
+                path: self.encoder.folder().join("model.safetensors"),
+                detail: format!("the checkpoint has no '{name}', which training needs"),
+            })
+    }
+
+    /// The loss of a batch: `pixels` `[N, 3, S, S]` and `ids` the N token sequences, pair `i`
+    /// being image `i` with text `i`.
+    pub fn batch_loss(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let (images, texts) = match &self.encoder.model {
+            Model::Clip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
+            Model::Siglip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
+        };
+        let scale = self.variable("logit_scale")?;
+        let bias = match self.loss {
+            Loss::Sigmoid => Some(self.variable("logit_bias")?),
+            Loss::InfoNce => None,
+        };
+        contrastive_loss(
+            self.loss,
+            &images,
+            &texts,
+            scale.as_tensor(),
+            bias.as_ref().map(Var::as_tensor),
+        )
+    }
+}
+
+/// AdamW settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// CLIP's fine-tuning settings.
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.2,
+        }
+    }
+}
+
+/// Parameters excluded from weight decay: vectors and scalars (biases, norms, class and
+/// position vectors of rank 1) and the logit scale and bias, as OpenCLIP excludes them.
+pub fn decays(name: &str, var: &Var) -> bool {
+    var.rank() >= 2 && !name.starts_with("logit_")
+}
+
+/// AdamW over the trainable variables in two groups (with and without weight decay); CLIP's
+/// logit scale is clamped to `[0, ln 100]` after each step, as OpenCLIP does.
+#[derive(Debug)]
+pub struct Optimizer {
+    decayed: AdamW,
+    plain: AdamW,
+    clamped_scale: Option<Var>,
+}
+
+impl Optimizer {
+    /// Optimises the variables of `model` that `trains(name)` selects.
+    pub fn new(
+        model: &Trainable,
+        config: AdamWConfig,
+        trains: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
+        let params = |weight_decay| ParamsAdamW {
+            lr: config.lr,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay,
+        };
+        let (mut decayed, mut plain) = (Vec::new(), Vec::new());
+        {
+            let vars = model
+                .varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+            let mut names: Vec<&String> = vars.keys().filter(|n| trains(n)).collect();
+            // A fixed order: the optimiser's state follows it, and runs must be repeatable.
+            names.sort();
+            for name in names {
+                let var = vars[name].clone();
+                if decays(name, &var) {
+                    decayed.push(var);
+                } else {
+                    plain.push(var);
+                }
+            }
+        }
+        let clamped_scale = match model.loss {
+            Loss::InfoNce if trains("logit_scale") => Some(model.variable("logit_scale")?),
+            _ => None,
+        };
+        Ok(Optimizer {
+            decayed: AdamW::new(decayed, params(config.weight_decay))?,
+            plain: AdamW::new(plain, params(0.0))?,
+            clamped_scale,
+        })
+    }
+
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.decayed.set_learning_rate(lr);
+        self.plain.set_learning_rate(lr);
+    }
+
+    /// One update from the gradients of a loss.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.decayed.step(grads)?;
+        self.plain.step(grads)?;
+        if let Some(scale) = &self.clamped_scale {
+            scale.set(&scale.as_tensor().clamp(0f32, 100f32.ln())?)?;
+        }
+        Ok(())
+    }
+}
