@@ -23,7 +23,8 @@ pub enum Model {
 }
 
 impl Model {
-    fn image_size(&self) -> usize {
+    /// Side of the square images the vision tower takes.
+    pub fn image_size(&self) -> usize {
         match self {
             Model::Clip(m) => m.image_size(),
             Model::Siglip(m) => m.image_size(),
@@ -107,7 +108,7 @@ pub fn checkpoint_fingerprint(folder: &Path) -> Result<String> {
     Ok(format!("crc32c:{crc:08x}:{total}"))
 }
 
-fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     let single = folder.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -343,6 +344,10 @@ impl DualEncoder {
             folder: folder.to_path_buf(),
             device: device.clone(),
         })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn folder(&self) -> &Path {

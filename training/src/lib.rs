@@ -5,6 +5,7 @@
 mod clip;
 mod encoder;
 mod error;
+pub mod finetune;
 mod fused;
 mod hub;
 mod layers;
@@ -18,6 +19,7 @@ pub mod train;
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES, checkpoint_fingerprint};
 pub use error::{Error, Result};
+pub use finetune::{FinetuneConfig, FinetuneReport, Freeze, PairData, finetune, save_checkpoint};
 pub use hub::{hub_cache_dir, resolve_model};
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};
 pub use preprocess::ImageProcessor;

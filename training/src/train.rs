@@ -39,6 +39,25 @@ impl Weights {
         }
     }
 
+    /// Every tensor name with its stored dtype.
+    pub(crate) fn names_and_dtypes(&self) -> Vec<(String, DType)> {
+        self.tensors
+            .tensors()
+            .into_iter()
+            .filter_map(|(name, view)| {
+                let dtype = DType::try_from(view.dtype()).ok()?;
+                Some((name, dtype))
+            })
+            .collect()
+    }
+
+    /// One tensor as stored (on the CPU).
+    pub(crate) fn load(&self, name: &str) -> Result<Tensor> {
+        self.tensors
+            .load(name, &Device::Cpu)
+            .map_err(|e| self.error(format!("tensor '{name}': {e}")))
+    }
+
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.tensors.get(name).is_ok()
     }
@@ -187,17 +206,36 @@ impl Trainable {
     /// The loss of a batch: `pixels` `[N, 3, S, S]` and `ids` the N token sequences, pair `i`
     /// being image `i` with text `i`.
     pub fn batch_loss(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let (images, texts) = match &self.encoder.model {
+        self.batch_loss_with(pixels, ids, self.loss, crate::finetune::Freeze::None)
+    }
+
+    /// [`Trainable::batch_loss`] with another loss, and a frozen tower's embeddings detached so
+    /// that no gradient is computed through it.
+    pub fn batch_loss_with(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+        loss: Loss,
+        freeze: crate::finetune::Freeze,
+    ) -> Result<Tensor> {
+        use crate::finetune::Freeze;
+        let (mut images, mut texts) = match &self.encoder.model {
             Model::Clip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
             Model::Siglip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
         };
+        if freeze == Freeze::Vision {
+            images = images.detach();
+        }
+        if freeze == Freeze::Text {
+            texts = texts.detach();
+        }
         let scale = self.variable("logit_scale")?;
-        let bias = match self.loss {
+        let bias = match loss {
             Loss::Sigmoid => Some(self.variable("logit_bias")?),
             Loss::InfoNce => None,
         };
         contrastive_loss(
-            self.loss,
+            loss,
             &images,
             &texts,
             scale.as_tensor(),

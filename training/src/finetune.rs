@@ -1,0 +1,406 @@
+//! The fine-tuning loop: epochs over image-caption pairs in shuffled batches (one caption per
+//! image per epoch, so a batch holds no false negatives of the same image), AdamW with linear
+//! warmup then cosine decay, gradient clipping and accumulation, frozen towers, validation after
+//! each epoch with early stopping, and the best weights saved as a Hugging Face checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::error::{Error, Result};
+use crate::train::{AdamWConfig, Loss, Optimizer, Trainable};
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    /// Everything trains.
+    None,
+    /// The image tower is locked and the text tower tunes (LiT).
+    Vision,
+    /// The text tower is locked and the image tower tunes.
+    Text,
+    /// Only the two projections (and the logit scale and bias) train.
+    AllButProjections,
+}
+
+impl Freeze {
+    pub fn parse(s: &str) -> Option<Freeze> {
+        Some(match s {
+            "none" => Freeze::None,
+            "vision" | "image" => Freeze::Vision,
+            "text" => Freeze::Text,
+            "towers" | "projections" => Freeze::AllButProjections,
+            _ => return None,
+        })
+    }
+
+    /// Whether the parameter of this checkpoint name trains.
+    pub fn trains(self, name: &str) -> bool {
+        let vision = name.starts_with("vision_model.") || name.starts_with("visual_projection");
+        let text = name.starts_with("text_model.") || name.starts_with("text_projection");
+        let projection =
+            name.starts_with("visual_projection") || name.starts_with("text_projection");
+        match self {
+            Freeze::None => true,
+            Freeze::Vision => !vision,
+            Freeze::Text => !text,
+            Freeze::AllButProjections => projection || name.starts_with("logit_"),
+        }
+    }
+}
+
+/// Settings of a fine-tuning run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneConfig {
+    pub epochs: usize,
+    /// Pairs per optimiser step (split into `accumulation` micro-batches).
+    pub batch_size: usize,
+    /// Micro-batches per step; each micro-batch has its own in-batch negatives.
+    pub accumulation: usize,
+    pub optimiser: AdamWConfig,
+    /// Steps of linear warmup before the cosine decay to zero.
+    pub warmup_steps: usize,
+    /// Global gradient-norm clip (`None`: no clipping).
+    pub clip_norm: Option<f64>,
+    pub freeze: Freeze,
+    /// Overrides the family's loss.
+    pub loss: Option<Loss>,
+    pub seed: u64,
+    /// Epochs without a better validation metric before stopping.
+    pub patience: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            epochs: 5,
+            batch_size: 64,
+            accumulation: 1,
+            optimiser: AdamWConfig::default(),
+            warmup_steps: 0,
+            clip_norm: Some(1.0),
+            freeze: Freeze::None,
+            loss: None,
+            seed: 0,
+            patience: 2,
+            progress: false,
+        }
+    }
+}
+
+/// Training pairs, already preprocessed: image `images[i]` is described by `captions[j]` for
+/// each `j` in `pairs[i]`.
+#[derive(Debug, Clone, Default)]
+pub struct PairData {
+    /// Pixel values, `3 * S * S` each.
+    pub images: Vec<Vec<f32>>,
+    /// Token ids per caption.
+    pub captions: Vec<Vec<u32>>,
+    /// Per image, its captions.
+    pub pairs: Vec<Vec<usize>>,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub mean_loss: f64,
+    pub steps: usize,
+    pub samples_per_second: f64,
+    /// The validation metric after the epoch, if validated.
+    pub validation: Option<f64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneReport {
+    pub epochs: Vec<EpochReport>,
+    /// Epoch (1-based) whose weights were kept; 0 means the base weights were never beaten.
+    pub best_epoch: usize,
+    pub best_validation: Option<f64>,
+    pub stopped_early: bool,
+}
+
+/// Learning rate at `step` (0-based) of `total`: linear warmup, then cosine decay to zero.
+pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = (step - warmup) as f64 / span as f64;
+    base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
+fn clip_gradients(grads: &mut GradStore, vars: &[candle_core::Var], max_norm: f64) -> Result<f64> {
+    let mut sum = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v) {
+            sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+    }
+    let norm = sum.sqrt();
+    if norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for v in vars {
+            if let Some(g) = grads.remove(v) {
+                grads.insert(v, (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Adds the gradients of `other` into `total`.
+fn accumulate(
+    total: &mut Option<GradStore>,
+    other: GradStore,
+    vars: &[candle_core::Var],
+) -> Result<()> {
+    let Some(t) = total else {
+        *total = Some(other);
+        return Ok(());
+    };
+    for v in vars {
+        if let Some(g) = other.get(v) {
+            let sum = match t.remove(v) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            t.insert(v, sum);
+        }
+    }
+    Ok(())
+}
+
+/// Fine-tunes `model` on `data`. After each epoch `validate` scores the current weights (higher
+/// is better; `None` skips validation); the best weights are written to `out` as a checkpoint
+/// in the base's Hugging Face layout (the last ones when nothing validates).
+pub fn finetune(
+    model: &Trainable,
+    data: &PairData,
+    config: &FinetuneConfig,
+    out: &Path,
+    mut validate: impl FnMut(&Trainable) -> Result<Option<f64>>,
+) -> Result<FinetuneReport> {
+    if data.images.is_empty() || data.pairs.iter().all(Vec::is_empty) {
+        return Err(Error::InvalidArgument(
+            "no image-caption pairs to train on".into(),
+        ));
+    }
+    if config.batch_size < 2 {
+        return Err(Error::InvalidArgument(
+            "batch_size must be at least 2: contrastive losses need negatives".into(),
+        ));
+    }
+    let loss_kind = config.loss.unwrap_or(model.loss);
+    let size = model.encoder.model.image_size();
+    let device = model.encoder.device().clone();
+    let trained: Vec<(String, candle_core::Var)> = {
+        let vars = model
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+        let mut v: Vec<_> = vars
+            .iter()
+            .filter(|(n, _)| config.freeze.trains(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let vars: Vec<candle_core::Var> = trained.iter().map(|(_, v)| v.clone()).collect();
+    let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
+    let usable: Vec<usize> = (0..data.images.len())
+        .filter(|&i| !data.pairs[i].is_empty())
+        .collect();
+    let steps_per_epoch = usable.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let micro = config
+        .batch_size
+        .div_ceil(config.accumulation.max(1))
+        .max(2);
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let bar = if config.progress {
+        let b = indicatif::ProgressBar::new(total_steps as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+        {
+            b.set_style(style);
+        }
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let base_score = validate(model)?;
+    let mut report = FinetuneReport {
+        epochs: Vec::new(),
+        best_epoch: 0,
+        best_validation: base_score,
+        stopped_early: false,
+    };
+    let mut step = 0;
+    let mut since_best = 0;
+    for epoch in 1..=config.epochs {
+        let started = Instant::now();
+        let mut order = usable.clone();
+        order.shuffle(&mut rng);
+        // One caption per image this epoch.
+        let chosen: Vec<(usize, usize)> = order
+            .iter()
+            .map(|&i| {
+                let caps = &data.pairs[i];
+                (i, caps[rand::Rng::random_range(&mut rng, 0..caps.len())])
+            })
+            .collect();
+        let (mut loss_sum, mut loss_count) = (0f64, 0usize);
+        for batch in chosen.chunks(config.batch_size) {
+            optimiser.set_learning_rate(learning_rate(
+                config.optimiser.lr,
+                step,
+                config.warmup_steps,
+                total_steps,
+            ));
+            let mut grads: Option<GradStore> = None;
+            for part in batch.chunks(micro).filter(|p| p.len() >= 2) {
+                let flat: Vec<f32> = part
+                    .iter()
+                    .flat_map(|&(i, _)| data.images[i].iter().copied())
+                    .collect();
+                let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
+                let ids: Vec<Vec<u32>> = part
+                    .iter()
+                    .map(|&(_, c)| data.captions[c].clone())
+                    .collect();
+                let loss = model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)?;
+                loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                loss_count += 1;
+                accumulate(&mut grads, loss.backward()?, &vars)?;
+            }
+            let Some(mut grads) = grads else { continue };
+            if let Some(max) = config.clip_norm {
+                clip_gradients(&mut grads, &vars, max)?;
+            }
+            optimiser.step(&grads)?;
+            step += 1;
+            bar.set_message(format!(
+                "epoch {epoch} loss {:.4} lr {:.2e}",
+                loss_sum / loss_count.max(1) as f64,
+                learning_rate(config.optimiser.lr, step, config.warmup_steps, total_steps)
+            ));
+            bar.inc(1);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let validation = validate(model)?;
+        report.epochs.push(EpochReport {
+            epoch,
+            mean_loss: loss_sum / loss_count.max(1) as f64,
+            steps: steps_per_epoch,
+            samples_per_second: chosen.len() as f64 / seconds.max(1e-9),
+            validation,
+        });
+        let better = match (validation, report.best_validation) {
+            (Some(v), Some(best)) => v > best,
+            (Some(_), None) => true,
+            (None, _) => true,
+        };
+        if better {
+            report.best_epoch = epoch;
+            report.best_validation = validation.or(report.best_validation);
+            save_checkpoint(model, out)?;
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= config.patience {
+                report.stopped_early = epoch < config.epochs;
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if report.best_epoch == 0 {
+        // Never better than the base: keep the base weights, so the result is no worse.
+        copy_base(model.encoder.folder(), out)?;
+    }
+    Ok(report)
+}
+
+/// Files of a checkpoint folder that are not weights (config, tokenizer, preprocessor).
+fn support_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(folder).map_err(|e| Error::io(folder, e))?;
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e.map_err(|e| Error::io(folder, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+        if path.is_file() && !weights && !name.starts_with("train_step") && name != "reference.json"
+        {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn copy_support_files(base: &Path, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for f in support_files(base)? {
+        let target = out.join(f.file_name().unwrap_or_default());
+        std::fs::copy(&f, &target).map_err(|e| Error::io(&target, e))?;
+    }
+    Ok(())
+}
+
+fn copy_base(base: &Path, out: &Path) -> Result<()> {
+    copy_support_files(base, out)?;
+    let index = base.join("model.safetensors.index.json");
+    let extra = index.exists().then_some(index);
+    for f in crate::encoder::weight_files(base)?.into_iter().chain(extra) {
+        let target = out.join(f.file_name().unwrap_or_default());
+        std::fs::copy(&f, &target).map_err(|e| Error::io(&target, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the model's current weights as a checkpoint in `out`: the base's config, tokenizer
+/// and preprocessor files, and one `model.safetensors` holding every tensor of the base (the
+/// trained ones replaced, each in its original dtype), so transformers loads it as it loaded
+/// the base.
+pub fn save_checkpoint(model: &Trainable, out: &Path) -> Result<()> {
+    let base = model.encoder.folder();
+    copy_support_files(base, out)?;
+    let files = crate::encoder::weight_files(base)?;
+    let original = crate::train::Weights::open(&files)?;
+    let vars = model
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, dtype) in original.names_and_dtypes() {
+        let t = match vars.get(&name) {
+            Some(v) => v.as_tensor().to_dtype(dtype)?,
+            None => original.load(&name)?,
+        };
+        tensors.insert(name, t);
+    }
+    // Written next to the target and renamed, so a crash leaves the old file or the new one.
+    let target = out.join("model.safetensors");
+    let partial = out.join("model.safetensors.partial");
+    candle_core::safetensors::save(&tensors, &partial)?;
+    std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
+    let index = out.join("model.safetensors.index.json");
+    if index.exists() {
+        std::fs::remove_file(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    Ok(())
+}
