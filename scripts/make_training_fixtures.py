@@ -11,7 +11,15 @@ one AdamW step (`after.<name>`), with the token embedding restricted to the rows
 settings. AdamW: parameters of rank < 2 and the logit scale/bias without weight decay (as
 OpenCLIP does); CLIP's logit scale clamped to [0, ln 100] after the step.
 
-    pip install torch==2.15.0 transformers==5.23.0 safetensors pillow
+It also checks a checkpoint that Mirante saved: `cargo run -p mirante-training --example
+finetuned_fixture` writes `siglip-tiny-finetuned/` (the tiny SigLIP after a few fine-tuning
+steps in Mirante); this script loads it with transformers and records reference embeddings
+there (the same `reference.json` the encoder parity tests read), so the tests prove that
+transformers reads Mirante's checkpoints as Mirante does.
+
+    pip install torch==2.15.0 transformers==5.23.0 safetensors pillow \
+        open-clip-torch==3.3.0 scikit-image==0.26.0 sentencepiece==0.2.3
+    cargo run -p mirante-training --example finetuned_fixture
     python3 scripts/make_training_fixtures.py
 """
 import json
@@ -84,9 +92,34 @@ def step(folder, family):
     print(folder, "loss", out.loss.item(), "tensors", len(tensors))
 
 
+def finetuned_reference():
+    """transformers' embeddings of the checkpoint Mirante fine-tuned and saved."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_encoder_fixtures import save_reference
+
+    folder = os.path.join(ROOT, "siglip-tiny-finetuned")
+    if not os.path.isdir(folder):
+        raise SystemExit(
+            f"{folder} is missing: run `cargo run -p mirante-training --example finetuned_fixture` first"
+        )
+    from transformers import SiglipImageProcessorPil, SiglipProcessor, SiglipTokenizer
+
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    # The PIL image processor, as the encoder fixtures use (Mirante reproduces Pillow).
+    processor = SiglipProcessor(
+        image_processor=SiglipImageProcessorPil.from_pretrained(folder),
+        tokenizer=SiglipTokenizer.from_pretrained(folder),
+    )
+    save_reference(folder, model, processor, os.path.join(ROOT, "images"), "siglip")
+    print(folder, "reference written")
+
+
 def main():
     for name, family in (("clip-tiny", "clip"), ("siglip-tiny", "siglip")):
         step(os.path.join(ROOT, name), family)
+    finetuned_reference()
 
 
 if __name__ == "__main__":

@@ -160,6 +160,13 @@ fn siglip_matches_transformers() {
     check_family("siglip-tiny");
 }
 
+/// A checkpoint that Mirante fine-tuned and saved (`examples/finetuned_fixture.rs`), read by
+/// transformers (`scripts/make_training_fixtures.py`): both give the same embeddings.
+#[test]
+fn checkpoint_saved_by_mirante_reads_the_same_in_transformers() {
+    check_family("siglip-tiny-finetuned");
+}
+
 #[test]
 fn siglip2_fixed_resolution_matches_transformers() {
     check_family("siglip2-tiny");
