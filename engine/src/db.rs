@@ -62,10 +62,12 @@ impl Database {
     }
 
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let store = storage::Database::open_or_create(path)?;
+        let registry = store.path().join(crate::finetune::REGISTRY);
         Ok(Database {
-            store: storage::Database::open_or_create(path)?,
+            store,
             writer: Mutex::new(None),
-            models: Models::new(options.device.clone()),
+            models: Models::with_registry(options.device.clone(), registry),
             options,
         })
     }

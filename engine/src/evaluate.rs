@@ -18,7 +18,6 @@ use mirante_storage::{
 use crate::db::{Database, RowValues, predicate_sql};
 use crate::error::{Error, Result};
 use crate::metrics::{NOT_RETRIEVED, rank_metric};
-use crate::models::Models;
 use crate::ranking::{Problem, Ranks, exact_ranks, exact_top_k};
 use crate::result::{Cell, ResultSet};
 
@@ -328,7 +327,7 @@ fn model_spaces(db: &Database, c: &CollectionMeta, locator: Option<&str>) -> Res
             text,
         });
     };
-    let key = Models::key(locator)?;
+    let key = db.models.key(locator)?;
     let mut fingerprints: Vec<&str> = c
         .spaces
         .iter()

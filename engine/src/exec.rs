@@ -26,6 +26,7 @@ pub(crate) fn run(db: &Database, plan: Plan) -> Result<ResultSet> {
     match plan {
         Plan::Search(p) => search::run(db, &p, p.into.is_some()).map(|r| r.to_result_set()),
         Plan::Evaluate(p) => crate::evaluate::run(db, &p).map(|e| e.to_result_set()),
+        Plan::Finetune(p) => crate::finetune::run(db, &p),
         Plan::Select {
             collection,
             list,
@@ -130,6 +131,10 @@ fn statement(db: &Database, stmt: Statement) -> Result<ResultSet> {
                 name.value
             )))
         }
+        Statement::DropModel { name } => crate::finetune::drop_model(db, &name),
+        Statement::ExportModel { name, folder } => {
+            crate::finetune::export_model(db, &name, &folder)
+        }
         Statement::ShowCollections => show_collections(db),
         Statement::ShowModels => show_models(db),
         Statement::Describe { name } => describe(db, &name.value),
@@ -177,7 +182,10 @@ fn statement(db: &Database, stmt: Statement) -> Result<ResultSet> {
 }
 
 /// Options by lower-cased key, rejecting keys not in `allowed` at their position.
-fn options_map(options: &AstOptions, allowed: &[&str]) -> Result<BTreeMap<String, Literal>> {
+pub(crate) fn options_map(
+    options: &AstOptions,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, Literal>> {
     let mut out = BTreeMap::new();
     for (key, value) in &options.0 {
         let k = key.value.to_ascii_lowercase();
@@ -197,7 +205,7 @@ fn options_map(options: &AstOptions, allowed: &[&str]) -> Result<BTreeMap<String
     Ok(out)
 }
 
-fn string_option(v: &Literal, key: &str) -> Result<String> {
+pub(crate) fn string_option(v: &Literal, key: &str) -> Result<String> {
     match v {
         Literal::String(s) => Ok(s.clone()),
         other => Err(Error::Invalid(format!(
@@ -883,6 +891,62 @@ fn show_collections(db: &Database) -> Result<ResultSet> {
     Ok(out)
 }
 
+/// A registry model's lineage: where it came from and what it was trained on.
+struct Lineage {
+    dim: Option<i64>,
+    base: String,
+    trained_on: String,
+}
+
+fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
+    let dir = db.path().join(crate::finetune::REGISTRY);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(path.join(crate::finetune::LINEAGE)) else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let Ok(key) = path.canonicalize() else {
+            continue;
+        };
+        let dim = std::fs::read_to_string(path.join("config.json"))
+            .ok()
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+            .and_then(|c| {
+                c["projection_dim"]
+                    .as_i64()
+                    .or_else(|| c["text_config"]["projection_size"].as_i64())
+                    .or_else(|| c["vision_config"]["hidden_size"].as_i64())
+            });
+        let s = |k: &str| json[k].as_str().unwrap_or("?").to_string();
+        out.push((
+            key.display().to_string(),
+            Lineage {
+                dim,
+                base: s("base"),
+                trained_on: format!(
+                    "{} version {} ({} rows, {} {})",
+                    s("collection"),
+                    json["version"],
+                    json["train_rows"],
+                    s("metric"),
+                    json["best_validation"]
+                        .as_f64()
+                        .map_or("not validated".into(), |v| format!("{v:.4}"))
+                ),
+            },
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 fn show_models(db: &Database) -> Result<ResultSet> {
     let snap = db.snapshot()?;
     /// Per model: its dimension, the collections with its embeddings, those where it is active.
@@ -909,17 +973,46 @@ fn show_models(db: &Database) -> Result<ResultSet> {
         }
     }
     let mut out = ResultSet::new(
-        ["model", "dim", "fingerprint", "collections", "active_in"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "model",
+            "dim",
+            "fingerprint",
+            "collections",
+            "active_in",
+            "base",
+            "trained_on",
+        ]
+        .map(String::from)
+        .to_vec(),
     );
-    for ((model, fingerprint), usage) in models {
+    let registry = registry_models(db);
+    let lineage = |model: &str| registry.iter().find(|(k, _)| k == model).map(|(_, l)| l);
+    let text = |s: Option<&String>| s.map_or(Cell::Null, |s| Cell::Str(s.clone()));
+    for ((model, fingerprint), usage) in &models {
+        let l = lineage(model);
         out.rows.push(vec![
-            Cell::Str(model),
+            Cell::Str(model.clone()),
             Cell::Int(usage.dim as i64),
-            Cell::Str(fingerprint),
-            Cell::List(usage.collections),
-            Cell::List(usage.active_in),
+            Cell::Str(fingerprint.clone()),
+            Cell::List(usage.collections.clone()),
+            Cell::List(usage.active_in.clone()),
+            text(l.map(|l| &l.base)),
+            text(l.map(|l| &l.trained_on)),
+        ]);
+    }
+    // Fine-tuned models no collection embeds with yet.
+    for (key, l) in &registry {
+        if models.keys().any(|(m, _)| m == key) {
+            continue;
+        }
+        out.rows.push(vec![
+            Cell::Str(key.clone()),
+            l.dim.map_or(Cell::Null, Cell::Int),
+            Cell::Null,
+            Cell::List(Vec::new()),
+            Cell::List(Vec::new()),
+            Cell::Str(l.base.clone()),
+            Cell::Str(l.trained_on.clone()),
         ]);
     }
     Ok(out)

@@ -19,6 +19,7 @@ mod db;
 mod error;
 mod evaluate;
 mod exec;
+mod finetune;
 pub mod ingest;
 pub mod metrics;
 mod models;

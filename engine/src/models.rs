@@ -45,6 +45,8 @@ impl LoadedModel {
 pub struct Models {
     device: Device,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// The database's registry of fine-tuned models (`<database>/models`).
+    registry: Option<std::path::PathBuf>,
 }
 
 impl Models {
@@ -52,12 +54,31 @@ impl Models {
         Models {
             device,
             loaded: Mutex::new(HashMap::new()),
+            registry: None,
         }
     }
 
-    /// The key a locator stands for: a folder becomes its absolute path (so the database works
-    /// from any directory); anything else is taken as a Hub id.
-    pub fn key(locator: &str) -> Result<String> {
+    /// Models whose plain names (`'clip-art'`) are looked up in `registry` first.
+    pub fn with_registry(device: Device, registry: std::path::PathBuf) -> Self {
+        Models {
+            registry: Some(registry),
+            ..Models::new(device)
+        }
+    }
+
+    /// The key a locator stands for: a registry model's name or a folder becomes an absolute
+    /// path (so the database works from any directory); anything else is taken as a Hub id.
+    pub fn key(&self, locator: &str) -> Result<String> {
+        let plain = !locator.is_empty() && !locator.contains(['/', '\\']) && locator != "..";
+        if let Some(registry) = &self.registry
+            && plain
+        {
+            let entry = registry.join(locator);
+            if entry.join(crate::finetune::LINEAGE).is_file() {
+                let abs = entry.canonicalize().map_err(|e| Error::io(&entry, e))?;
+                return Ok(abs.display().to_string());
+            }
+        }
         let path = Path::new(locator);
         if path.is_dir() {
             let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
@@ -68,7 +89,7 @@ impl Models {
 
     /// Loads (or returns the already loaded) model a locator names.
     pub fn load(&self, locator: &str) -> Result<Arc<LoadedModel>> {
-        let key = Self::key(locator)?;
+        let key = self.key(locator)?;
         if let Some(m) = self.lock().get(&key) {
             return Ok(m.clone());
         }

@@ -199,6 +199,45 @@ impl EvalMetric {
     pub const SPELLINGS: &str = "recall@K, mrr, ndcg@K, median_rank, mean_similarity";
 }
 
+impl std::str::FromStr for EvalMetric {
+    type Err = String;
+
+    /// Parses a metric as written (`recall@10`, `mrr`, ...), case-insensitively; the error
+    /// says what is wrong and what exists.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.to_lowercase();
+        let cutoff = |k: &str| -> Result<u32, String> {
+            match k.parse::<u32>() {
+                Ok(k) if k > 0 => Ok(k),
+                _ => Err(format!(
+                    "the cutoff of {text} must be a whole number from 1, as in recall@10"
+                )),
+            }
+        };
+        match text.split_once('@') {
+            Some(("recall", k)) => Ok(EvalMetric::Recall(cutoff(k)?)),
+            Some(("ndcg", k)) => Ok(EvalMetric::Ndcg(cutoff(k)?)),
+            None if text == "mrr" => Ok(EvalMetric::Mrr),
+            None if text == "median_rank" => Ok(EvalMetric::MedianRank),
+            None if text == "mean_similarity" => Ok(EvalMetric::MeanSimilarity),
+            Some(("mrr" | "median_rank" | "mean_similarity", _)) => {
+                Err(format!("{text}: this metric takes no cutoff"))
+            }
+            _ => {
+                let name = text.split('@').next().unwrap_or("");
+                let known = ["recall", "mrr", "ndcg", "median_rank", "mean_similarity"];
+                let hint = crate::error::closest(name, known)
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                Err(format!(
+                    "unknown metric '{text}'{hint}; metrics are {}",
+                    EvalMetric::SPELLINGS
+                ))
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for EvalMetric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -291,6 +330,24 @@ pub enum Statement {
     },
     Search(Search),
     Evaluate(Evaluate),
+    /// `FINETUNE MODEL '<base>' ON c [WHERE ...] [VALIDATE WHERE ...] [WITH (...)] AS '<name>'`.
+    Finetune {
+        base: String,
+        collection: Name,
+        filter: Option<Expr>,
+        validate: Option<Expr>,
+        options: Options,
+        name: String,
+    },
+    /// `DROP MODEL '<name>'`: removes a fine-tuned model from the database's registry.
+    DropModel {
+        name: String,
+    },
+    /// `EXPORT MODEL '<name>' TO '<folder>'`: copies a registry model out (Hugging Face layout).
+    ExportModel {
+        name: String,
+        folder: String,
+    },
     CreateIndex {
         collection: Name,
         factory: String,

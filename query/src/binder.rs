@@ -204,6 +204,19 @@ pub struct EvaluatePlan {
     pub into: Option<String>,
 }
 
+/// A bound `FINETUNE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetunePlan {
+    pub base: String,
+    pub collection: String,
+    /// The training rows (all when `None`).
+    pub filter: Option<Predicate>,
+    /// The validation rows (no validation when `None`).
+    pub validate: Option<Predicate>,
+    pub options: Options,
+    pub name: String,
+}
+
 /// What `SELECT` returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelectList {
@@ -216,6 +229,7 @@ pub enum SelectList {
 pub enum Plan {
     Search(SearchPlan),
     Evaluate(EvaluatePlan),
+    Finetune(FinetunePlan),
     Select {
         collection: String,
         list: SelectList,
@@ -287,6 +301,24 @@ impl Binder<'_> {
                     models: e.models,
                     use_index: e.use_index,
                     into: e.into,
+                })
+            }
+            Statement::Finetune {
+                base,
+                collection,
+                filter,
+                validate,
+                options,
+                name,
+            } => {
+                let columns = self.collection(&collection)?;
+                Plan::Finetune(FinetunePlan {
+                    base,
+                    collection: collection.value,
+                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    validate: validate.map(|f| predicate(&f, &columns)).transpose()?,
+                    options,
+                    name,
                 })
             }
             Statement::Select {

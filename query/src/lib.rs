@@ -9,7 +9,7 @@ mod parser;
 
 pub use ast::{Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target};
 pub use binder::{
-    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, EvaluatePlan,
+    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, EvaluatePlan, FinetunePlan,
     MAX_SEARCH_LIMIT, Plan, Predicate, SearchPlan, SelectList, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};

@@ -26,6 +26,9 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "DELETE",
     "SEARCH",
     "EVALUATE",
+    "FINETUNE MODEL",
+    "DROP MODEL",
+    "EXPORT MODEL",
     "EMBED",
     "COMPACT",
     "VACUUM",
@@ -36,6 +39,7 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
 pub const KEYWORDS: &[&str] = &[
     "AND",
     "ARRAY",
+    "AS",
     "BETWEEN",
     "BOTH",
     "BY",
@@ -53,6 +57,8 @@ pub const KEYWORDS: &[&str] = &[
     "EVALUATE",
     "EXISTS",
     "EXPLAIN",
+    "EXPORT",
+    "FINETUNE",
     "FROM",
     "IF",
     "ILIKE",
@@ -84,7 +90,9 @@ pub const KEYWORDS: &[&str] = &[
     "TEXT",
     "TEXT_TO_IMAGE",
     "TEXTS",
+    "TO",
     "USING",
+    "VALIDATE",
     "VACUUM",
     "VALUES",
     "WHERE",
@@ -185,6 +193,8 @@ struct StatementParser<'a> {
 
 /// Words that end a `SEARCH`'s `WHERE` expression.
 const SEARCH_CLAUSES: [&str; 4] = ["MATCH", "USING", "LIMIT", "INTO"];
+/// Words that end a `FINETUNE`'s `WHERE` expressions.
+const FINETUNE_CLAUSES: [&str; 3] = ["VALIDATE", "WITH", "AS"];
 /// Words that end an `EVALUATE`'s `WHERE` expression.
 const EVALUATE_CLAUSES: [&str; 3] = ["DIRECTION", "USING", "INTO"];
 
@@ -348,6 +358,24 @@ impl StatementParser<'_> {
                     Err(self.unexpected("COLLECTION or INDEX", &self.p.peek_token()))
                 }
             }
+            "DROP" if peek_word_at(&self.p, 1).as_deref() == Some("MODEL") => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::DropModel {
+                    name: self.string("the model's name")?,
+                })
+            }
+            "EXPORT" => {
+                self.p.next_token();
+                self.expect_word("MODEL")?;
+                let name = self.string("the model's name")?;
+                self.expect_word("TO")?;
+                Ok(Statement::ExportModel {
+                    name,
+                    folder: self.string("the folder to write")?,
+                })
+            }
+            "FINETUNE" => self.finetune(),
             "DROP" => {
                 self.p.next_token();
                 self.expect_word("COLLECTION")?;
@@ -633,6 +661,53 @@ impl StatementParser<'_> {
         Ok(Statement::Search(s))
     }
 
+    fn finetune(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        self.expect_word("MODEL")?;
+        let base = self.string("the base model (folder, Hub id or registry name)")?;
+        self.expect_word("ON")?;
+        let collection = self.name("a collection name")?;
+        let (mut filter, mut validate, mut options) = (None, None, Options::default());
+        loop {
+            let at = self.here();
+            let twice = |name: &str| Error::syntax(format!("{name} is given twice"), at);
+            match self.peek_word().as_deref() {
+                Some("WHERE") => {
+                    self.p.next_token();
+                    if filter.is_some() {
+                        return Err(twice("WHERE"));
+                    }
+                    filter = Some(self.expr_until(&FINETUNE_CLAUSES)?);
+                }
+                Some("VALIDATE") => {
+                    self.p.next_token();
+                    self.expect_word("WHERE")?;
+                    if validate.is_some() {
+                        return Err(twice("VALIDATE WHERE"));
+                    }
+                    validate = Some(self.expr_until(&FINETUNE_CLAUSES)?);
+                }
+                Some("WITH") => {
+                    if !options.0.is_empty() {
+                        return Err(twice("WITH"));
+                    }
+                    options = self.options()?;
+                }
+                _ => break,
+            }
+        }
+        self.expect_word("AS")?;
+        let name = self.string("the new model's name")?;
+        Ok(Statement::Finetune {
+            base,
+            collection,
+            filter,
+            validate,
+            options,
+            name,
+        })
+    }
+
     fn evaluate(&mut self) -> Result<Statement> {
         self.p.next_token();
         let mut metrics = Vec::new();
@@ -743,36 +818,7 @@ impl StatementParser<'_> {
             text.push('@');
             text.push_str(&self.uint("the cutoff K after '@'")?.to_string());
         }
-        let bad = |why: String| Error::syntax(why, at);
-        let cutoff = |k: &str| -> Result<u32> {
-            match k.parse::<u32>() {
-                Ok(k) if k > 0 => Ok(k),
-                _ => Err(bad(format!(
-                    "the cutoff of {text} must be a whole number from 1, as in recall@10"
-                ))),
-            }
-        };
-        match text.split_once('@') {
-            Some(("recall", k)) => Ok(EvalMetric::Recall(cutoff(k)?)),
-            Some(("ndcg", k)) => Ok(EvalMetric::Ndcg(cutoff(k)?)),
-            None if text == "mrr" => Ok(EvalMetric::Mrr),
-            None if text == "median_rank" => Ok(EvalMetric::MedianRank),
-            None if text == "mean_similarity" => Ok(EvalMetric::MeanSimilarity),
-            Some(("mrr" | "median_rank" | "mean_similarity", _)) => {
-                Err(bad(format!("{text}: this metric takes no cutoff")))
-            }
-            _ => {
-                let name = text.split('@').next().unwrap_or("");
-                let known = ["recall", "mrr", "ndcg", "median_rank", "mean_similarity"];
-                let hint = crate::error::closest(name, known)
-                    .map(|c| format!(" (did you mean {c}?)"))
-                    .unwrap_or_default();
-                Err(bad(format!(
-                    "unknown metric '{text}'{hint}; metrics are {}",
-                    EvalMetric::SPELLINGS
-                )))
-            }
-        }
+        text.parse().map_err(|why| Error::syntax(why, at))
     }
 }
 
@@ -1227,6 +1273,47 @@ mod tests {
         };
         assert!(e.metrics.is_empty());
         assert_eq!(e.directions, Direction::BOTH.to_vec());
+    }
+
+    #[test]
+    fn finetune_and_model_registry_statements() {
+        let Statement::Finetune {
+            base,
+            collection,
+            filter,
+            validate,
+            options,
+            name,
+        } = one(
+            "FINETUNE MODEL 'openai/clip' ON images WHERE split = 'train' \
+             VALIDATE WHERE split = 'validation' WITH (epochs = 3, lr = 1e-5) AS 'clip-art'",
+        )
+        else {
+            panic!("not a fine-tuning");
+        };
+        assert_eq!((base.as_str(), name.as_str()), ("openai/clip", "clip-art"));
+        assert_eq!(collection.value, "images");
+        assert!(filter.is_some() && validate.is_some());
+        assert_eq!(options.0.len(), 2);
+        assert_eq!(
+            one("DROP MODEL 'clip-art'"),
+            Statement::DropModel {
+                name: "clip-art".into()
+            }
+        );
+        assert_eq!(
+            one("EXPORT MODEL 'clip-art' TO '/tmp/x'"),
+            Statement::ExportModel {
+                name: "clip-art".into(),
+                folder: "/tmp/x".into()
+            }
+        );
+        assert!(
+            parse("FINETUNE MODEL 'b' ON c WITH (epochs = 1)")
+                .unwrap_err()
+                .to_string()
+                .contains("expected AS")
+        );
     }
 
     #[test]

@@ -518,3 +518,69 @@ fn using_index_ranks_through_the_search_and_reports_its_recall() {
     assert_eq!(runs.rows[0][0], Cell::Str("exact".into()));
     assert_eq!(runs.rows[2][0], Cell::Str("index top 100".into()));
 }
+
+#[test]
+fn finetune_registers_a_model_that_beats_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path());
+    let base = tiny_clip().display().to_string();
+    let r = one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{base}' ON images WHERE split = 'train' \
+             VALIDATE WHERE split = 'train' \
+             WITH (epochs = 30, lr = 0.003, batch_size = 4, weight_decay = 0, warmup_steps = 2, \
+                   patience = 30, seed = 3) AS 'clip-photos'"
+        ),
+    );
+    assert_eq!(r.columns, ["epoch", "loss", "recall@1", "samples_per_s"]);
+    let status = r.status.clone().unwrap();
+    assert!(status.contains("as 'clip-photos'"), "{status}");
+    let registered = dir.path().join("db/models/clip-photos");
+    assert!(registered.join("model.safetensors").is_file());
+    assert!(registered.join("mirante_model.json").is_file());
+
+    // The registry: listed with its lineage, usable by name, exported in Hugging Face layout.
+    let models = one(&db, "SHOW MODELS");
+    let row = models
+        .rows
+        .iter()
+        .find(|r| matches!(&r[0], Cell::Str(m) if m.ends_with("clip-photos")))
+        .unwrap();
+    assert_eq!(row[5], Cell::Str(base.clone()));
+    assert!(matches!(&row[6], Cell::Str(t) if t.starts_with("images version")));
+    one(&db, "EMBED images USING MODEL 'clip-photos'");
+    let both = one(
+        &db,
+        &format!(
+            "EVALUATE recall@1 ON images WHERE split = 'train' DIRECTION text_to_image \
+             USING MODEL '{base}', 'clip-photos'"
+        ),
+    );
+    let (before, after) = (float(&both, 0, "recall@1"), float(&both, 1, "recall@1"));
+    assert!(after > before, "recall@1 {before} -> {after}");
+    let export = dir.path().join("exported");
+    one(
+        &db,
+        &format!("EXPORT MODEL 'clip-photos' TO '{}'", export.display()),
+    );
+    mirante::training::DualEncoder::load(&export, &mirante::training::Device::Cpu).unwrap();
+
+    // Names are unique; a model can be dropped while no collection embeds with it.
+    let again = db
+        .sql(&format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 1) AS 'clip-photos'"
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already exists"), "{again}");
+    let bad = db
+        .sql(&format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 0) AS 'x'"
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("epochs"), "{bad}");
+    one(&db, "DROP MODEL 'clip-photos'");
+    assert!(!registered.exists());
+}

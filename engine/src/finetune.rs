@@ -1,0 +1,374 @@
+//! `FINETUNE`, `DROP MODEL`, `EXPORT MODEL`: fine-tuning a model on a collection's pairs and
+//! the database's model registry (`<database>/models/<name>/`, a Hugging Face checkpoint plus
+//! `mirante_model.json` with its lineage).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use mirante_query::{EvalMetric, FinetunePlan, Literal};
+use mirante_storage::RowRef;
+use mirante_training::finetune::{FinetuneConfig, Freeze, PairData, finetune};
+use mirante_training::train::{AdamWConfig, Loss, Trainable};
+use rayon::prelude::*;
+
+use crate::db::{Database, row_filter};
+use crate::error::{Error, Result};
+use crate::exec::{options_map, string_option};
+use crate::metrics::rank_metric;
+use crate::ranking::{Problem, exact_ranks};
+use crate::result::{Cell, ResultSet};
+
+/// The registry folder of a database.
+pub(crate) const REGISTRY: &str = "models";
+/// The lineage file of a registry model.
+pub(crate) const LINEAGE: &str = "mirante_model.json";
+/// Images and captions embedded per batch during validation.
+const VALIDATION_BATCH: usize = 32;
+
+/// Names a registry model may have: they become folder names.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "model name '{name}' must be 1-100 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+/// The registry folder of model `name` in `db`.
+pub(crate) fn registry_path(db: &Database, name: &str) -> PathBuf {
+    db.path().join(REGISTRY).join(name)
+}
+
+fn number(opts: &std::collections::BTreeMap<String, Literal>, key: &str) -> Result<Option<f64>> {
+    match opts.get(key) {
+        None => Ok(None),
+        Some(Literal::Int(i)) => Ok(Some(*i as f64)),
+        Some(Literal::Float(f)) => Ok(Some(*f)),
+        Some(other) => Err(Error::Invalid(format!(
+            "option {key} expects a number, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn count(
+    opts: &std::collections::BTreeMap<String, Literal>,
+    key: &str,
+    min: usize,
+) -> Result<Option<usize>> {
+    match opts.get(key) {
+        None => Ok(None),
+        Some(Literal::Int(i)) if *i >= min as i64 => Ok(Some(*i as usize)),
+        Some(other) => Err(Error::Invalid(format!(
+            "option {key} expects a whole number of at least {min}, got {other}"
+        ))),
+    }
+}
+
+/// The run's settings from `WITH (...)`, with the validation metric.
+fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMetric)> {
+    let opts = options_map(
+        &plan.options,
+        &[
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "warmup_steps",
+            "clip_norm",
+            "accumulation",
+            "loss",
+            "freeze",
+            "seed",
+            "patience",
+            "metric",
+        ],
+    )?;
+    let mut c = FinetuneConfig {
+        progress,
+        ..FinetuneConfig::default()
+    };
+    let defaults = AdamWConfig::default();
+    c.epochs = count(&opts, "epochs", 1)?.unwrap_or(c.epochs);
+    c.batch_size = count(&opts, "batch_size", 2)?.unwrap_or(c.batch_size);
+    c.accumulation = count(&opts, "accumulation", 1)?.unwrap_or(c.accumulation);
+    c.warmup_steps = count(&opts, "warmup_steps", 0)?.unwrap_or(c.warmup_steps);
+    c.patience = count(&opts, "patience", 1)?.unwrap_or(c.patience);
+    c.seed = count(&opts, "seed", 0)?.map_or(c.seed, |s| s as u64);
+    c.optimiser.lr = number(&opts, "lr")?.unwrap_or(defaults.lr);
+    c.optimiser.weight_decay = number(&opts, "weight_decay")?.unwrap_or(defaults.weight_decay);
+    if !(c.optimiser.lr > 0.0 && c.optimiser.lr.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "option lr must be a positive number, got {}",
+            c.optimiser.lr
+        )));
+    }
+    if let Some(clip) = number(&opts, "clip_norm")? {
+        c.clip_norm = (clip > 0.0).then_some(clip);
+    }
+    if let Some(v) = opts.get("loss") {
+        c.loss = Some(match string_option(v, "loss")?.as_str() {
+            "infonce" | "clip" => Loss::InfoNce,
+            "sigmoid" | "siglip" => Loss::Sigmoid,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "option loss is 'infonce' or 'sigmoid', got '{other}'"
+                )));
+            }
+        });
+    }
+    if let Some(v) = opts.get("freeze") {
+        let s = string_option(v, "freeze")?;
+        c.freeze = Freeze::parse(&s).ok_or_else(|| {
+            Error::Invalid(format!(
+                "option freeze is 'none', 'vision', 'text' or 'towers' (only the projections \
+                 train), got '{s}'"
+            ))
+        })?;
+    }
+    let metric = match opts.get("metric") {
+        Some(v) => string_option(v, "metric")?
+            .parse::<EvalMetric>()
+            .map_err(Error::Invalid)?,
+        None => EvalMetric::Recall(1),
+    };
+    Ok((c, metric))
+}
+
+/// The pairs of the rows that pass `filter` and have an image and captions, preprocessed for
+/// `model` (images decoded in parallel).
+fn pairs(
+    db: &Database,
+    collection: &str,
+    filter: Option<&mirante_query::Predicate>,
+    model: &Trainable,
+) -> Result<PairData> {
+    let snap = db.snapshot()?;
+    let mut rows: Vec<(String, Vec<u8>, Vec<String>)> = Vec::new();
+    let keep = filter.map(row_filter);
+    snap.scan(collection, None, |row: RowRef<'_>| {
+        if keep.as_ref().is_none_or(|f| f(&row))
+            && let Some(bytes) = row.image_bytes()
+            && row.text_count() > 0
+        {
+            rows.push((
+                row.image_source().unwrap_or("").to_string(),
+                bytes.to_vec(),
+                row.texts().map(str::to_string).collect(),
+            ));
+        }
+        Ok(())
+    })?;
+    let images: Vec<Vec<f32>> = rows
+        .par_iter()
+        .map(|(source, bytes, _)| model.encoder.pixels(bytes, source))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut data = PairData {
+        images,
+        ..PairData::default()
+    };
+    for (_, _, texts) in &rows {
+        let mut mine = Vec::with_capacity(texts.len());
+        for t in texts {
+            mine.push(data.captions.len());
+            data.captions.push(model.encoder.tokenizer.encode(t)?.ids);
+        }
+        data.pairs.push(mine);
+    }
+    Ok(data)
+}
+
+/// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
+fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
+    let mut images = Vec::with_capacity(data.images.len());
+    for chunk in data.images.chunks(VALIDATION_BATCH) {
+        images.extend(model.encoder.embed_pixels(chunk)?);
+    }
+    let mut texts = Vec::with_capacity(data.captions.len());
+    for chunk in data.captions.chunks(VALIDATION_BATCH) {
+        texts.extend(model.encoder.embed_token_ids(chunk)?);
+    }
+    let mut gold = vec![None; texts.len()];
+    for (image, captions) in data.pairs.iter().enumerate() {
+        for &c in captions {
+            gold[c] = Some(image as u32);
+        }
+    }
+    let ranks = exact_ranks(&Problem {
+        texts: texts.iter().map(Vec::as_slice).collect(),
+        images: images.iter().map(Vec::as_slice).collect(),
+        gold,
+    });
+    Ok(match metric {
+        EvalMetric::MeanSimilarity => ranks.matching.value(),
+        m => rank_metric(m, ranks.text_queries().into_iter()),
+    })
+}
+
+/// `FINETUNE`: trains `base` on the collection's pairs and registers the best weights as
+/// `name`.
+pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
+    check_name(&plan.name)?;
+    let target = registry_path(db, &plan.name);
+    if target.exists() {
+        return Err(Error::Invalid(format!(
+            "model '{}' already exists in this database; DROP MODEL '{}' first or pick another name",
+            plan.name, plan.name
+        )));
+    }
+    let (config, metric) = config(plan, db.options.progress)?;
+    let key = db.models.key(&plan.base)?;
+    let folder = mirante_training::resolve_model(&key)?;
+    let model = Trainable::load(&folder, &db.options.device)?;
+    let base_fingerprint = model.encoder.fingerprint()?;
+    let version = db.snapshot()?.version();
+    let train = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    if train.images.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} training rows with an image and captions in {}; fine-tuning needs at least 2",
+            train.images.len(),
+            plan.collection
+        )));
+    }
+    let validation = match &plan.validate {
+        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model)?),
+        None => None,
+    };
+    // Written under a temporary name and renamed when complete: a crash leaves no half model.
+    let registry = db.path().join(REGISTRY);
+    std::fs::create_dir_all(&registry).map_err(|e| Error::io(&registry, e))?;
+    let partial = registry.join(format!(".partial-{}", plan.name));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    let report = finetune(&model, &train, &config, &partial, |m| match &validation {
+        Some(v) => score(m, v, metric).map_err(|e| {
+            mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
+        }),
+        None => Ok(None),
+    })?;
+    let lineage = serde_json::json!({
+        "name": plan.name,
+        "family": model.encoder.model.family(),
+        "base": key,
+        "base_fingerprint": base_fingerprint,
+        "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "collection": plan.collection,
+        "version": version,
+        "train_rows": train.images.len(),
+        "train_captions": train.captions.len(),
+        "validation_rows": validation.as_ref().map(|v| v.images.len()),
+        "options": plan.options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        "metric": metric.to_string(),
+        "best_epoch": report.best_epoch,
+        "best_validation": report.best_validation,
+        "stopped_early": report.stopped_early,
+        "epochs": report.epochs.iter().map(|e| serde_json::json!({
+            "epoch": e.epoch,
+            "loss": e.mean_loss,
+            "validation": e.validation,
+            "samples_per_second": e.samples_per_second,
+        })).collect::<Vec<_>>(),
+    });
+    let lineage_path = partial.join(LINEAGE);
+    std::fs::write(
+        &lineage_path,
+        serde_json::to_string_pretty(&lineage).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&lineage_path, e))?;
+    std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
+
+    let mut out = ResultSet::new(
+        [
+            "epoch",
+            "loss",
+            metric.to_string().as_str(),
+            "samples_per_s",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for e in &report.epochs {
+        out.rows.push(vec![
+            Cell::Int(e.epoch as i64),
+            Cell::Float(e.mean_loss),
+            e.validation.map_or(Cell::Null, Cell::Float),
+            Cell::Float(e.samples_per_second),
+        ]);
+    }
+    let kept = if report.best_epoch == 0 {
+        "no epoch beat the base model, so its weights were kept".to_string()
+    } else {
+        format!("kept epoch {}", report.best_epoch)
+    };
+    out.status = Some(format!(
+        "fine-tuned {} on {} rows of {} as '{}' ({kept}{}); embed with EMBED {} USING MODEL '{}'",
+        plan.base,
+        train.images.len(),
+        plan.collection,
+        plan.name,
+        report
+            .best_validation
+            .map(|v| format!(", validation {metric} {v:.4}"))
+            .unwrap_or_default(),
+        plan.collection,
+        plan.name
+    ));
+    Ok(out)
+}
+
+/// `DROP MODEL`: refused while a collection embeds with it.
+pub(crate) fn drop_model(db: &Database, name: &str) -> Result<ResultSet> {
+    check_name(name)?;
+    let path = registry_path(db, name);
+    if !path.join(LINEAGE).is_file() {
+        return Err(Error::Invalid(format!(
+            "model '{name}' is not in this database's registry"
+        )));
+    }
+    let key = db.models.key(name)?;
+    let snap = db.snapshot()?;
+    for c in snap.collections() {
+        for active in [c.active_image, c.active_text].into_iter().flatten() {
+            if c.space(active)?.spec.model_id == key {
+                return Err(Error::Invalid(format!(
+                    "collection {} embeds with model '{name}'; switch it to another model first",
+                    c.name
+                )));
+            }
+        }
+    }
+    std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(ResultSet::status(format!("dropped model {name}")))
+}
+
+/// `EXPORT MODEL`: the checkpoint files (Hugging Face layout, lineage included) copied out.
+pub(crate) fn export_model(db: &Database, name: &str, folder: &str) -> Result<ResultSet> {
+    check_name(name)?;
+    let from = registry_path(db, name);
+    if !from.join(LINEAGE).is_file() {
+        return Err(Error::Invalid(format!(
+            "model '{name}' is not in this database's registry"
+        )));
+    }
+    let to = Path::new(folder);
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&from).map_err(|e| Error::io(&from, e))? {
+        let entry = entry.map_err(|e| Error::io(&from, e))?;
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target).map_err(|e| Error::io(&target, e))?;
+        files += 1;
+    }
+    Ok(ResultSet::status(format!(
+        "exported model {name} to {folder} ({files} files)"
+    )))
+}
