@@ -381,6 +381,16 @@ fn model_spaces(db: &Database, c: &CollectionMeta, locator: Option<&str>) -> Res
     })
 }
 
+/// The (image, text) spaces of a named model in a collection (see `model_spaces`).
+pub(crate) fn spaces_of(
+    db: &Database,
+    c: &CollectionMeta,
+    model: &str,
+) -> Result<(SpaceId, SpaceId)> {
+    let m = model_spaces(db, c, Some(model))?;
+    Ok((m.image, m.text))
+}
+
 /// The segment columns of one space, loaded for the segments that hold evaluated rows.
 fn columns(
     c: &CollectionMeta,

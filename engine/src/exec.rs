@@ -156,7 +156,13 @@ fn statement(db: &Database, stmt: Statement) -> Result<ResultSet> {
                 collection.value
             )))
         }
-        Statement::Embed { collection, model } => embed(db, &collection.value, model.as_deref()),
+        Statement::Embed { collection, model } => {
+            embed(db, &collection.value, model.as_deref(), false)
+        }
+        Statement::Reembed { collection, model } => {
+            embed(db, &collection.value, Some(&model), true)
+        }
+        Statement::SetModel { collection, model } => set_model(db, &collection.value, &model),
         Statement::Compact { collection } => {
             let r = db.writer()?.compact(&collection.value, true)?;
             Ok(ResultSet::status(format!(
@@ -785,8 +791,12 @@ fn import(
     })
 }
 
-/// `EMBED`: registers the model's spaces and embeds every segment that lacks them.
-fn embed(db: &Database, collection: &str, model: Option<&str>) -> Result<ResultSet> {
+/// `EMBED` (`switch` false): registers the model's spaces, embeds every segment that lacks
+/// them, and makes them active only where the collection had no model. `REEMBED` (`switch`
+/// true): the same, then switches both spaces to the new model in one commit. Segments are
+/// committed one by one, so a killed job resumes where it stopped; until the switch, searches
+/// use the old model.
+fn embed(db: &Database, collection: &str, model: Option<&str>, switch: bool) -> Result<ResultSet> {
     let snap = db.snapshot()?;
     let c = snap.collection(collection)?;
     let model = match model {
@@ -799,23 +809,59 @@ fn embed(db: &Database, collection: &str, model: Option<&str>) -> Result<ResultS
     };
     let mut w = db.writer()?;
     let mut segments = 0;
+    let mut activate = Vec::new();
     for modality in [Modality::Image, Modality::Text] {
-        let activate = match modality {
+        let had_none = match modality {
             Modality::Image => c.active_image.is_none(),
             Modality::Text => c.active_text.is_none(),
         };
         let space = w.add_space(collection, model.space(modality), false)?;
-        segments += w.embed(collection, space, activate, |seg| {
+        segments += w.embed(collection, space, false, |seg| {
             embed_segment(db, &model, seg, modality).map_err(|e| match e {
                 Error::Storage(s) => s,
                 other => storage::Error::InvalidArgument(other.to_string()),
             })
         })?;
+        if switch || had_none {
+            activate.push(space);
+        }
+    }
+    if !activate.is_empty() {
+        w.activate_spaces(collection, &activate)?;
     }
     Ok(ResultSet::status(format!(
-        "embedded {segments} segment column{} of {collection} with {}",
+        "embedded {segments} segment column{} of {collection} with {}{}",
         plural(segments),
-        model.key
+        model.key,
+        if switch {
+            format!("; {collection} now searches with it")
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// `ALTER COLLECTION c SET MODEL 'm'`: activates the model's spaces (every segment must hold
+/// their vectors) in one commit; the previous model's vectors stay until `VACUUM`.
+fn set_model(db: &Database, collection: &str, model: &str) -> Result<ResultSet> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(collection)?;
+    let (image, text) = crate::evaluate::spaces_of(db, c, model)?;
+    let missing = c
+        .segments
+        .iter()
+        .filter(|s| s.column(image).is_none() || s.column(text).is_none())
+        .count();
+    if missing > 0 {
+        return Err(Error::Invalid(format!(
+            "{missing} segment{} of {collection} lack vectors from {model}; compute them with \
+             REEMBED {collection} USING MODEL '{model}'",
+            plural(missing)
+        )));
+    }
+    db.writer()?.activate_spaces(collection, &[image, text])?;
+    Ok(ResultSet::status(format!(
+        "{collection} now searches with {model}"
     )))
 }
 

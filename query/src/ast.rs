@@ -356,6 +356,18 @@ pub enum Statement {
         collection: Name,
         model: Option<String>,
     },
+    /// `REEMBED c USING MODEL 'm'`: embeds every segment with `m` and switches the collection
+    /// to it in one commit.
+    Reembed {
+        collection: Name,
+        model: String,
+    },
+    /// `ALTER COLLECTION c SET MODEL 'm'`: switches back (or forth) to a model whose vectors
+    /// every segment already holds.
+    SetModel {
+        collection: Name,
+        model: String,
+    },
     Compact {
         collection: Name,
     },

@@ -375,6 +375,14 @@ impl Binder<'_> {
                 collection: ref name,
                 ..
             }
+            | Statement::Reembed {
+                collection: ref name,
+                ..
+            }
+            | Statement::SetModel {
+                collection: ref name,
+                ..
+            }
             | Statement::Compact {
                 collection: ref name,
             }

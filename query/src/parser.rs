@@ -30,6 +30,8 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "DROP MODEL",
     "EXPORT MODEL",
     "EMBED",
+    "REEMBED",
+    "ALTER COLLECTION",
     "COMPACT",
     "VACUUM",
     "EXPLAIN",
@@ -37,6 +39,7 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
 
 /// Every keyword of the language (for REPL completion).
 pub const KEYWORDS: &[&str] = &[
+    "ALTER",
     "AND",
     "ARRAY",
     "AS",
@@ -82,9 +85,11 @@ pub const KEYWORDS: &[&str] = &[
     "OFFSET",
     "ON",
     "OR",
+    "REEMBED",
     "ROW",
     "SEARCH",
     "SELECT",
+    "SET",
     "SHOW",
     "SKIP",
     "TEXT",
@@ -410,6 +415,28 @@ impl StatementParser<'_> {
                 let collection = self.name("a collection name")?;
                 let model = self.using_model()?;
                 Ok(Statement::Embed { collection, model })
+            }
+            "REEMBED" => {
+                self.p.next_token();
+                let collection = self.name("a collection name")?;
+                let model = self.using_model()?.ok_or_else(|| {
+                    Error::syntax(
+                        "REEMBED needs the new model: REEMBED <collection> USING MODEL '<model>'",
+                        self.here(),
+                    )
+                })?;
+                Ok(Statement::Reembed { collection, model })
+            }
+            "ALTER" => {
+                self.p.next_token();
+                self.expect_word("COLLECTION")?;
+                let collection = self.name("a collection name")?;
+                self.expect_word("SET")?;
+                self.expect_word("MODEL")?;
+                Ok(Statement::SetModel {
+                    collection,
+                    model: self.string("a model name, folder or Hub id")?,
+                })
             }
             "COMPACT" => {
                 self.p.next_token();
@@ -1307,6 +1334,26 @@ mod tests {
                 name: "clip-art".into(),
                 folder: "/tmp/x".into()
             }
+        );
+        assert_eq!(
+            one("REEMBED images USING MODEL 'clip-art'"),
+            Statement::Reembed {
+                collection: Name {
+                    value: "images".into(),
+                    pos: Pos { line: 1, column: 9 }
+                },
+                model: "clip-art".into()
+            }
+        );
+        assert!(matches!(
+            one("ALTER COLLECTION images SET MODEL 'base'"),
+            Statement::SetModel { .. }
+        ));
+        assert!(
+            parse("REEMBED images")
+                .unwrap_err()
+                .to_string()
+                .contains("needs the new model")
         );
         assert!(
             parse("FINETUNE MODEL 'b' ON c WITH (epochs = 1)")

@@ -228,15 +228,6 @@ impl Writer {
         Ok(id)
     }
 
-    /// Makes `space` the active space of its modality (the switch is one commit).
-    pub fn activate_space(&mut self, collection: &str, space: SpaceId) -> Result<u64> {
-        let mut next = self.manifest.clone();
-        let c = next.collection_mut(collection)?;
-        let modality = c.space(space)?.spec.modality;
-        set_active(c, modality, space);
-        self.commit(next, format!("activate space {space} of {collection}"))
-    }
-
     /// Appends rows with optional embeddings (per space: one vector per row for image spaces, one
     /// per caption, in row order, for text spaces) as one new segment. Returns the assigned ids.
     /// Everything is validated before anything is written.
@@ -319,9 +310,11 @@ impl Writer {
         Ok(ids)
     }
 
-    /// Computes vectors in `space` for every segment that lacks them, with `embed` returning the
-    /// segment's vectors (all its items, deleted rows included, in order). One commit for all
-    /// segments; with `activate`, the same commit makes `space` active.
+    /// Computes space `space`'s vectors for every segment of `collection` that lacks them,
+    /// committing each segment as it is done (a new space's columns are invisible to searches
+    /// until the space is activated), so a job killed half-way keeps its finished segments and
+    /// the next run resumes after them. With `activate`, a last commit makes the space active.
+    /// Returns how many segments were embedded.
     pub fn embed(
         &mut self,
         collection: &str,
@@ -332,32 +325,57 @@ impl Writer {
         let snap = self.snapshot();
         let c = snap.collection(collection)?;
         let spec = c.space(space)?.spec.clone();
-        let mut next = self.manifest.clone();
-        let mut updated = Vec::new();
+        let mut count = 0;
         for meta in c.segments.iter().filter(|s| s.column(space).is_none()) {
             let view = snap.segment(c, meta)?;
             let items = meta.items(spec.modality) as usize;
             let vectors = checked_vectors(&spec, space, items, &embed(&view)?)?;
+            let mut next = self.manifest.clone();
             let entry = self.write_column(&mut next, &c.index, &spec, space, vectors)?;
-            updated.push((meta.id, entry));
-        }
-        let count = updated.len();
-        let nc = next.collection_mut(collection)?;
-        for (seg_id, entry) in updated {
-            if let Some(seg) = nc.segments.iter_mut().find(|s| s.id == seg_id) {
-                seg.columns.push(entry);
-            }
-        }
-        if activate {
-            set_active(nc, spec.modality, space);
-        }
-        if count > 0 || activate {
+            // The segment may have been merged away by another handle's commit: then its rows
+            // live on in the merged segment, which a later run embeds.
+            let Some(seg) = next
+                .collection_mut(collection)?
+                .segments
+                .iter_mut()
+                .find(|s| s.id == meta.id)
+            else {
+                continue;
+            };
+            seg.columns.push(entry);
             self.commit(
                 next,
-                format!("embed {count} segments of {collection} in space {space}"),
+                format!("embed segment {} of {collection} in space {space}", meta.id),
             )?;
+            count += 1;
+        }
+        if activate {
+            self.activate_spaces(collection, &[space])?;
         }
         Ok(count)
+    }
+
+    /// Makes `spaces` the active spaces of their modalities in one commit (readers see all the
+    /// old ones or all the new ones). Every live segment must hold their vectors.
+    pub fn activate_spaces(&mut self, collection: &str, spaces: &[SpaceId]) -> Result<u64> {
+        let mut next = self.manifest.clone();
+        let c = next.collection_mut(collection)?;
+        for &space in spaces {
+            let modality = c.space(space)?.spec.modality;
+            if let Some(seg) = c.segments.iter().find(|s| s.column(space).is_none()) {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {} of {collection} has no vectors in space {space}; embed it before \
+                     activating the space",
+                    seg.id
+                )));
+            }
+            set_active(c, modality, space);
+        }
+        let list: Vec<String> = spaces.iter().map(ToString::to_string).collect();
+        self.commit(
+            next,
+            format!("activate spaces {} of {collection}", list.join(", ")),
+        )
     }
 
     /// Deletes rows by id; unknown or already deleted ids are ignored. Returns how many rows

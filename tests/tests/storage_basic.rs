@@ -226,6 +226,73 @@ fn opening_garbage_is_an_error() {
 }
 
 #[test]
+fn embedding_resumes_after_a_failure_and_activation_needs_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path()).unwrap();
+    let mut w = db.writer().unwrap();
+    w.create_collection("c", test_schema(), IndexSpec::default())
+        .unwrap();
+    for range in [1..=3u64, 4..=6] {
+        w.append("c", range.map(keyed_row).collect(), &[]).unwrap();
+    }
+    let segments = db
+        .snapshot()
+        .unwrap()
+        .collection("c")
+        .unwrap()
+        .segments
+        .len();
+    assert_eq!(segments, 2);
+    let space = w.add_space("c", space(Modality::Image, 4), false).unwrap();
+    let vectors = |seg: &mirante::storage::SegmentView<'_>| -> mirante::storage::Result<Vec<f32>> {
+        Ok((0..seg.len())
+            .flat_map(|i| int_vector(seg.row(i).id(), 7, 4))
+            .collect())
+    };
+    // The job dies on the second segment: the first one's vectors are committed.
+    let mut calls = 0;
+    let err = w
+        .embed("c", space, true, |seg| {
+            calls += 1;
+            if calls == 2 {
+                return Err(Error::InvalidArgument("killed".into()));
+            }
+            vectors(seg)
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("killed"));
+    let snap = db.snapshot().unwrap();
+    let c = snap.collection("c").unwrap();
+    assert_eq!(
+        c.segments
+            .iter()
+            .filter(|s| s.column(space).is_some())
+            .count(),
+        1
+    );
+    assert_eq!(c.active(Modality::Image), None, "not switched half-way");
+    // Activating now would mix embedded and unembedded segments: refused.
+    assert!(w.activate_spaces("c", &[space]).is_err());
+    // The rerun embeds only the segment left, then switches.
+    let mut rerun = 0;
+    let done = w
+        .embed("c", space, true, |seg| {
+            rerun += 1;
+            vectors(seg)
+        })
+        .unwrap();
+    assert_eq!((done, rerun), (1, 1));
+    let snap = db.snapshot().unwrap();
+    assert_eq!(
+        snap.collection("c").unwrap().active(Modality::Image),
+        Some(space)
+    );
+    // Both segments answer in the new space.
+    let q = int_vector(5, 7, 4);
+    assert_eq!(snap.search("c", space, &q, 10, None).unwrap()[0].len(), 6);
+}
+
+#[test]
 fn embed_new_space_switch_active_reindex_and_drop() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::create(dir.path()).unwrap();
@@ -259,8 +326,8 @@ fn embed_new_space_switch_active_reindex_and_drop() {
     assert!(segments >= 1);
     assert_eq!(
         w.version(),
-        before + 1,
-        "vectors and the switch are one commit"
+        before + segments as u64 + 1,
+        "one commit per segment (so a killed job resumes), then the switch"
     );
     let snap = db.snapshot().unwrap();
     assert_eq!(
