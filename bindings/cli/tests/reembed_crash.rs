@@ -1,0 +1,221 @@
+//! `REEMBED` killed with SIGKILL half-way: the collection stays on one model (never a mix of
+//! image vectors from one model and text vectors from another), the next run resumes from the
+//! segments already committed, and the result equals the old model's when the weights are equal.
+//! `MIRANTE_REEMBED_KILLS` sets how many kills (default 3).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirante");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn sql_as(db: &Path, statements: &str, format: &str) -> Output {
+    Command::new(BIN)
+        .arg("sql")
+        .arg(db)
+        .arg(statements)
+        .args(["--format", format])
+        .output()
+        .unwrap()
+}
+
+fn sql(db: &Path, statements: &str) -> Output {
+    sql_as(db, statements, "json")
+}
+
+fn ok(db: &Path, statements: &str) -> String {
+    let out = sql(db, statements);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{statements}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The model paths of the collection's active image and text spaces, from `DESCRIBE`'s status
+/// line ("embedding spaces: image <model> (dim 24, active); text <model> (dim 24, active); ...").
+fn active_models(db: &Path) -> Vec<String> {
+    let out = sql_as(db, "DESCRIBE images", "table");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &err;
+    let spaces = text
+        .split("embedding spaces: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no spaces in {text}"));
+    spaces
+        .lines()
+        .next()
+        .unwrap()
+        .split("; ")
+        .filter(|s| s.contains(", active)"))
+        .map(|s| {
+            let s = s.split_once(' ').unwrap().1;
+            s[..s.rfind(" (dim").unwrap()].to_string()
+        })
+        .collect()
+}
+
+/// Committed versions of the database (one manifest each).
+fn versions(db: &Path) -> usize {
+    std::fs::read_dir(db.join("_versions")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn reembed_killed_half_way_keeps_one_model_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let base = repo().join("training/tests/fixtures/clip-tiny");
+    // The same weights in another folder: another model name, equal embeddings.
+    let copy = tmp.path().join("clip-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(base.join(f), copy.join(f)).unwrap();
+    }
+    // 4 imports of 300 rows (full-size photographs repeated): 4 segments to re-embed, a few
+    // seconds of decoding, so that the kills land before, during and after the job.
+    let photos = repo().join("training/tests/fixtures/images");
+    let mut csv = String::from("image,text\n");
+    let names = [
+        "camera.png",
+        "chelsea.png",
+        "horse.png",
+        "logo.png",
+        "rocket.jpg",
+    ];
+    for i in 0..300 {
+        let name = names[i % names.len()];
+        csv.push_str(&format!(
+            "{},photo {i} of {name}\n",
+            photos.join(name).display()
+        ));
+    }
+    let rows = tmp.path().join("rows.csv");
+    std::fs::write(&rows, csv).unwrap();
+    let import = format!("IMPORT INTO images FROM '{}';", rows.display());
+    ok(
+        &db,
+        &format!(
+            "CREATE COLLECTION images WITH (model = '{}'); {}",
+            base.display(),
+            import.repeat(4)
+        ),
+    );
+    let base_key = base.canonicalize().unwrap().display().to_string();
+    let copy_key = copy.canonicalize().unwrap().display().to_string();
+    assert_eq!(active_models(&db), [base_key.clone(), base_key.clone()]);
+    let evaluate = "EVALUATE recall@1, mrr ON images DIRECTION image_to_text";
+    let metrics = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["recall@1"].as_f64().unwrap(), v["mrr"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let before = metrics(&ok(&db, evaluate));
+
+    let reembed = format!("REEMBED images USING MODEL '{}'", copy.display());
+    let kills: usize = std::env::var("MIRANTE_REEMBED_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut switched = false;
+    for k in 0..kills {
+        let mut child = Command::new(BIN)
+            .arg("sql")
+            .arg(&db)
+            .arg(&reembed)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed right after the run's second commit (its space registration, then one
+        // segment's vectors), so each run leaves progress behind, however slow the machine.
+        let start = versions(&db);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while versions(&db) < start + 2 && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let active = active_models(&db);
+        assert_eq!(active.len(), 2);
+        assert_eq!(
+            active[0], active[1],
+            "image and text spaces from different models"
+        );
+        switched = active[0] == copy_key;
+        eprintln!("kill {k}: active model {}", active[0]);
+        if switched {
+            break;
+        }
+        assert_eq!(active[0], base_key);
+    }
+    // The rerun finishes; segments committed before the kills are not embedded again. Readers
+    // run searches meanwhile: with equal weights every answer must be the same, whichever
+    // model is active when it runs.
+    let search = "SEARCH images BY TEXT 'a photo of a cat' LIMIT 5";
+    let baseline = ok(&db, search);
+    let mut child = Command::new(BIN)
+        .arg("sql")
+        .arg(&db)
+        .arg(&reembed)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reads = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert_eq!(ok(&db, search), baseline, "a reader saw other results");
+        reads += 1;
+    }
+    let finished = child.wait_with_output().unwrap();
+    eprintln!("{reads} searches ran during the re-embed");
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let out = String::from_utf8_lossy(&finished.stdout).to_string();
+    let done: usize = out
+        .split("embedded ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    eprintln!("the rerun embedded {done} of 8 segment columns");
+    assert!(done <= 8 - kills.min(8), "{out}");
+    if switched {
+        assert_eq!(done, 0, "{out}");
+    }
+    assert_eq!(active_models(&db), [copy_key.clone(), copy_key]);
+    // Equal weights, equal metrics: nothing was lost or mixed.
+    assert_eq!(metrics(&ok(&db, evaluate)), before);
+    // Switching back is one statement.
+    ok(
+        &db,
+        &format!("ALTER COLLECTION images SET MODEL '{}'", base.display()),
+    );
+    assert_eq!(active_models(&db), [base_key.clone(), base_key]);
+}
