@@ -977,9 +977,13 @@ fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
                 dim,
                 base: s("base"),
                 trained_on: format!(
-                    "{} version {} ({} rows, {} {})",
+                    "{} version {}{} ({} rows, {} {})",
                     s("collection"),
                     json["version"],
+                    json["filter"]
+                        .as_str()
+                        .map(|f| format!(" WHERE {f}"))
+                        .unwrap_or_default(),
                     json["train_rows"],
                     s("metric"),
                     json["best_validation"]

@@ -74,7 +74,7 @@ fn count(
 }
 
 /// The run's settings from `WITH (...)`, with the validation metric.
-fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMetric)> {
+fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMetric, bool)> {
     let opts = options_map(
         &plan.options,
         &[
@@ -90,6 +90,7 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
             "seed",
             "patience",
             "metric",
+            "hard_negatives",
         ],
     )?;
     let mut c = FinetuneConfig {
@@ -134,13 +135,22 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
             ))
         })?;
     }
+    let hard_negatives = match opts.get("hard_negatives") {
+        None => false,
+        Some(Literal::Bool(b)) => *b,
+        Some(other) => {
+            return Err(Error::Invalid(format!(
+                "option hard_negatives expects true or false, got {other}"
+            )));
+        }
+    };
     let metric = match opts.get("metric") {
         Some(v) => string_option(v, "metric")?
             .parse::<EvalMetric>()
             .map_err(Error::Invalid)?,
         None => EvalMetric::Recall(1),
     };
-    Ok((c, metric))
+    Ok((c, metric, hard_negatives))
 }
 
 /// The pairs of the rows that pass `filter` and have an image and captions, preprocessed for
@@ -186,16 +196,46 @@ fn pairs(
     Ok(data)
 }
 
-/// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
-fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
-    let mut images = Vec::with_capacity(data.images.len());
-    for chunk in data.images.chunks(VALIDATION_BATCH) {
+/// Embeddings of preprocessed images with the model's current weights, in batches.
+fn embed_images(model: &Trainable, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    let mut images = Vec::with_capacity(pixels.len());
+    for chunk in pixels.chunks(VALIDATION_BATCH) {
         images.extend(model.encoder.embed_pixels(chunk)?);
     }
+    Ok(images)
+}
+
+/// Embeddings of `data`'s images and captions with the model's current weights.
+fn embed_all(model: &Trainable, data: &PairData) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let images = embed_images(model, &data.images)?;
     let mut texts = Vec::with_capacity(data.captions.len());
     for chunk in data.captions.chunks(VALIDATION_BATCH) {
         texts.extend(model.encoder.embed_token_ids(chunk)?);
     }
+    Ok((images, texts))
+}
+
+/// Pairs of training images that are each other's nearest neighbour under the base model
+/// (exact scores): the confusable pairs hard-negative batches put together.
+fn mutual_neighbours(model: &Trainable, data: &PairData) -> Result<Vec<(usize, usize)>> {
+    let images = embed_images(model, &data.images)?;
+    let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+    let nearest: Vec<Option<usize>> = crate::ranking::exact_top_k(&refs, &refs, 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, top)| top.into_iter().map(|j| j as usize).find(|&j| j != i))
+        .collect();
+    Ok((0..nearest.len())
+        .filter_map(|i| {
+            let j = nearest[i]?;
+            (i < j && nearest[j] == Some(i)).then_some((i, j))
+        })
+        .collect())
+}
+
+/// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
+fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
+    let (images, texts) = embed_all(model, data)?;
     let mut gold = vec![None; texts.len()];
     for (image, captions) in data.pairs.iter().enumerate() {
         for &c in captions {
@@ -224,13 +264,22 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
             plan.name, plan.name
         )));
     }
-    let (config, metric) = config(plan, db.options.progress)?;
+    let (config, metric, hard_negatives) = config(plan, db.options.progress)?;
     let key = db.models.key(&plan.base)?;
     let folder = mirante_training::resolve_model(&key)?;
     let model = Trainable::load(&folder, &db.options.device)?;
     let base_fingerprint = model.encoder.fingerprint()?;
-    let version = db.snapshot()?.version();
-    let train = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    let snap = db.snapshot()?;
+    let version = snap.version();
+    let schema = &snap.collection(&plan.collection)?.schema;
+    let sql = |p: &Option<mirante_query::Predicate>| {
+        p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
+    };
+    let (train_filter, validate_filter) = (sql(&plan.filter), sql(&plan.validate));
+    let mut train = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    if hard_negatives {
+        train.hard_pairs = mutual_neighbours(&model, &train)?;
+    }
     if train.images.len() < 2 {
         return Err(Error::Invalid(format!(
             "{} training rows with an image and captions in {}; fine-tuning needs at least 2",
@@ -263,8 +312,11 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         "collection": plan.collection,
         "version": version,
+        "filter": train_filter,
+        "validate": validate_filter,
         "train_rows": train.images.len(),
         "train_captions": train.captions.len(),
+        "hard_negative_pairs": hard_negatives.then_some(train.hard_pairs.len()),
         "validation_rows": validation.as_ref().map(|v| v.images.len()),
         "options": plan.options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
         "metric": metric.to_string(),

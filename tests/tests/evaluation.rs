@@ -566,6 +566,26 @@ fn finetune_registers_a_model_that_beats_its_base() {
     );
     mirante::training::DualEncoder::load(&export, &mirante::training::Device::Cpu).unwrap();
 
+    // Hard negatives: batches pair images that are each other's nearest neighbour.
+    let hard = one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 2, batch_size = 2, \
+             hard_negatives = true) AS 'clip-hard'"
+        ),
+    );
+    assert_eq!(hard.rows.len(), 2);
+    let lineage: Json = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("db/models/clip-hard/mirante_model.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    // Six photos: at least one mutual nearest pair exists (the closest two images).
+    assert!(
+        lineage["hard_negative_pairs"].as_u64().unwrap() >= 1,
+        "{lineage}"
+    );
+
     // Names are unique; a model can be dropped while no collection embeds with it.
     let again = db
         .sql(&format!(

@@ -106,6 +106,39 @@ pub struct PairData {
     pub captions: Vec<Vec<u32>>,
     /// Per image, its captions.
     pub pairs: Vec<Vec<usize>>,
+    /// Hard negatives: pairs of images that are each other's nearest neighbour. Each epoch puts
+    /// the two next to each other, so they land in one batch as each other's negatives.
+    pub hard_pairs: Vec<(usize, usize)>,
+}
+
+/// The images of one epoch in batch order: shuffled, with each hard pair kept adjacent.
+pub fn epoch_order(
+    usable: &[usize],
+    hard_pairs: &[(usize, usize)],
+    rng: &mut StdRng,
+) -> Vec<usize> {
+    let mut partner: HashMap<usize, usize> = HashMap::new();
+    for &(a, b) in hard_pairs {
+        if a != b && !partner.contains_key(&a) && !partner.contains_key(&b) {
+            partner.insert(a, b);
+            partner.insert(b, a);
+        }
+    }
+    let wanted: std::collections::HashSet<usize> = usable.iter().copied().collect();
+    // Units: a hard pair (both usable) or a single image, shuffled as units.
+    let mut units: Vec<Vec<usize>> = Vec::new();
+    for &i in usable {
+        match partner.get(&i) {
+            Some(&j) if wanted.contains(&j) => {
+                if i < j {
+                    units.push(vec![i, j]);
+                }
+            }
+            _ => units.push(vec![i]),
+        }
+    }
+    units.shuffle(rng);
+    units.into_iter().flatten().collect()
 }
 
 /// What one epoch did.
@@ -253,8 +286,7 @@ pub fn finetune(
     let mut since_best = 0;
     for epoch in 1..=config.epochs {
         let started = Instant::now();
-        let mut order = usable.clone();
-        order.shuffle(&mut rng);
+        let order = epoch_order(&usable, &data.hard_pairs, &mut rng);
         // One caption per image this epoch.
         let chosen: Vec<(usize, usize)> = order
             .iter()
@@ -403,4 +435,24 @@ pub fn save_checkpoint(model: &Trainable, out: &Path) -> Result<()> {
         std::fs::remove_file(&index).map_err(|e| Error::io(&index, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_pairs_stay_adjacent_and_every_image_comes_once() {
+        let usable: Vec<usize> = (0..10).collect();
+        let hard = [(2, 7), (7, 2), (4, 5), (9, 11)];
+        for seed in 0..20 {
+            let order = epoch_order(&usable, &hard, &mut StdRng::seed_from_u64(seed));
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, usable);
+            let at = |x: usize| order.iter().position(|&y| y == x).unwrap();
+            assert_eq!(at(2).abs_diff(at(7)), 1);
+            assert_eq!(at(4).abs_diff(at(5)), 1);
+        }
+    }
 }
