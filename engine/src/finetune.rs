@@ -205,16 +205,6 @@ fn embed_images(model: &Trainable, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>>
     Ok(images)
 }
 
-/// Embeddings of `data`'s images and captions with the model's current weights.
-fn embed_all(model: &Trainable, data: &PairData) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
-    let images = embed_images(model, &data.images)?;
-    let mut texts = Vec::with_capacity(data.captions.len());
-    for chunk in data.captions.chunks(VALIDATION_BATCH) {
-        texts.extend(model.encoder.embed_token_ids(chunk)?);
-    }
-    Ok((images, texts))
-}
-
 /// Pairs of training images that are each other's nearest neighbour under the base model
 /// (exact scores): the confusable pairs hard-negative batches put together.
 fn mutual_neighbours(model: &Trainable, data: &PairData) -> Result<Vec<(usize, usize)>> {
@@ -235,7 +225,11 @@ fn mutual_neighbours(model: &Trainable, data: &PairData) -> Result<Vec<(usize, u
 
 /// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
 fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
-    let (images, texts) = embed_all(model, data)?;
+    let images = embed_images(model, &data.images)?;
+    let mut texts = Vec::with_capacity(data.captions.len());
+    for chunk in data.captions.chunks(VALIDATION_BATCH) {
+        texts.extend(model.encoder.embed_token_ids(chunk)?);
+    }
     let mut gold = vec![None; texts.len()];
     for (image, captions) in data.pairs.iter().enumerate() {
         for &c in captions {
