@@ -172,26 +172,6 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
     base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
 }
 
-/// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
-fn clip_gradients(grads: &mut GradStore, vars: &[candle_core::Var], max_norm: f64) -> Result<f64> {
-    let mut sum = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v) {
-            sum += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-    }
-    let norm = sum.sqrt();
-    if norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for v in vars {
-            if let Some(g) = grads.remove(v) {
-                grads.insert(v, (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
-}
-
 /// Adds the gradients of `other` into `total`.
 fn accumulate(
     total: &mut Option<GradStore>,
@@ -319,11 +299,15 @@ pub fn finetune(
                 loss_count += 1;
                 accumulate(&mut grads, loss.backward()?, &vars)?;
             }
-            let Some(mut grads) = grads else { continue };
-            if let Some(max) = config.clip_norm {
-                clip_gradients(&mut grads, &vars, max)?;
-            }
-            optimiser.step(&grads)?;
+            let Some(grads) = grads else { continue };
+            let scale = match config.clip_norm {
+                Some(max) => {
+                    let norm = optimiser.gradient_norm(&grads)?;
+                    if norm > max { max / (norm + 1e-6) } else { 1.0 }
+                }
+                None => 1.0,
+            };
+            optimiser.step_scaled(&grads, scale)?;
             step += 1;
             bar.set_message(format!(
                 "epoch {epoch} loss {:.4} lr {:.2e}",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::backprop::GradStore;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, VarMap};
+use candle_nn::VarMap;
 
 use crate::encoder::{DualEncoder, Model};
 use crate::error::{Error, Result};
@@ -273,13 +273,36 @@ pub fn decays(name: &str, var: &Var) -> bool {
     var.rank() >= 2 && !name.starts_with("logit_")
 }
 
-/// AdamW over the trainable variables in two groups (with and without weight decay); CLIP's
-/// logit scale is clamped to `[0, ln 100]` after each step, as OpenCLIP does.
+/// One trained variable and its AdamW state, kept as plain vectors (the update is one fused
+/// pass instead of a dozen tensor operations, each allocating a copy of the parameter).
+#[derive(Debug)]
+struct Slot {
+    var: Var,
+    /// The parameter's values (the optimiser is the only writer of trained variables).
+    value: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    decays: bool,
+    /// CLIP's logit scale, clamped to `[0, ln 100]` after each step as OpenCLIP does.
+    clamped: bool,
+}
+
+/// AdamW (decoupled weight decay, PyTorch's formula) over the trainable variables, with weight
+/// decay on matrices only, a global gradient-norm clip, and CLIP's logit-scale clamp.
 #[derive(Debug)]
 pub struct Optimizer {
-    decayed: AdamW,
-    plain: AdamW,
-    clamped_scale: Option<Var>,
+    slots: Vec<Slot>,
+    config: AdamWConfig,
+    lr: f64,
+    steps: i32,
+}
+
+/// Elements per parallel task of the update.
+const UPDATE_CHUNK: usize = 1 << 16;
+
+/// A gradient's values on the CPU, row-major.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl Optimizer {
@@ -289,54 +312,98 @@ impl Optimizer {
         config: AdamWConfig,
         trains: impl Fn(&str) -> bool,
     ) -> Result<Self> {
-        let params = |weight_decay| ParamsAdamW {
-            lr: config.lr,
-            beta1: config.beta1,
-            beta2: config.beta2,
-            eps: config.eps,
-            weight_decay,
-        };
-        let (mut decayed, mut plain) = (Vec::new(), Vec::new());
-        {
-            let vars = model
-                .varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
-            let mut names: Vec<&String> = vars.keys().filter(|n| trains(n)).collect();
-            // A fixed order: the optimiser's state follows it, and runs must be repeatable.
-            names.sort();
-            for name in names {
-                let var = vars[name].clone();
-                if decays(name, &var) {
-                    decayed.push(var);
-                } else {
-                    plain.push(var);
-                }
-            }
+        let vars = model
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+        let mut names: Vec<&String> = vars.keys().filter(|n| trains(n)).collect();
+        // A fixed order: runs must be repeatable.
+        names.sort();
+        let mut slots = Vec::with_capacity(names.len());
+        for name in names {
+            let var = vars[name].clone();
+            let value = values(var.as_tensor())?;
+            slots.push(Slot {
+                decays: decays(name, &var),
+                clamped: name == "logit_scale" && model.loss == Loss::InfoNce,
+                m: vec![0.0; value.len()],
+                v: vec![0.0; value.len()],
+                value,
+                var,
+            });
         }
-        let clamped_scale = match model.loss {
-            Loss::InfoNce if trains("logit_scale") => Some(model.variable("logit_scale")?),
-            _ => None,
-        };
         Ok(Optimizer {
-            decayed: AdamW::new(decayed, params(config.weight_decay))?,
-            plain: AdamW::new(plain, params(0.0))?,
-            clamped_scale,
+            slots,
+            config,
+            lr: config.lr,
+            steps: 0,
         })
     }
 
     pub fn set_learning_rate(&mut self, lr: f64) {
-        self.decayed.set_learning_rate(lr);
-        self.plain.set_learning_rate(lr);
+        self.lr = lr;
+    }
+
+    /// The global L2 norm of the trained variables' gradients.
+    pub fn gradient_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0f64;
+        for slot in &self.slots {
+            if let Some(g) = grads.get(&slot.var) {
+                sum += f64::from(g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            }
+        }
+        Ok(sum.sqrt())
     }
 
     /// One update from the gradients of a loss.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.decayed.step(grads)?;
-        self.plain.step(grads)?;
-        if let Some(scale) = &self.clamped_scale {
-            scale.set(&scale.as_tensor().clamp(0f32, 100f32.ln())?)?;
+        self.step_scaled(grads, 1.0)
+    }
+
+    /// One update from the gradients times `scale` (gradient clipping scales them all).
+    pub fn step_scaled(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
+        use rayon::prelude::*;
+        self.steps += 1;
+        let c = self.config;
+        let lr = self.lr;
+        let (b1, b2) = (c.beta1, c.beta2);
+        let correction1 = 1.0 - b1.powi(self.steps);
+        let correction2 = 1.0 - b2.powi(self.steps);
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(&slot.var) else {
+                continue;
+            };
+            let g = values(g)?;
+            let decay = if slot.decays {
+                1.0 - lr * c.weight_decay
+            } else {
+                1.0
+            };
+            slot.value
+                .par_chunks_mut(UPDATE_CHUNK)
+                .zip(slot.m.par_chunks_mut(UPDATE_CHUNK))
+                .zip(slot.v.par_chunks_mut(UPDATE_CHUNK))
+                .zip(g.par_chunks(UPDATE_CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        let g = f64::from(g[i]) * scale;
+                        let mi = b1 * f64::from(m[i]) + (1.0 - b1) * g;
+                        let vi = b2 * f64::from(v[i]) + (1.0 - b2) * g * g;
+                        m[i] = mi as f32;
+                        v[i] = vi as f32;
+                        let update = (mi / correction1) / ((vi / correction2).sqrt() + c.eps);
+                        p[i] = (f64::from(p[i]) * decay - lr * update) as f32;
+                    }
+                });
+            if slot.clamped {
+                for x in &mut slot.value {
+                    *x = x.clamp(0.0, 100f32.ln());
+                }
+            }
+            let t = Tensor::from_slice(&slot.value, slot.var.shape(), slot.var.device())?
+                .to_dtype(slot.var.dtype())?;
+            slot.var.set(&t)?;
         }
         Ok(())
     }

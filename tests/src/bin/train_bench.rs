@@ -9,6 +9,11 @@
 
 use std::time::Instant;
 
+// Training allocates and frees parameter-sized buffers at every step; glibc's allocator maps and
+// unmaps them each time (page faults, zeroing, TLB shootdowns). mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use mirante::training::Device;
 use mirante::training::finetune::{FinetuneConfig, PairData, finetune};
 use mirante::training::train::{AdamWConfig, Trainable};
