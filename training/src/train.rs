@@ -350,7 +350,12 @@ impl Optimizer {
         let mut sum = 0f64;
         for slot in &self.slots {
             if let Some(g) = grads.get(&slot.var) {
-                sum += f64::from(g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                sum += f64::from(
+                    g.sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F32)?
+                        .to_scalar::<f32>()?,
+                );
             }
         }
         Ok(sum.sqrt())
