@@ -288,6 +288,22 @@ impl StatementParser<'_> {
         Err(self.unexpected(what, &next))
     }
 
+    /// A clause that may appear once: `slot` takes what `parse` reads; a second one is an error
+    /// at `at`.
+    fn once<T>(
+        &mut self,
+        slot: &mut Option<T>,
+        name: &str,
+        at: Pos,
+        parse: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<()> {
+        if slot.is_some() {
+            return Err(Error::syntax(format!("{name} is given twice"), at));
+        }
+        *slot = Some(parse(self)?);
+        Ok(())
+    }
+
     fn expr(&mut self) -> Result<Expr> {
         let end = self.end;
         let e = self.p.parse_expr().map_err(|e| from_sqlparser(e, end))?;
@@ -657,10 +673,9 @@ impl StatementParser<'_> {
                 }
                 Some("WHERE") => {
                     self.p.next_token();
-                    if s.filter.is_some() {
-                        return Err(twice("WHERE"));
-                    }
-                    s.filter = Some(self.expr_until(&SEARCH_CLAUSES)?);
+                    self.once(&mut s.filter, "WHERE", at, |p| {
+                        p.expr_until(&SEARCH_CLAUSES)
+                    })?;
                 }
                 Some("USING") => {
                     if s.model.is_some() {
@@ -670,17 +685,13 @@ impl StatementParser<'_> {
                 }
                 Some("LIMIT") => {
                     self.p.next_token();
-                    if s.limit.is_some() {
-                        return Err(twice("LIMIT"));
-                    }
-                    s.limit = Some(self.uint("the number of results")?);
+                    self.once(&mut s.limit, "LIMIT", at, |p| {
+                        p.uint("the number of results")
+                    })?;
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    if s.into.is_some() {
-                        return Err(twice("INTO"));
-                    }
-                    s.into = Some(self.string("the report's path")?);
+                    self.once(&mut s.into, "INTO", at, |p| p.string("the report's path"))?;
                 }
                 _ => break,
             }
@@ -701,18 +712,16 @@ impl StatementParser<'_> {
             match self.peek_word().as_deref() {
                 Some("WHERE") => {
                     self.p.next_token();
-                    if filter.is_some() {
-                        return Err(twice("WHERE"));
-                    }
-                    filter = Some(self.expr_until(&FINETUNE_CLAUSES)?);
+                    self.once(&mut filter, "WHERE", at, |p| {
+                        p.expr_until(&FINETUNE_CLAUSES)
+                    })?;
                 }
                 Some("VALIDATE") => {
                     self.p.next_token();
                     self.expect_word("WHERE")?;
-                    if validate.is_some() {
-                        return Err(twice("VALIDATE WHERE"));
-                    }
-                    validate = Some(self.expr_until(&FINETUNE_CLAUSES)?);
+                    self.once(&mut validate, "VALIDATE WHERE", at, |p| {
+                        p.expr_until(&FINETUNE_CLAUSES)
+                    })?;
                 }
                 Some("WITH") => {
                     if !options.0.is_empty() {
@@ -767,10 +776,9 @@ impl StatementParser<'_> {
             match self.peek_word().as_deref() {
                 Some("WHERE") => {
                     self.p.next_token();
-                    if e.filter.is_some() {
-                        return Err(twice("WHERE"));
-                    }
-                    e.filter = Some(self.expr_until(&EVALUATE_CLAUSES)?);
+                    self.once(&mut e.filter, "WHERE", at, |p| {
+                        p.expr_until(&EVALUATE_CLAUSES)
+                    })?;
                 }
                 Some("DIRECTION") => {
                     self.p.next_token();
@@ -821,10 +829,7 @@ impl StatementParser<'_> {
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    if e.into.is_some() {
-                        return Err(twice("INTO"));
-                    }
-                    e.into = Some(self.string("the report's path")?);
+                    self.once(&mut e.into, "INTO", at, |p| p.string("the report's path"))?;
                 }
                 _ => break,
             }

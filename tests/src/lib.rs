@@ -187,6 +187,39 @@ pub fn python_peer(script: &str, args: &[&std::ffi::OsStr]) -> Result<serde_json
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// Copies the files of checkpoint folder `from` into `to`: the same weights under another name.
+pub fn copy_model(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Writes a CSV (`image,text`) of `rows` rows cycling through the full-size fixture photographs
+/// (decoding them takes real time), one caption each.
+pub fn photo_rows_csv(path: &std::path::Path, rows: usize) {
+    let photos = repo_root().join("training/tests/fixtures/images");
+    let names = [
+        "camera.png",
+        "chelsea.png",
+        "horse.png",
+        "logo.png",
+        "rocket.jpg",
+    ];
+    let mut csv = String::from("image,text\n");
+    for i in 0..rows {
+        let name = names[i % names.len()];
+        csv.push_str(&format!(
+            "{},photo {i} of {name}\n",
+            photos.join(name).display()
+        ));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
 /// The tiny random-weight CLIP checkpoint the encoder parity tests use (24-d embeddings).
 pub fn tiny_clip() -> std::path::PathBuf {
     repo_root().join("training/tests/fixtures/clip-tiny")

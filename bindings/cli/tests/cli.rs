@@ -4,7 +4,8 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mirante");
+mod common;
+use common::{BIN, repo, sql};
 
 #[test]
 fn walkthrough_then_info() {
@@ -111,23 +112,6 @@ fn embed_prints_reference_embeddings_in_input_order() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the Hugging Face cache"));
-}
-
-fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn sql(db: &std::path::Path, statements: &str, format: &str) -> std::process::Output {
-    Command::new(BIN)
-        .arg("sql")
-        .arg(db)
-        .arg(statements)
-        .args(["--format", format])
-        .output()
-        .unwrap()
 }
 
 #[test]

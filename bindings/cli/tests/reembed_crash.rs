@@ -5,28 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mirante");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn sql_as(db: &Path, statements: &str, format: &str) -> Output {
-    Command::new(BIN)
-        .arg("sql")
-        .arg(db)
-        .arg(statements)
-        .args(["--format", format])
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{BIN, repo, sql as sql_as};
 
 fn sql(db: &Path, statements: &str) -> Output {
     sql_as(db, statements, "json")
@@ -78,36 +62,11 @@ fn reembed_killed_half_way_keeps_one_model_and_resumes() {
     let base = repo().join("training/tests/fixtures/clip-tiny");
     // The same weights in another folder: another model name, equal embeddings.
     let copy = tmp.path().join("clip-copy");
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(base.join(f), copy.join(f)).unwrap();
-    }
+    mirante_tests::copy_model(&base, &copy);
     // 4 imports of 300 rows (full-size photographs repeated): 4 segments to re-embed, a few
     // seconds of decoding, so that the kills land before, during and after the job.
-    let photos = repo().join("training/tests/fixtures/images");
-    let mut csv = String::from("image,text\n");
-    let names = [
-        "camera.png",
-        "chelsea.png",
-        "horse.png",
-        "logo.png",
-        "rocket.jpg",
-    ];
-    for i in 0..300 {
-        let name = names[i % names.len()];
-        csv.push_str(&format!(
-            "{},photo {i} of {name}\n",
-            photos.join(name).display()
-        ));
-    }
     let rows = tmp.path().join("rows.csv");
-    std::fs::write(&rows, csv).unwrap();
+    mirante_tests::photo_rows_csv(&rows, 300);
     let import = format!("IMPORT INTO images FROM '{}';", rows.display());
     ok(
         &db,

@@ -16,7 +16,7 @@ use mirante::Database;
 use mirante::training::{
     DualEncoder, ImageSource, PipelineOptions, default_device, embed_images, embed_texts,
 };
-use mirante_tests::{repo_root, tiny_clip};
+use mirante_tests::tiny_clip;
 
 fn main() {
     let (mut model, mut rows, mut segments) = (tiny_clip(), 2000usize, 4usize);
@@ -35,13 +35,7 @@ fn main() {
     let copies: Vec<PathBuf> = (0..2)
         .map(|k| {
             let copy = tmp.path().join(format!("model-copy-{k}"));
-            std::fs::create_dir_all(&copy).unwrap();
-            for entry in std::fs::read_dir(&model).unwrap() {
-                let entry = entry.unwrap();
-                if entry.path().is_file() {
-                    std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-                }
-            }
+            mirante_tests::copy_model(&model, &copy);
             copy
         })
         .collect();
@@ -54,26 +48,9 @@ fn main() {
         .unwrap();
         start.elapsed()
     };
-    // Full-size photographs, repeated, with one caption each.
-    let photos = repo_root().join("training/tests/fixtures/images");
-    let names = [
-        "camera.png",
-        "chelsea.png",
-        "horse.png",
-        "logo.png",
-        "rocket.jpg",
-    ];
     let per_segment = rows / segments;
-    let mut csv = String::from("image,text\n");
-    for i in 0..per_segment {
-        let name = names[i % names.len()];
-        csv.push_str(&format!(
-            "{},photo {i} of {name}\n",
-            photos.join(name).display()
-        ));
-    }
     let listing = tmp.path().join("rows.csv");
-    std::fs::write(&listing, csv).unwrap();
+    mirante_tests::photo_rows_csv(&listing, per_segment);
     let path = tmp.path().join("db");
     let db = Database::open(&path).unwrap();
     db.sql(&format!(
@@ -89,17 +66,26 @@ fn main() {
 
     // The peer: the same embedding work without storage.
     let encoder = DualEncoder::load(&model, &default_device()).unwrap();
-    let sources: Vec<ImageSource> = (0..total)
-        .map(|i| {
-            let name = names[(i % per_segment) % names.len()];
-            ImageSource::Bytes {
-                source: name.into(),
-                bytes: std::fs::read(photos.join(name)).unwrap(),
-            }
+    // The imported rows, read back from the listing, once per segment.
+    let listed: Vec<(String, String)> = std::fs::read_to_string(&listing)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (image, text) = l.split_once(',').unwrap();
+            (image.to_string(), text.to_string())
         })
         .collect();
-    let texts: Vec<String> = (0..total)
-        .map(|i| format!("photo {} of x", i % per_segment))
+    let sources: Vec<ImageSource> = (0..segments)
+        .flat_map(|_| &listed)
+        .map(|(image, _)| ImageSource::Bytes {
+            source: image.clone(),
+            bytes: std::fs::read(image).unwrap(),
+        })
+        .collect();
+    let texts: Vec<String> = (0..segments)
+        .flat_map(|_| &listed)
+        .map(|(_, text)| text.clone())
         .collect();
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let options = PipelineOptions::default();
