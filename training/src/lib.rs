@@ -1,6 +1,7 @@
 //! Mirante's encoders: CLIP and SigLIP in candle (own forward pass, so that later work such as ELIP can
 //! inject prompt tokens), image preprocessing identical to transformers' PIL backend, and
-//! tokenization through the checkpoint's `tokenizer.json`.
+//! tokenization through the checkpoint's `tokenizer.json`; and training: checkpoints as
+//! variables, the CLIP and SigLIP losses, AdamW and the fine-tuning loop (`train`, `finetune`).
 
 mod clip;
 mod encoder;
