@@ -105,7 +105,7 @@ pub struct Item {
 
 impl Evaluation {
     /// Metric columns in order.
-    fn metric_columns(&self) -> Vec<String> {
+    pub(crate) fn metric_columns(&self) -> Vec<String> {
         self.models
             .first()
             .and_then(|m| m.directions.first())

@@ -149,13 +149,7 @@ pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
         ));
     }
     html.push_str("</div>\n<div class=\"charts\">");
-    let metrics: Vec<String> = e
-        .models
-        .first()
-        .and_then(|m| m.directions.first())
-        .map(|d| d.values.iter().map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default();
-    for (mi, metric) in metrics.iter().enumerate() {
+    for (mi, metric) in e.metric_columns().iter().enumerate() {
         html.push_str(&bar_chart(e, mi, metric));
     }
     html.push_str("</div>\n");

@@ -217,22 +217,8 @@ pub fn finetune(
     let loss_kind = config.loss.unwrap_or(model.loss);
     let size = model.encoder.model.image_size();
     let device = model.encoder.device().clone();
-    let trained: Vec<(String, candle_core::Var)> = {
-        let vars = model
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
-        let mut v: Vec<_> = vars
-            .iter()
-            .filter(|(n, _)| config.freeze.trains(n))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let vars: Vec<candle_core::Var> = trained.iter().map(|(_, v)| v.clone()).collect();
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
+    let vars = optimiser.variables();
     let usable: Vec<usize> = (0..data.images.len())
         .filter(|&i| !data.pairs[i].is_empty())
         .collect();

@@ -345,6 +345,11 @@ impl Optimizer {
         self.lr = lr;
     }
 
+    /// The variables this optimiser trains, in its fixed order.
+    pub fn variables(&self) -> Vec<Var> {
+        self.slots.iter().map(|s| s.var.clone()).collect()
+    }
+
     /// The global L2 norm of the trained variables' gradients.
     pub fn gradient_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sum = 0f64;
