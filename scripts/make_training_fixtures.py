@@ -116,10 +116,33 @@ def finetuned_reference():
     print(folder, "reference written")
 
 
+def default_model_reference():
+    """transformers' reading of Mirante's default model (engine/assets/mirante-shapes-clip): a
+    checkpoint Mirante trained from scratch, with a BPE tokenizer Mirante trained, in f16."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_encoder_fixtures import save_reference
+    from transformers import CLIPImageProcessorPil, CLIPProcessor, CLIPTokenizer
+
+    assets = os.path.join(ROOT, "..", "..", "..", "engine", "assets", "mirante-shapes-clip")
+    out = os.path.join(ROOT, "mirante-shapes-clip-reference")
+    os.makedirs(out, exist_ok=True)
+    # Computed in float32 from the f16 weights, as Mirante does.
+    model = AutoModel.from_pretrained(assets, dtype=torch.float32).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(assets),
+        tokenizer=CLIPTokenizer.from_pretrained(assets),
+    )
+    save_reference(out, model, processor, os.path.join(ROOT, "images"), "clip")
+    print(out, "reference written")
+
+
 def main():
     for name, family in (("clip-tiny", "clip"), ("siglip-tiny", "siglip")):
         step(os.path.join(ROOT, name), family)
     finetuned_reference()
+    default_model_reference()
 
 
 if __name__ == "__main__":

@@ -93,10 +93,13 @@ fn statement(db: &Database, stmt: Statement) -> Result<ResultSet> {
                 None => IndexSpec::new("Flat"),
             };
             // Load the model first: a bad locator must not leave a half-made collection.
-            let model = opts
-                .get("model")
-                .map(|m| db.models.load(&string_option(m, "model")?))
-                .transpose()?;
+            // No model option: the default model; `model = NULL`: no model (rows without
+            // embeddings, or vectors brought by IMPORT).
+            let model = match opts.get("model") {
+                None => Some(db.models.load(crate::models::DEFAULT_MODEL)?),
+                Some(Literal::Null) => None,
+                Some(m) => Some(db.models.load(&string_option(m, "model")?)?),
+            };
             let mut w = db.writer()?;
             w.create_collection(&name.value, schema, index)?;
             if let Some(m) = &model {
@@ -937,11 +940,13 @@ fn show_collections(db: &Database) -> Result<ResultSet> {
     Ok(out)
 }
 
-/// A registry model's lineage: where it came from and what it was trained on.
+/// A registry model's lineage: where it came from, what it was trained on, how, and how well.
 struct Lineage {
     dim: Option<i64>,
     base: String,
     trained_on: String,
+    hyperparameters: String,
+    validation: Option<String>,
 }
 
 fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
@@ -971,13 +976,22 @@ fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
                     .or_else(|| c["vision_config"]["hidden_size"].as_i64())
             });
         let s = |k: &str| json[k].as_str().unwrap_or("?").to_string();
+        let hyperparameters = json["options"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
         out.push((
             key.display().to_string(),
             Lineage {
                 dim,
                 base: s("base"),
                 trained_on: format!(
-                    "{} version {}{} ({} rows, {} {})",
+                    "{} version {}{} ({} rows)",
                     s("collection"),
                     json["version"],
                     json["filter"]
@@ -985,16 +999,26 @@ fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
                         .map(|f| format!(" WHERE {f}"))
                         .unwrap_or_default(),
                     json["train_rows"],
-                    s("metric"),
-                    json["best_validation"]
-                        .as_f64()
-                        .map_or("not validated".into(), |v| format!("{v:.4}"))
                 ),
+                hyperparameters,
+                validation: json["best_validation"]
+                    .as_f64()
+                    .map(|v| format!("{} {v:.4} (epoch {})", s("metric"), json["best_epoch"])),
             },
         ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// A model's family from its checkpoint's config.json, without loading the weights.
+fn model_family(key: &str) -> Cell {
+    crate::models::model_folder(key)
+        .ok()
+        .and_then(|folder| std::fs::read_to_string(folder.join("config.json")).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| config["model_type"].as_str().map(str::to_string))
+        .map_or(Cell::Null, Cell::Str)
 }
 
 fn show_models(db: &Database) -> Result<ResultSet> {
@@ -1025,12 +1049,15 @@ fn show_models(db: &Database) -> Result<ResultSet> {
     let mut out = ResultSet::new(
         [
             "model",
+            "family",
             "dim",
             "fingerprint",
             "collections",
             "active_in",
             "base",
             "trained_on",
+            "hyperparameters",
+            "best_validation",
         ]
         .map(String::from)
         .to_vec(),
@@ -1038,32 +1065,41 @@ fn show_models(db: &Database) -> Result<ResultSet> {
     let registry = registry_models(db);
     let lineage = |model: &str| registry.iter().find(|(k, _)| k == model).map(|(_, l)| l);
     let text = |s: Option<&String>| s.map_or(Cell::Null, |s| Cell::Str(s.clone()));
+    let lineage_cells = |l: Option<&Lineage>| {
+        [
+            text(l.map(|l| &l.base)),
+            text(l.map(|l| &l.trained_on)),
+            text(l.map(|l| &l.hyperparameters)),
+            text(l.and_then(|l| l.validation.as_ref())),
+        ]
+    };
     for ((model, fingerprint), usage) in &models {
-        let l = lineage(model);
-        out.rows.push(vec![
+        let mut row = vec![
             Cell::Str(model.clone()),
+            model_family(model),
             Cell::Int(usage.dim as i64),
             Cell::Str(fingerprint.clone()),
             Cell::List(usage.collections.clone()),
             Cell::List(usage.active_in.clone()),
-            text(l.map(|l| &l.base)),
-            text(l.map(|l| &l.trained_on)),
-        ]);
+        ];
+        row.extend(lineage_cells(lineage(model)));
+        out.rows.push(row);
     }
     // Fine-tuned models no collection embeds with yet.
     for (key, l) in &registry {
         if models.keys().any(|(m, _)| m == key) {
             continue;
         }
-        out.rows.push(vec![
+        let mut row = vec![
             Cell::Str(key.clone()),
+            model_family(key),
             l.dim.map_or(Cell::Null, Cell::Int),
             Cell::Null,
             Cell::List(Vec::new()),
             Cell::List(Vec::new()),
-            Cell::Str(l.base.clone()),
-            Cell::Str(l.trained_on.clone()),
-        ]);
+        ];
+        row.extend(lineage_cells(Some(l)));
+        out.rows.push(row);
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use mirante_query::{EvalMetric, FinetunePlan, Literal};
 use mirante_storage::RowRef;
-use mirante_training::finetune::{FinetuneConfig, Freeze, PairData, finetune};
+use mirante_training::finetune::{FinetuneConfig, Freeze, PairData, TrainImage, finetune};
 use mirante_training::train::{AdamWConfig, Loss, Trainable};
 use rayon::prelude::*;
 
@@ -154,14 +154,15 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
 }
 
 /// The pairs of the rows that pass `filter` and have an image and captions, preprocessed for
-/// `model` (images decoded in parallel).
+/// `model` (images decoded in parallel), with the ids of those rows in the same order.
 fn pairs(
     db: &Database,
     collection: &str,
     filter: Option<&mirante_query::Predicate>,
     model: &Trainable,
-) -> Result<PairData> {
+) -> Result<(PairData, Vec<u64>)> {
     let snap = db.snapshot()?;
+    let mut ids = Vec::new();
     let mut rows: Vec<(String, Vec<u8>, Vec<String>)> = Vec::new();
     let keep = filter.map(row_filter);
     snap.scan(collection, None, |row: RowRef<'_>| {
@@ -169,6 +170,7 @@ fn pairs(
             && let Some(bytes) = row.image_bytes()
             && row.text_count() > 0
         {
+            ids.push(row.id());
             rows.push((
                 row.image_source().unwrap_or("").to_string(),
                 bytes.to_vec(),
@@ -177,55 +179,116 @@ fn pairs(
         }
         Ok(())
     })?;
-    let images: Vec<Vec<f32>> = rows
-        .par_iter()
-        .map(|(source, bytes, _)| model.encoder.pixels(bytes, source))
-        .collect::<std::result::Result<_, _>>()?;
-    let mut data = PairData {
-        images,
-        ..PairData::default()
-    };
-    for (_, _, texts) in &rows {
+    // Every image is decoded once now, so a broken one fails the statement before training;
+    // the data keeps the encoded bytes and batches decode them again (memory for compressed
+    // images only).
+    rows.par_iter()
+        .try_for_each(|(source, bytes, _)| model.encoder.pixels(bytes, source).map(drop))?;
+    let mut data = PairData::default();
+    for (source, bytes, texts) in rows {
+        data.images.push(TrainImage::Encoded { bytes, source });
         let mut mine = Vec::with_capacity(texts.len());
-        for t in texts {
+        for t in &texts {
             mine.push(data.captions.len());
             data.captions.push(model.encoder.tokenizer.encode(t)?.ids);
         }
         data.pairs.push(mine);
     }
-    Ok(data)
+    Ok((data, ids))
 }
 
-/// Embeddings of preprocessed images with the model's current weights, in batches.
-fn embed_images(model: &Trainable, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-    let mut images = Vec::with_capacity(pixels.len());
-    for chunk in pixels.chunks(VALIDATION_BATCH) {
-        images.extend(model.encoder.embed_pixels(chunk)?);
+/// Embeddings of the data's images with the model's current weights, in batches.
+fn embed_images(model: &Trainable, data: &PairData) -> Result<Vec<Vec<f32>>> {
+    let mut images = Vec::with_capacity(data.images.len());
+    let indices: Vec<usize> = (0..data.images.len()).collect();
+    let per = 3 * model.encoder.model.image_size().pow(2);
+    for chunk in indices.chunks(VALIDATION_BATCH) {
+        let flat = data.batch_pixels(chunk, &model.encoder)?;
+        let pixels: Vec<Vec<f32>> = flat.chunks(per).map(<[f32]>::to_vec).collect();
+        images.extend(model.encoder.embed_pixels(&pixels)?);
     }
     Ok(images)
 }
 
-/// Pairs of training images that are each other's nearest neighbour under the base model
-/// (exact scores): the confusable pairs hard-negative batches put together.
-fn mutual_neighbours(model: &Trainable, data: &PairData) -> Result<Vec<(usize, usize)>> {
-    let images = embed_images(model, &data.images)?;
-    let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
-    let nearest: Vec<Option<usize>> = crate::ranking::exact_top_k(&refs, &refs, 2)
-        .into_iter()
-        .enumerate()
-        .map(|(i, top)| top.into_iter().map(|j| j as usize).find(|&j| j != i))
-        .collect();
-    Ok((0..nearest.len())
+/// Pairs of training images that are each other's nearest neighbour under the base model: the
+/// confusable pairs hard-negative batches put together. Found with the collection's own index
+/// when its active image space holds the base model's vectors (`"index"`), else by embedding the
+/// images with the base model and exact scores (`"exact"`).
+fn mutual_neighbours(
+    db: &Database,
+    plan: &FinetunePlan,
+    model: &Trainable,
+    base_fingerprint: &str,
+    data: &PairData,
+    ids: &[u64],
+) -> Result<(Vec<(usize, usize)>, &'static str)> {
+    let nearest = match index_neighbours(db, plan, base_fingerprint, ids)? {
+        Some(nearest) => (nearest, "index"),
+        None => {
+            let images = embed_images(model, data)?;
+            let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+            let nearest = crate::ranking::exact_top_k(&refs, &refs, 2)
+                .into_iter()
+                .enumerate()
+                .map(|(i, top)| top.into_iter().map(|j| j as usize).find(|&j| j != i))
+                .collect();
+            (nearest, "exact")
+        }
+    };
+    let (nearest, how) = nearest;
+    let pairs = (0..nearest.len())
         .filter_map(|i| {
             let j = nearest[i]?;
             (i < j && nearest[j] == Some(i)).then_some((i, j))
         })
-        .collect())
+        .collect();
+    Ok((pairs, how))
+}
+
+/// Each training row's nearest other training row by the collection's index over the base
+/// model's stored image vectors; `None` when the collection does not hold them for every row.
+fn index_neighbours(
+    db: &Database,
+    plan: &FinetunePlan,
+    base_fingerprint: &str,
+    ids: &[u64],
+) -> Result<Option<Vec<Option<usize>>>> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(&plan.collection)?;
+    let Some(space) = c.active_image else {
+        return Ok(None);
+    };
+    if c.space(space)?.spec.fingerprint != base_fingerprint {
+        return Ok(None);
+    }
+    let mut queries = Vec::new();
+    for &id in ids {
+        match snap.vector_of(&plan.collection, space, id, 0)? {
+            Some(v) => queries.extend(v),
+            None => return Ok(None),
+        }
+    }
+    let position: std::collections::HashMap<u64, usize> =
+        ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let keep = plan.filter.as_ref().map(row_filter);
+    let filter = keep.as_ref().map(|f| f as &mirante_storage::RowFilter<'_>);
+    // Three results: the row itself, and a spare in case a neighbour has no captions.
+    let hits = snap.search(&plan.collection, space, &queries, 3, filter)?;
+    Ok(Some(
+        hits.iter()
+            .enumerate()
+            .map(|(i, top)| {
+                top.iter()
+                    .filter_map(|h| position.get(&h.row_id).copied())
+                    .find(|&j| j != i)
+            })
+            .collect(),
+    ))
 }
 
 /// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
 fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
-    let images = embed_images(model, &data.images)?;
+    let images = embed_images(model, data)?;
     let mut texts = Vec::with_capacity(data.captions.len());
     for chunk in data.captions.chunks(VALIDATION_BATCH) {
         texts.extend(model.encoder.embed_token_ids(chunk)?);
@@ -260,7 +323,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
     }
     let (config, metric, hard_negatives) = config(plan, db.options.progress)?;
     let key = db.models.key(&plan.base)?;
-    let folder = mirante_training::resolve_model(&key)?;
+    let folder = crate::models::model_folder(&key)?;
     let model = Trainable::load(&folder, &db.options.device)?;
     let base_fingerprint = model.encoder.fingerprint()?;
     let snap = db.snapshot()?;
@@ -270,9 +333,13 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
     };
     let (train_filter, validate_filter) = (sql(&plan.filter), sql(&plan.validate));
-    let mut train = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    let (mut train, train_ids) = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    let mut mining = None;
     if hard_negatives {
-        train.hard_pairs = mutual_neighbours(&model, &train)?;
+        let (pairs, how) =
+            mutual_neighbours(db, plan, &model, &base_fingerprint, &train, &train_ids)?;
+        train.hard_pairs = pairs;
+        mining = Some(how);
     }
     if train.images.len() < 2 {
         return Err(Error::Invalid(format!(
@@ -282,7 +349,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         )));
     }
     let validation = match &plan.validate {
-        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model)?),
+        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model)?.0),
         None => None,
     };
     // Written under a temporary name and renamed when complete: a crash leaves no half model.
@@ -311,6 +378,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         "train_rows": train.images.len(),
         "train_captions": train.captions.len(),
         "hard_negative_pairs": hard_negatives.then_some(train.hard_pairs.len()),
+        "hard_negative_mining": mining,
         "validation_rows": validation.as_ref().map(|v| v.images.len()),
         "options": plan.options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
         "metric": metric.to_string(),

@@ -16,17 +16,20 @@
 
 mod api;
 mod db;
+pub mod demo;
 mod error;
-mod evaluate;
+pub mod evaluate;
 mod exec;
 mod finetune;
 pub mod ingest;
 pub mod metrics;
 mod models;
+pub mod pretrain;
 pub mod ranking;
 pub mod report;
 mod result;
 mod search;
+pub mod shapes;
 
 pub use api::{Collection, Search};
 pub use db::{Database, Options, SnapshotCatalog};
@@ -34,6 +37,6 @@ pub use error::{Error, Result, RowFailure};
 pub use mirante_query as query;
 pub use mirante_storage as storage;
 pub use mirante_training as training;
-pub use models::{LoadedModel, Models};
+pub use models::{DEFAULT_MODEL, LoadedModel, Models};
 pub use result::{Cell, ResultSet};
 pub use search::{SearchHit, SearchResults, SearchTimings};

@@ -10,6 +10,87 @@ use mirante_training::{Device, DualEncoder};
 
 use crate::error::{Error, Result};
 
+/// The model of collections created without one: a small CLIP trained from scratch by Mirante on
+/// its bundled shapes dataset (`mirante pretrain`; docs/default-model.md). Its files are built
+/// into the library and unpacked into a cache folder on first use.
+pub const DEFAULT_MODEL: &str = "mirante-shapes-clip";
+
+/// The default model's checkpoint files, compiled in.
+const DEFAULT_MODEL_FILES: [(&str, &[u8]); 5] = [
+    (
+        "config.json",
+        include_bytes!("../assets/mirante-shapes-clip/config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../assets/mirante-shapes-clip/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../assets/mirante-shapes-clip/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../assets/mirante-shapes-clip/tokenizer_config.json"),
+    ),
+    (
+        "preprocessor_config.json",
+        include_bytes!("../assets/mirante-shapes-clip/preprocessor_config.json"),
+    ),
+];
+
+/// Where built-in models are unpacked: `$MIRANTE_CACHE`, else `$XDG_CACHE_HOME/mirante`, else
+/// `~/.cache/mirante`, else the temporary folder.
+fn cache_dir() -> std::path::PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = var("MIRANTE_CACHE") {
+        return dir.into();
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("mirante");
+    }
+    if let Some(home) = var("HOME") {
+        return Path::new(&home).join(".cache").join("mirante");
+    }
+    std::env::temp_dir().join("mirante-cache")
+}
+
+/// The default model's folder, unpacked once per content (the folder name carries a checksum of
+/// the files, so a new release never reads an old copy). Unpacked under a temporary name and
+/// renamed, so concurrent first uses and crashes leave whole copies only.
+fn default_model_folder() -> Result<std::path::PathBuf> {
+    let sum = DEFAULT_MODEL_FILES
+        .iter()
+        .fold(0u32, |acc, (_, bytes)| crc32c::crc32c_append(acc, bytes));
+    let root = cache_dir();
+    let folder = root.join(format!("{DEFAULT_MODEL}-{sum:08x}"));
+    if folder.join("model.safetensors").is_file() {
+        return Ok(folder);
+    }
+    let partial = root.join(format!(".partial-{DEFAULT_MODEL}-{}", std::process::id()));
+    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    for (name, bytes) in DEFAULT_MODEL_FILES {
+        let path = partial.join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    if let Err(e) = std::fs::rename(&partial, &folder) {
+        // Another process unpacked it first: use theirs.
+        let _ = std::fs::remove_dir_all(&partial);
+        if !folder.join("model.safetensors").is_file() {
+            return Err(Error::io(&folder, e));
+        }
+    }
+    Ok(folder)
+}
+
+/// The checkpoint folder of a model key (see [`Models::key`]).
+pub(crate) fn model_folder(key: &str) -> Result<std::path::PathBuf> {
+    if key == DEFAULT_MODEL {
+        return default_model_folder();
+    }
+    Ok(mirante_training::resolve_model(key)?)
+}
+
 /// A loaded checkpoint.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -67,7 +148,8 @@ impl Models {
     }
 
     /// The key a locator stands for: a registry model's name or a folder becomes an absolute
-    /// path (so the database works from any directory); anything else is taken as a Hub id.
+    /// path (so the database works from any directory); [`DEFAULT_MODEL`] stays itself; anything
+    /// else is taken as a Hub id.
     pub fn key(&self, locator: &str) -> Result<String> {
         let plain = !locator.is_empty() && !locator.contains(['/', '\\']) && locator != "..";
         if let Some(registry) = &self.registry
@@ -93,7 +175,7 @@ impl Models {
         if let Some(m) = self.lock().get(&key) {
             return Ok(m.clone());
         }
-        let folder = mirante_training::resolve_model(&key)?;
+        let folder = model_folder(&key)?;
         let encoder = DualEncoder::load(&folder, &self.device)?;
         let fingerprint = encoder.fingerprint()?;
         let model = Arc::new(LoadedModel {

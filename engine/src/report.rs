@@ -91,12 +91,29 @@ table.metrics th:first-child,table.metrics td:first-child{text-align:left}\
 /// Writes the report of an evaluation: the metrics table (with deltas against the first model),
 /// one bar chart per metric, and the worst failures of each model and direction.
 pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
+    let mut html = page_head(
+        &format!("Mirante: evaluation of {}", e.collection),
+        &[STYLE, EVAL_STYLE],
+    );
+    html.push_str(&evaluation_summary(e));
+    html.push_str(&evaluation_failures(e));
+    finish_page(&mut html);
+    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+}
+
+/// The start of a report page, up to the opened `<body>`.
+fn page_head(title: &str, styles: &[&str]) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
+         <style>{}</style></head><body>\n",
+        escape(title),
+        styles.concat()
+    )
+}
+
+/// An evaluation's heading, metrics table and bar charts.
+fn evaluation_summary(e: &Evaluation) -> String {
     let mut html = String::new();
-    html.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    html.push_str(&format!(
-        "<title>Mirante: evaluation of {}</title><style>{STYLE}{EVAL_STYLE}</style></head><body>\n",
-        escape(&e.collection)
-    ));
     html.push_str(&format!(
         "<h1>EVALUATE ON {}</h1><div class=\"meta\">version {} &middot; {} images, {} captions{} \
          &middot; exact ranks, ties counted pessimistically</div>\n",
@@ -153,6 +170,12 @@ pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
         html.push_str(&bar_chart(e, mi, metric));
     }
     html.push_str("</div>\n");
+    html
+}
+
+/// The worst failures of each model and direction, with thumbnails.
+fn evaluation_failures(e: &Evaluation) -> String {
+    let mut html = String::new();
     for m in &e.models {
         for d in &m.directions {
             if d.worst.is_empty() {
@@ -168,8 +191,7 @@ pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
             }
         }
     }
-    finish_page(&mut html);
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+    html
 }
 
 /// One SVG bar chart: a group of bars (one per model) for each direction.
@@ -303,13 +325,18 @@ fn failure_html(f: &Failure) -> String {
 
 /// Writes the report of `results` to `path` (the hits must carry their image bytes).
 pub fn write_search_report(path: &Path, results: &SearchResults) -> Result<()> {
+    let mut html = page_head(
+        &format!("Mirante: {} in {}", results.query, results.collection),
+        &[STYLE],
+    );
+    html.push_str(&search_sections(results));
+    finish_page(&mut html);
+    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+}
+
+/// A search's heading and hits (thumbnail, score bar, captions, metadata).
+fn search_sections(results: &SearchResults) -> String {
     let mut html = String::new();
-    html.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    html.push_str(&format!(
-        "<title>Mirante: {} in {}</title><style>{STYLE}</style></head><body>\n",
-        escape(&results.query),
-        escape(&results.collection)
-    ));
     html.push_str(&format!(
         "<h1>SEARCH {} BY {}</h1><div class=\"meta\">ranking {} with model {} &middot; {} results</div>\n",
         escape(&results.collection),
@@ -362,6 +389,107 @@ pub fn write_search_report(path: &Path, results: &SearchResults) -> Result<()> {
             h.rank, h.rank, h.score
         ));
     }
+    html
+}
+
+const DEMO_STYLE: &str = ".pair{display:flex;gap:2em;flex-wrap:wrap}.side{flex:1;min-width:420px}\
+.strip{display:flex;gap:.5em;flex-wrap:wrap}.tile{width:104px;font-size:.75em}\
+.tile img{width:100px;height:100px;image-rendering:pixelated}\
+ol.captions{margin:.3em 0}code{background:#f4f4f4;padding:.1em .3em}\
+table.steps td{padding:.2em .8em .2em 0;vertical-align:top}table.steps td:first-child{white-space:nowrap}";
+
+/// A compact view of a search's hits: thumbnails with scores for images, a ranked list for
+/// captions (with their image's thumbnail).
+fn hits_strip(results: &SearchResults) -> String {
+    let mut html = format!("<div class=\"meta\">model {}</div>", escape(&results.model));
+    match results.target {
+        Target::Images => {
+            html.push_str("<div class=\"strip\">");
+            for h in &results.hits {
+                html.push_str(&format!(
+                    "<div class=\"tile\" data-rank=\"{}\">{}<div>#{} &middot; {:.3}</div>\
+                     <div>{}</div></div>",
+                    h.rank,
+                    thumbnail_tag(h.image_bytes.as_deref(), h.image.as_deref().unwrap_or("")),
+                    h.rank,
+                    h.score,
+                    escape(h.texts.first().map_or("", String::as_str))
+                ));
+            }
+            html.push_str("</div>");
+        }
+        Target::Texts => {
+            html.push_str("<ol class=\"captions\">");
+            for h in &results.hits {
+                html.push_str(&format!(
+                    "<li data-rank=\"{}\">{:.3} &middot; {}</li>",
+                    h.rank,
+                    h.score,
+                    escape(h.matched_text.as_deref().unwrap_or(""))
+                ));
+            }
+            html.push_str("</ol>");
+        }
+    }
+    html
+}
+
+/// Writes the demo's report: what ran and how long it took, the evaluation of both models on
+/// the test split (deltas, charts, failures), and each example query before and after
+/// fine-tuning.
+pub fn write_demo_report(path: &Path, demo: &crate::demo::DemoReport) -> Result<()> {
+    let mut html = page_head("Mirante demo", &[STYLE, EVAL_STYLE, DEMO_STYLE]);
+    let d = &demo.dataset;
+    html.push_str(&format!(
+        "<h1>Mirante demo: zero-shot, fine-tuned, compared</h1><div class=\"meta\">shapes dataset: \
+         {} rows ({} captions in English and Portuguese), train {}, validation {}, test {} \
+         &middot; default model <code>{}</code> fine-tuned as <code>{}</code></div>\n",
+        d.rows,
+        d.captions,
+        d.splits[0],
+        d.splits[1],
+        d.splits[2],
+        crate::models::DEFAULT_MODEL,
+        crate::demo::FINETUNED
+    ));
+    html.push_str("<h2>Evaluation on the test split</h2>\n");
+    html.push_str(&evaluation_summary(&demo.evaluation));
+    for (language, e) in &demo.by_language {
+        html.push_str(&format!("<h2>{} captions only</h2>\n", escape(language)));
+        html.push_str(&evaluation_summary(e));
+    }
+    html.push_str("<h2>Fine-tuning</h2><table class=\"metrics\"><tr>");
+    for c in &demo.finetune.columns {
+        html.push_str(&format!("<th>{}</th>", escape(c)));
+    }
+    html.push_str("</tr>");
+    for row in &demo.finetune.rows {
+        html.push_str("<tr>");
+        for cell in row {
+            html.push_str(&format!("<td>{}</td>", escape(&cell.display())));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>\n<h2>Example queries, before and after fine-tuning</h2>\n");
+    for q in &demo.queries {
+        html.push_str(&format!(
+            "<h3><code>{}</code></h3><div class=\"pair\"><div class=\"side\"><h4>zero-shot</h4>{}</div>\
+             <div class=\"side\"><h4>fine-tuned</h4>{}</div></div>\n",
+            escape(&q.sql),
+            hits_strip(&q.before),
+            hits_strip(&q.after)
+        ));
+    }
+    html.push_str(&evaluation_failures(&demo.evaluation));
+    html.push_str("<h2>Steps</h2><table class=\"steps\">");
+    for (statement, took) in &demo.steps {
+        html.push_str(&format!(
+            "<tr><td>{:.1} s</td><td><code>{}</code></td></tr>",
+            took.as_secs_f64(),
+            escape(statement)
+        ));
+    }
+    html.push_str("</table>\n");
     finish_page(&mut html);
     std::fs::write(path, html).map_err(|e| Error::io(path, e))
 }

@@ -229,3 +229,45 @@ pub fn tiny_clip() -> std::path::PathBuf {
 pub fn import_fixtures() -> std::path::PathBuf {
     repo_root().join("tests/fixtures/import")
 }
+
+/// Loads the page in headless Chromium and checks every thumbnail decoded. Chromium is
+/// installed by `.ci/run`; elsewhere the check is skipped with a note unless
+/// `MIRANTE_REQUIRE_BROWSER` is set.
+pub fn check_in_browser(page: &std::path::Path, images: usize) {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var_os("MIRANTE_REQUIRE_BROWSER").is_none(),
+            "MIRANTE_REQUIRE_BROWSER is set but no chromium is installed"
+        );
+        eprintln!("note: chromium not found; the HTML report was not checked in a browser");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(&format!("data-images-loaded=\"{images}\"")),
+        "the browser did not load {images} thumbnails: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dom.chars().take(500).collect::<String>()
+    );
+}

@@ -312,7 +312,7 @@ fn evaluation_report_shows_metrics_charts_and_failures() {
 fn evaluate_without_embeddings_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path().join("db")).unwrap();
-    one(&db, "CREATE COLLECTION bare");
+    one(&db, "CREATE COLLECTION bare WITH (model = NULL)");
     let err = db.sql("EVALUATE ON bare").unwrap_err().to_string();
     assert!(err.contains("EMBED bare USING MODEL"), "{err}");
     let err = db
@@ -326,7 +326,7 @@ fn evaluate_without_embeddings_says_what_to_do() {
 fn precomputed_embeddings_are_imported_compared_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path().join("db")).unwrap();
-    one(&db, "CREATE COLLECTION vecs");
+    one(&db, "CREATE COLLECTION vecs WITH (model = NULL)");
     // Parquet: images as a fixed-size list column, captions as a list of lists (8-d).
     let r = one(
         &db,
@@ -547,8 +547,12 @@ fn finetune_registers_a_model_that_beats_its_base() {
         .iter()
         .find(|r| matches!(&r[0], Cell::Str(m) if m.ends_with("clip-photos")))
         .unwrap();
-    assert_eq!(row[5], Cell::Str(base.clone()));
-    assert!(matches!(&row[6], Cell::Str(t) if t.starts_with("images version")));
+    let column = |name: &str| &row[models.columns.iter().position(|c| c == name).unwrap()];
+    assert_eq!(column("base"), &Cell::Str(base.clone()));
+    assert_eq!(column("family"), &Cell::Str("clip".into()));
+    assert!(matches!(column("trained_on"), Cell::Str(t) if t.starts_with("images version")));
+    assert!(matches!(column("hyperparameters"), Cell::Str(h) if h.contains("epochs=")));
+    assert!(matches!(column("best_validation"), Cell::Str(v) if v.starts_with("recall@1 ")));
     one(&db, "EMBED images USING MODEL 'clip-photos'");
     let both = one(
         &db,
@@ -580,11 +584,33 @@ fn finetune_registers_a_model_that_beats_its_base() {
             .unwrap(),
     )
     .unwrap();
-    // Six photos: at least one mutual nearest pair exists (the closest two images).
+    // Six photos: at least one mutual nearest pair exists (the closest two images). The
+    // collection embeds with the base model, so its own index found them.
     assert!(
         lineage["hard_negative_pairs"].as_u64().unwrap() >= 1,
         "{lineage}"
     );
+    assert_eq!(lineage["hard_negative_mining"], "index");
+    // Embedding with another model, the base model's neighbours are computed: the same pairs.
+    one(&db, "ALTER COLLECTION images SET MODEL 'clip-photos'");
+    one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 1, batch_size = 2, \
+             hard_negatives = true) AS 'clip-hard-exact'"
+        ),
+    );
+    let exact: Json = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("db/models/clip-hard-exact/mirante_model.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exact["hard_negative_mining"], "exact");
+    assert_eq!(exact["hard_negative_pairs"], lineage["hard_negative_pairs"]);
+    one(&db, &format!("ALTER COLLECTION images SET MODEL '{base}'"));
 
     // Names are unique; a model can be dropped while no collection embeds with it.
     let again = db

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use mirante_training::Device;
-use mirante_training::finetune::{FinetuneConfig, PairData, finetune};
+use mirante_training::finetune::{FinetuneConfig, PairData, TrainImage, finetune};
 use mirante_training::train::{AdamWConfig, Trainable};
 
 fn main() {
@@ -25,7 +25,8 @@ fn main() {
     let mut data = PairData::default();
     for (i, (file, caption)) in photos.iter().enumerate() {
         let bytes = std::fs::read(fixtures.join("images").join(file)).unwrap();
-        data.images.push(t.encoder.pixels(&bytes, file).unwrap());
+        data.images
+            .push(TrainImage::Pixels(t.encoder.pixels(&bytes, file).unwrap()));
         data.captions
             .push(t.encoder.tokenizer.encode(caption).unwrap().ids);
         data.pairs.push(vec![i]);

@@ -289,6 +289,20 @@ impl DualEncoder {
         Self::build(folder, config, &model_type, vb, &files, device)
     }
 
+    /// Builds the model `folder`'s config.json describes over `vb` (no weight files needed): a
+    /// variable builder collects the parameters a new checkpoint must hold.
+    pub fn build_from_config(folder: &Path, vb: VarBuilder, device: &Device) -> Result<Self> {
+        let (config, model_type) = read_config(folder)?;
+        Self::build(
+            folder,
+            config,
+            &model_type,
+            vb,
+            &[folder.join("model.safetensors")],
+            device,
+        )
+    }
+
     /// Loads a checkpoint for training: every parameter is a variable of the returned
     /// [`VarMap`] (named as in the checkpoint), filled from the weight files. `extra` names
     /// further checkpoint tensors to hold as variables when present (a loss's logit scale and

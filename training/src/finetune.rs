@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::encoder::DualEncoder;
 use crate::error::{Error, Result};
 use crate::train::{AdamWConfig, Loss, Optimizer, Trainable};
 
@@ -96,12 +97,33 @@ impl Default for FinetuneConfig {
     }
 }
 
-/// Training pairs, already preprocessed: image `images[i]` is described by `captions[j]` for
-/// each `j` in `pairs[i]`.
+/// An image of the training data.
+#[derive(Debug, Clone)]
+pub enum TrainImage {
+    /// Preprocessed pixel values, `3 * S * S`.
+    Pixels(Vec<f32>),
+    /// Encoded bytes (JPEG, PNG, ...), decoded and preprocessed each time a batch needs them:
+    /// memory holds compressed images instead of float tensors (a 224-pixel image is 600 KB as
+    /// pixels), so data sets larger than memory as pixels still train.
+    Encoded { bytes: Vec<u8>, source: String },
+}
+
+impl TrainImage {
+    /// The pixel values, preprocessed for `encoder`.
+    pub fn pixels(&self, encoder: &DualEncoder) -> Result<std::borrow::Cow<'_, [f32]>> {
+        match self {
+            TrainImage::Pixels(p) => Ok(std::borrow::Cow::Borrowed(p)),
+            TrainImage::Encoded { bytes, source } => {
+                Ok(std::borrow::Cow::Owned(encoder.pixels(bytes, source)?))
+            }
+        }
+    }
+}
+
+/// Training pairs: image `images[i]` is described by `captions[j]` for each `j` in `pairs[i]`.
 #[derive(Debug, Clone, Default)]
 pub struct PairData {
-    /// Pixel values, `3 * S * S` each.
-    pub images: Vec<Vec<f32>>,
+    pub images: Vec<TrainImage>,
     /// Token ids per caption.
     pub captions: Vec<Vec<u32>>,
     /// Per image, its captions.
@@ -109,6 +131,18 @@ pub struct PairData {
     /// Hard negatives: pairs of images that are each other's nearest neighbour. Each epoch puts
     /// the two next to each other, so they land in one batch as each other's negatives.
     pub hard_pairs: Vec<(usize, usize)>,
+}
+
+impl PairData {
+    /// The pixels of images `indices`, concatenated (decoded in parallel where encoded).
+    pub fn batch_pixels(&self, indices: &[usize], encoder: &DualEncoder) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let parts: Vec<std::borrow::Cow<'_, [f32]>> = indices
+            .par_iter()
+            .map(|&i| self.images[i].pixels(encoder))
+            .collect::<Result<_>>()?;
+        Ok(parts.concat())
+    }
 }
 
 /// The images of one epoch in batch order: shuffled, with each hard pair kept adjacent.
@@ -261,7 +295,7 @@ pub fn finetune(
                 (i, caps[rand::Rng::random_range(&mut rng, 0..caps.len())])
             })
             .collect();
-        let (mut loss_sum, mut loss_count) = (0f64, 0usize);
+        let (mut loss_sum, mut loss_count, mut samples_done) = (0f64, 0usize, 0usize);
         for batch in chosen.chunks(config.batch_size) {
             optimiser.set_learning_rate(learning_rate(
                 config.optimiser.lr,
@@ -271,10 +305,8 @@ pub fn finetune(
             ));
             let mut grads: Option<GradStore> = None;
             for part in batch.chunks(micro).filter(|p| p.len() >= 2) {
-                let flat: Vec<f32> = part
-                    .iter()
-                    .flat_map(|&(i, _)| data.images[i].iter().copied())
-                    .collect();
+                let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
+                let flat = data.batch_pixels(&indices, &model.encoder)?;
                 let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
                 let ids: Vec<Vec<u32>> = part
                     .iter()
@@ -295,10 +327,12 @@ pub fn finetune(
             };
             optimiser.step_scaled(&grads, scale)?;
             step += 1;
+            samples_done += batch.len();
             bar.set_message(format!(
-                "epoch {epoch} loss {:.4} lr {:.2e}",
+                "epoch {epoch} loss {:.4} lr {:.2e} {:.0} samples/s",
                 loss_sum / loss_count.max(1) as f64,
-                learning_rate(config.optimiser.lr, step, config.warmup_steps, total_steps)
+                learning_rate(config.optimiser.lr, step, config.warmup_steps, total_steps),
+                samples_done as f64 / started.elapsed().as_secs_f64().max(1e-9)
             ));
             bar.inc(1);
         }

@@ -12,6 +12,7 @@ mod hub;
 mod layers;
 mod pipeline;
 pub mod preprocess;
+pub mod scratch;
 mod siglip;
 mod spm;
 mod tokenize;
@@ -20,7 +21,9 @@ pub mod train;
 pub use clip::{Clip, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use encoder::{DualEncoder, Model, SUPPORTED_MODEL_TYPES, checkpoint_fingerprint};
 pub use error::{Error, Result};
-pub use finetune::{FinetuneConfig, FinetuneReport, Freeze, PairData, finetune, save_checkpoint};
+pub use finetune::{
+    FinetuneConfig, FinetuneReport, Freeze, PairData, TrainImage, finetune, save_checkpoint,
+};
 pub use hub::{hub_cache_dir, resolve_model};
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};
 pub use preprocess::ImageProcessor;
@@ -29,7 +32,7 @@ pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
 pub use train::{AdamWConfig, Loss, Optimizer, Trainable, contrastive_loss};
 
 /// Re-exported so callers can pick a device without depending on candle directly.
-pub use candle_core::Device;
+pub use candle_core::{DType, Device};
 
 /// The device encoders run on: the first CUDA GPU when built with the `cuda` feature and one is
 /// present, else the CPU.

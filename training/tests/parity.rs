@@ -18,8 +18,7 @@ struct Reference {
     text_embeddings: Vec<Vec<f32>>,
 }
 
-fn reference(model: &str) -> Reference {
-    let dir = fixtures().join(model);
+fn reference(dir: &std::path::Path) -> Reference {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
@@ -91,8 +90,13 @@ fn pixel_tolerance(name: &str) -> f32 {
 }
 
 fn check_family(model: &str) {
-    let r = reference(model);
-    let enc = DualEncoder::load(&fixtures().join(model), &Device::Cpu).unwrap();
+    check_checkpoint(model, &fixtures().join(model), &fixtures().join(model));
+}
+
+/// The checkpoint in `folder` gives the outputs transformers recorded in `reference_dir`.
+fn check_checkpoint(model: &str, folder: &std::path::Path, reference_dir: &std::path::Path) {
+    let r = reference(reference_dir);
+    let enc = DualEncoder::load(folder, &Device::Cpu).unwrap();
     for (caption, want) in r.captions.iter().zip(&r.input_ids) {
         assert_eq!(
             &enc.tokenizer.encode(caption).unwrap().ids,
@@ -165,6 +169,19 @@ fn siglip_matches_transformers() {
 #[test]
 fn checkpoint_saved_by_mirante_reads_the_same_in_transformers() {
     check_family("siglip-tiny-finetuned");
+}
+
+/// Mirante's default model (trained from scratch by Mirante, tokenizer included, stored in f16)
+/// reads the same in transformers: `scripts/make_training_fixtures.py` recorded its outputs.
+#[test]
+fn default_model_reads_the_same_in_transformers() {
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/assets/mirante-shapes-clip");
+    check_checkpoint(
+        "mirante-shapes-clip",
+        &assets,
+        &fixtures().join("mirante-shapes-clip-reference"),
+    );
 }
 
 #[test]

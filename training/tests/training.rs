@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use mirante_training::DualEncoder;
-use mirante_training::finetune::{FinetuneConfig, PairData, finetune};
+use mirante_training::finetune::{FinetuneConfig, PairData, TrainImage, finetune};
 use mirante_training::train::{AdamWConfig, Optimizer, Trainable};
 
 mod common;
@@ -179,7 +179,15 @@ fn photo_pairs(t: &Trainable) -> PairData {
     let mut data = PairData::default();
     for (i, (file, captions)) in photos.iter().enumerate() {
         let bytes = std::fs::read(fixtures().join("images").join(file)).unwrap();
-        data.images.push(t.encoder.pixels(&bytes, file).unwrap());
+        // Both kinds of training image: preprocessed, and decoded when a batch needs it.
+        data.images.push(if i % 2 == 0 {
+            TrainImage::Pixels(t.encoder.pixels(&bytes, file).unwrap())
+        } else {
+            TrainImage::Encoded {
+                bytes,
+                source: file.to_string(),
+            }
+        });
         let mut mine = Vec::new();
         for c in captions {
             mine.push(data.captions.len());
@@ -192,9 +200,16 @@ fn photo_pairs(t: &Trainable) -> PairData {
     data
 }
 
+fn pixels(t: &Trainable, data: &PairData) -> Vec<Vec<f32>> {
+    data.images
+        .iter()
+        .map(|i| i.pixels(&t.encoder).unwrap().into_owned())
+        .collect()
+}
+
 /// Text-to-image recall@1 of the pairs under the model's current weights.
 fn recall_at_1(t: &Trainable, data: &PairData) -> f64 {
-    let images = t.encoder.embed_pixels(&data.images).unwrap();
+    let images = t.encoder.embed_pixels(&pixels(t, data)).unwrap();
     let texts = t.encoder.embed_token_ids(&data.captions).unwrap();
     let mut hits = 0;
     for (i, caps) in data.pairs.iter().enumerate() {
@@ -258,8 +273,9 @@ fn finetuning_learns_the_pairs_and_saves_a_loadable_checkpoint() {
         let saved = DualEncoder::load(out.path(), &Device::Cpu).unwrap();
         let reloaded = Trainable::load(out.path(), &Device::Cpu).unwrap();
         assert!((recall_at_1(&reloaded, &data) - after).abs() < 1e-12);
-        let a = saved.embed_pixels(&data.images[..1]).unwrap();
-        let b = reloaded.encoder.embed_pixels(&data.images[..1]).unwrap();
+        let first_image = &pixels(&reloaded, &data)[..1];
+        let a = saved.embed_pixels(first_image).unwrap();
+        let b = reloaded.encoder.embed_pixels(first_image).unwrap();
         for (x, y) in a[0].iter().zip(&b[0]) {
             assert!(
                 (x - y).abs() < 1e-5,

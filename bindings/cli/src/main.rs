@@ -33,6 +33,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole workflow on the bundled shapes dataset, offline: generates a dataset, imports
+    /// it with the default model, searches in English and Portuguese (both directions, with a
+    /// filter), evaluates, fine-tunes on the train split, re-embeds, evaluates both models on
+    /// the test split, and writes an HTML report. Prints each statement as it runs.
+    Demo {
+        /// Working folder (dataset, database, report). A previous demo there is replaced.
+        #[arg(long, default_value = "mirante-demo")]
+        out: PathBuf,
+        /// Dataset rows (80% train, 10% validation, 10% test).
+        #[arg(long, default_value_t = 3000)]
+        rows: usize,
+        /// Fine-tuning epochs.
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+    },
     /// Tour of the storage engine: creates a database, appends rows with 512-d vectors, builds a
     /// FAISS index, searches (plain and filtered), deletes, compacts and time-travels.
     Walkthrough {
@@ -96,6 +111,82 @@ enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Trains a small CLIP model from scratch on a generated shapes dataset, as Mirante's default
+    /// model was made: dataset, BPE tokenizer on the training captions, random initialisation,
+    /// FINETUNE with validation, export in Hugging Face layout (f16), and the test-split
+    /// evaluation of the saved checkpoint. The default model came from
+    /// `mirante pretrain --out engine/assets/mirante-shapes-clip` (all defaults).
+    Pretrain {
+        /// Output folder for the checkpoint (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Working folder (dataset, database, initial weights). Default: `<out>.work`.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Dataset rows (80% train, 10% validation, 10% test).
+        #[arg(long, default_value_t = 12_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Share of Portuguese rows in the training data (the tokenizer learns both languages
+        /// either way). The default model saw English only, which the demo's fine-tuning fixes.
+        #[arg(long, default_value_t = 0.0)]
+        portuguese: f64,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Layer width of both towers.
+        #[arg(long, default_value_t = 128)]
+        width: usize,
+        /// Transformer layers of the vision tower.
+        #[arg(long, default_value_t = 4)]
+        vision_layers: usize,
+        /// Transformer layers of the text tower.
+        #[arg(long, default_value_t = 3)]
+        text_layers: usize,
+        /// Tokenizer vocabulary size (bytes and special tokens included).
+        #[arg(long, default_value_t = 1024)]
+        vocab_size: usize,
+    },
+    /// Generates a benchmark dataset.
+    Dataset {
+        #[command(subcommand)]
+        kind: DatasetKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetKind {
+    /// Rendered scenes of one to three shapes (six shapes, eight colours, two sizes, spatial
+    /// relations, counts) over textured backgrounds, three captions each in English or
+    /// Portuguese, in the Hugging Face imagefolder convention: images/*.png and metadata.jsonl
+    /// (file_name, text, language, split, and the scene's attributes), or as parquet shards.
+    /// Import it with IMPORT INTO c FROM '<out>'; in Python, load_dataset("imagefolder",
+    /// data_dir="<out>") or load_dataset("parquet", data_dir="<out>/data").
+    Shapes {
+        /// Output folder (created; must not hold a dataset already).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of rows (scenes).
+        #[arg(long, default_value_t = 3000)]
+        rows: usize,
+        /// Random seed: the same seed and row count give the same files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        /// Share of rows captioned in Portuguese (the others in English).
+        #[arg(long, default_value_t = 0.5)]
+        portuguese: f64,
+        /// Write data/<split>-00000-of-00001.parquet shards (images embedded as bytes, as the
+        /// `datasets` library lays out an image dataset) instead of the imagefolder.
+        #[arg(long)]
+        parquet: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -103,6 +194,7 @@ fn main() -> Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
         Command::Walkthrough { db, rows, index } => walkthrough(db, rows, &index),
+        Command::Demo { out, rows, epochs } => demo(&out, rows, epochs),
         Command::Info { db } => info(&db),
         Command::Sql {
             db,
@@ -111,6 +203,91 @@ fn main() -> Result<()> {
             progress,
         } => shell::run_sql(&db, statements, format, progress),
         Command::Shell { db } => shell::repl(&db),
+        Command::Pretrain {
+            out,
+            work,
+            rows,
+            seed,
+            portuguese,
+            epochs,
+            batch_size,
+            lr,
+            width,
+            vision_layers,
+            text_layers,
+            vocab_size,
+        } => {
+            let defaults = mirante::pretrain::PretrainConfig::default();
+            let config = mirante::pretrain::PretrainConfig {
+                rows,
+                seed,
+                portuguese,
+                epochs,
+                batch_size,
+                lr,
+                vocab_size,
+                architecture: mirante::training::scratch::ClipArchitecture {
+                    vision_width: width,
+                    text_width: width,
+                    projection_dim: width,
+                    vision_layers,
+                    text_layers,
+                    ..defaults.architecture
+                },
+                progress: true,
+                ..defaults
+            };
+            let work = work.unwrap_or_else(|| {
+                let mut w = out.clone().into_os_string();
+                w.push(".work");
+                PathBuf::from(w)
+            });
+            let started = Instant::now();
+            let report = mirante::pretrain::pretrain(&config, &out, &work)?;
+            println!("{}", report.training.to_table());
+            println!("test split, saved checkpoint:\n{}", report.test.to_table());
+            println!(
+                "model written to {} in {:.1} min",
+                report.model.display(),
+                started.elapsed().as_secs_f64() / 60.0
+            );
+            Ok(())
+        }
+        Command::Dataset {
+            kind:
+                DatasetKind::Shapes {
+                    out,
+                    rows,
+                    seed,
+                    size,
+                    portuguese,
+                    parquet,
+                },
+        } => {
+            let config = mirante::shapes::ShapesConfig {
+                rows,
+                seed,
+                size,
+                portuguese,
+                parquet,
+                progress: true,
+                ..Default::default()
+            };
+            let summary = mirante::shapes::generate(&config, &out)?;
+            println!(
+                "wrote {} rows ({} captions) to {}: train {}, validation {}, test {}",
+                summary.rows,
+                summary.captions,
+                out.display(),
+                summary.splits[0],
+                summary.splits[1],
+                summary.splits[2]
+            );
+            for f in &summary.parquet_files {
+                println!("  {}", f.display());
+            }
+            Ok(())
+        }
         Command::Embed {
             model,
             image,
@@ -195,6 +372,74 @@ const TOPICS: [&str; 8] = [
 ];
 
 /// Clustered unit vectors: one centre per topic, so that searches have meaningful neighbours.
+fn demo(out: &std::path::Path, rows: usize, epochs: usize) -> Result<()> {
+    use mirante::demo::DemoEvent;
+    let config = mirante::demo::DemoConfig {
+        rows,
+        epochs,
+        progress: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let report = mirante::demo::run(&config, out, |event| match event {
+        DemoEvent::Statement(statement) => println!("\n> {statement}"),
+        DemoEvent::Finished(result) => print_demo_result(result),
+    })?;
+    println!("\ntest split, default model and fine-tuned:");
+    println!("{}", report.evaluation.to_result_set().to_table());
+    for (language, e) in &report.by_language {
+        let table = e.to_result_set();
+        let at = |row: usize, column: &str| table.get(row, column).map(|c| c.display());
+        println!(
+            "{language} captions, text to image recall@1: {} -> {}",
+            at(0, "recall@1").unwrap_or_default(),
+            at(2, "recall@1").unwrap_or_default()
+        );
+    }
+    println!(
+        "demo finished in {:.1} min; report: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        report.report.display()
+    );
+    Ok(())
+}
+
+/// A statement's result, short: the first rows of tables (few columns), then its status.
+fn print_demo_result(result: &mirante::ResultSet) {
+    let keep: Vec<usize> = [
+        "rank",
+        "score",
+        "text",
+        "matched_text",
+        "model",
+        "direction",
+    ]
+    .iter()
+    .chain(&[
+        "epoch",
+        "loss",
+        "recall@1",
+        "recall@10",
+        "mrr",
+        "samples_per_s",
+    ])
+    .filter_map(|c| result.columns.iter().position(|n| n == c))
+    .collect();
+    if !result.rows.is_empty() && !keep.is_empty() {
+        let mut short =
+            mirante::ResultSet::new(keep.iter().map(|&i| result.columns[i].clone()).collect());
+        for row in result.rows.iter().take(12) {
+            short
+                .rows
+                .push(keep.iter().map(|&i| row[i].clone()).collect());
+        }
+        print!("{}", short.to_table());
+    }
+    if let Some(status) = &result.status {
+        println!("{status}");
+    }
+}
+
 fn topic_vectors(rows: usize, rng: &mut StdRng) -> (Vec<f32>, Vec<usize>, Vec<f32>) {
     let centres: Vec<f32> = (0..TOPICS.len() * DIM)
         .map(|_| rng.random_range(-1.0f32..1.0))

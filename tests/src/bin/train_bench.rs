@@ -15,7 +15,7 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use mirante::training::Device;
-use mirante::training::finetune::{FinetuneConfig, PairData, finetune};
+use mirante::training::finetune::{FinetuneConfig, PairData, TrainImage, finetune};
 use mirante::training::train::{AdamWConfig, Trainable};
 
 fn main() {
@@ -80,7 +80,10 @@ fn candle_core_batch(dir: &std::path::Path) -> PairData {
     let per = flat.len() / n;
     let ids: Vec<Vec<i64>> = ids.to_vec2().unwrap();
     PairData {
-        images: flat.chunks(per).map(<[f32]>::to_vec).collect(),
+        images: flat
+            .chunks(per)
+            .map(|p| TrainImage::Pixels(p.to_vec()))
+            .collect(),
         captions: ids
             .into_iter()
             .map(|r| r.into_iter().map(|x| x as u32).collect())
