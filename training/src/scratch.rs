@@ -115,6 +115,9 @@ pub fn train_clip_tokenizer(texts: &[String], vocab_size: usize) -> Result<Strin
     serde_json::to_string_pretty(&doc).map_err(|e| err(e.to_string()))
 }
 
+/// A BPE merge: two adjacent symbols that become one.
+type Merge = (String, String);
+
 /// Learns BPE merges over the words `tokenizer`'s normaliser and pre-tokeniser make of `texts`
 /// (byte-level symbols, `</w>` on each word's last symbol): repeatedly merges the most frequent
 /// adjacent pair, ties broken by the pair's text, so the result depends on the corpus alone.
@@ -125,7 +128,7 @@ fn learn_merges(
     tokenizer: &tokenizers::Tokenizer,
     texts: &[String],
     vocab_size: usize,
-) -> Result<(Vec<String>, Vec<(String, String)>)> {
+) -> Result<(Vec<String>, Vec<Merge>)> {
     use std::collections::BTreeMap;
     use tokenizers::{Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
     let err = |detail: String| Error::Tokenizer {
