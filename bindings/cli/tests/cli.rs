@@ -219,7 +219,7 @@ fn shell_reads_multi_line_statements_and_dot_commands() {
     assert!(text.contains("created collection notes"), "{text}");
     assert!(
         text.contains(
-            r#"{"name":"notes","rows":0,"captions":0,"segments":0,"model":null,"index":"Flat"}"#
+            r#"{"name":"notes","rows":0,"captions":0,"segments":0,"model":"mirante-shapes-clip","index":"Flat"}"#
         ),
         "{text}"
     );
