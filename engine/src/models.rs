@@ -59,9 +59,13 @@ fn cache_dir() -> std::path::PathBuf {
 /// the files, so a new release never reads an old copy). Unpacked under a temporary name and
 /// renamed, so concurrent first uses and crashes leave whole copies only.
 fn default_model_folder() -> Result<std::path::PathBuf> {
-    let sum = DEFAULT_MODEL_FILES
-        .iter()
-        .fold(0u32, |acc, (_, bytes)| crc32c::crc32c_append(acc, bytes));
+    // Checksummed once per process: the files are compiled in and never change.
+    static SUM: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let sum = *SUM.get_or_init(|| {
+        DEFAULT_MODEL_FILES
+            .iter()
+            .fold(0u32, |acc, (_, bytes)| crc32c::crc32c_append(acc, bytes))
+    });
     let root = cache_dir();
     let folder = root.join(format!("{DEFAULT_MODEL}-{sum:08x}"));
     if folder.join("model.safetensors").is_file() {
