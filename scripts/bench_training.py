@@ -6,7 +6,9 @@ Writes a small CLIP checkpoint (random weights: ViT 4 layers x 256 wide on 96x96
 batch (`batch.safetensors`: pixel values and token ids of 32 pairs) to <dir>, then times
 training steps on that batch in PyTorch/transformers: forward with the CLIP loss, backward,
 AdamW step. Prints JSON: samples per second and the settings, for the bench to compare with
-Mirante's steps on the same checkpoint and batch in the same run.
+Mirante's steps on the same checkpoint and batch in the same run. MIRANTE_DEVICE=cuda runs on
+the GPU, MIRANTE_PRECISION=bf16 under torch.autocast(bfloat16), MIRANTE_BENCH_BATCH sets the
+batch (the Rust side reads the same variables).
 
     pip install torch==2.15.0 transformers==5.23.0 safetensors
 """
@@ -20,8 +22,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel
 
-STEPS = 5
-BATCH = 32
+BATCH = int(os.environ.get("MIRANTE_BENCH_BATCH", "32"))
+DEVICE = "cuda" if os.environ.get("MIRANTE_DEVICE", "cpu").startswith("cuda") else "cpu"
+STEPS = 20 if DEVICE == "cuda" else 5  # GPU steps take milliseconds: more of them
+BF16 = os.environ.get("MIRANTE_PRECISION", "fp32") == "bf16"
 
 
 def main():
@@ -47,24 +51,34 @@ def main():
     save_file({"pixel_values": pixels, "input_ids": ids}, os.path.join(out, "batch.safetensors"))
 
     model.train()
+    model, pixels, ids = model.to(DEVICE), pixels.to(DEVICE), ids.to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
 
     def step():
-        out = model(input_ids=ids, pixel_values=pixels, return_loss=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=BF16):
+            out = model(input_ids=ids, pixel_values=pixels, return_loss=True)
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    def sync():
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
     step()  # warm-up
+    sync()
     start = time.perf_counter()
     for _ in range(STEPS):
         step()
+    sync()
     seconds = time.perf_counter() - start
     print(json.dumps({
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "steps": STEPS,
+        "device": DEVICE,
+        "precision": "bf16" if BF16 else "fp32",
         "batch": BATCH,
         "samples_per_second": STEPS * BATCH / seconds,
     }))

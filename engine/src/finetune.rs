@@ -7,7 +7,9 @@ use std::time::SystemTime;
 
 use mirante_query::{EvalMetric, FinetunePlan, Literal};
 use mirante_storage::RowRef;
-use mirante_training::finetune::{FinetuneConfig, Freeze, PairData, TrainImage, finetune};
+use mirante_training::finetune::{
+    FinetuneConfig, Freeze, PairData, Precision, TrainImage, finetune,
+};
 use mirante_training::train::{AdamWConfig, Loss, Trainable};
 use rayon::prelude::*;
 
@@ -91,6 +93,7 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
             "patience",
             "metric",
             "hard_negatives",
+            "precision",
         ],
     )?;
     let mut c = FinetuneConfig {
@@ -134,6 +137,15 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
                  train), got '{s}'"
             ))
         })?;
+    }
+    if let Some(v) = opts.get("precision") {
+        let s = string_option(v, "precision")?;
+        c.precision = Some(Precision::parse(&s).ok_or_else(|| {
+            Error::Invalid(format!(
+                "option precision is 'fp32' or 'bf16' (mixed precision: bf16 matrix products, \
+                 f32 weights), got '{s}'"
+            ))
+        })?);
     }
     let hard_negatives = match opts.get("hard_negatives") {
         None => false,
@@ -385,6 +397,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         "best_epoch": report.best_epoch,
         "best_validation": report.best_validation,
         "stopped_early": report.stopped_early,
+        "precision": report.precision.name(),
         "epochs": report.epochs.iter().map(|e| serde_json::json!({
             "epoch": e.epoch,
             "loss": e.mean_loss,

@@ -192,6 +192,18 @@ impl Clip {
 
     /// L2-normalised image embeddings of `[B, 3, S, S]` pixel values.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.image_features_prompted(pixels, &[])
+    }
+
+    /// Width and depth of the vision transformer (the shape ELIP's prompts take).
+    pub fn vision_shape(&self) -> (usize, usize) {
+        let v = &self.config.vision_config;
+        (v.hidden_size, v.num_hidden_layers)
+    }
+
+    /// Image embeddings with ELIP's visual prompts inserted after the class token (see
+    /// [`crate::layers::Encoder::forward_prompted`]), after the pre-norm as the reference does.
+    pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self.patch_embedding.forward(pixels)?;
         let hidden = self.class_embedding.dim(0)?;
@@ -202,7 +214,7 @@ impl Clip {
         let x = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.vision_position)?;
         let x = self
             .vision_encoder
-            .forward(&self.pre_ln.forward(&x)?, None)?;
+            .forward_prompted(&self.pre_ln.forward(&x)?, prompts)?;
         let pooled = self.post_ln.forward(&x.i((.., 0, ..))?)?;
         Ok(l2_normalize(&self.visual_projection.forward(&pooled)?)?)
     }

@@ -39,6 +39,23 @@ impl Model {
         }
     }
 
+    /// Width and depth of the vision transformer.
+    pub fn vision_shape(&self) -> (usize, usize) {
+        match self {
+            Model::Clip(m) => m.vision_shape(),
+            Model::Siglip(m) => m.vision_shape(),
+        }
+    }
+
+    /// L2-normalised image embeddings with ELIP's visual prompts (`[B, m, width]` per
+    /// prompted layer; none: the plain embeddings).
+    pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
+        match self {
+            Model::Clip(m) => m.image_features_prompted(pixels, prompts),
+            Model::Siglip(m) => m.image_features_prompted(pixels, prompts),
+        }
+    }
+
     /// The family name, as `config.json`'s `model_type` spells it.
     pub fn family(&self) -> &'static str {
         match self {

@@ -56,6 +56,50 @@ impl Freeze {
     }
 }
 
+/// The precision of training's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32.
+    F32,
+    /// bf16 mixed precision: matrix products in bf16, f32 master weights, norms, softmax and
+    /// loss (see [`crate::layers::Autocast`]).
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Precision> {
+        Some(match s {
+            "fp32" | "f32" | "float32" => Precision::F32,
+            "bf16" | "bfloat16" => Precision::Bf16,
+            _ => return None,
+        })
+    }
+
+    /// The name `precision = '...'` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// bf16 on a GPU (tensor cores), f32 on the CPU, where bf16 products are no faster.
+    pub fn default_for(device: &candle_core::Device) -> Precision {
+        if device.is_cuda() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    fn compute_dtype(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
+}
+
 /// Settings of a fine-tuning run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinetuneConfig {
@@ -73,6 +117,8 @@ pub struct FinetuneConfig {
     /// Overrides the family's loss.
     pub loss: Option<Loss>,
     pub seed: u64,
+    /// `None`: [`Precision::default_for`] the model's device.
+    pub precision: Option<Precision>,
     /// Epochs without a better validation metric before stopping.
     pub patience: usize,
     /// Show a progress bar.
@@ -91,6 +137,7 @@ impl Default for FinetuneConfig {
             freeze: Freeze::None,
             loss: None,
             seed: 0,
+            precision: None,
             patience: 2,
             progress: false,
         }
@@ -194,6 +241,8 @@ pub struct FinetuneReport {
     pub best_epoch: usize,
     pub best_validation: Option<f64>,
     pub stopped_early: bool,
+    /// The precision the run used (the config's, or the device's default).
+    pub precision: Precision,
 }
 
 /// Learning rate at `step` (0-based) of `total`: linear warmup, then cosine decay to zero.
@@ -251,6 +300,9 @@ pub fn finetune(
     let loss_kind = config.loss.unwrap_or(model.loss);
     let size = model.encoder.model.image_size();
     let device = model.encoder.device().clone();
+    let precision = config
+        .precision
+        .unwrap_or_else(|| Precision::default_for(&device));
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
     let vars = optimiser.variables();
     let usable: Vec<usize> = (0..data.images.len())
@@ -281,6 +333,7 @@ pub fn finetune(
         best_epoch: 0,
         best_validation: base_score,
         stopped_early: false,
+        precision,
     };
     let mut step = 0;
     let mut since_best = 0;
@@ -312,7 +365,10 @@ pub fn finetune(
                     .iter()
                     .map(|&(_, c)| data.captions[c].clone())
                     .collect();
-                let loss = model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)?;
+                let loss = {
+                    let _autocast = crate::layers::Autocast::new(precision.compute_dtype());
+                    model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)?
+                };
                 loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 loss_count += 1;
                 accumulate(&mut grads, loss.backward()?, &vars)?;

@@ -1,8 +1,52 @@
 //! Transformer building blocks shared by the CLIP and SigLIP towers, with parameter names equal
 //! to the Hugging Face checkpoints' (`self_attn.q_proj`, `mlp.fc1`, `layer_norm1`, ...).
 
-use candle_core::{D, Module, Result, Tensor};
+use std::cell::Cell;
+
+use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
+
+thread_local! {
+    /// The dtype matrix products run in on this thread while an [`Autocast`] guard lives.
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Mixed precision as PyTorch's `torch.autocast` does it: while the guard lives, the matrix
+/// products of forward passes on this thread (projections, MLPs, attention, patch embedding)
+/// cast their operands to the given dtype (bf16 for tensor cores) and their results back, so
+/// weights, layer norms, softmax and the loss stay in f32. Gradients flow through the casts to
+/// the f32 variables, which keeps f32 master weights for the optimiser. Thread-local, like
+/// PyTorch's, because a forward pass runs on the thread that calls it.
+#[derive(Debug)]
+pub struct Autocast {
+    previous: Option<DType>,
+}
+
+impl Autocast {
+    /// Matrix products in `dtype` until the guard drops; `None` turns autocast off inside.
+    pub fn new(dtype: Option<DType>) -> Self {
+        Autocast {
+            previous: AUTOCAST.replace(dtype),
+        }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        AUTOCAST.set(self.previous);
+    }
+}
+
+/// `a @ b`, in the autocast dtype when one is set and differs from the operands'.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match AUTOCAST.get() {
+        Some(dtype) if a.dtype() != dtype => a
+            .to_dtype(dtype)?
+            .matmul(&b.to_dtype(dtype)?)?
+            .to_dtype(a.dtype()),
+        _ => a.matmul(b),
+    }
+}
 
 /// Activation functions named as in `config.json`'s `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +188,7 @@ impl Dense {
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let mut y = x.reshape((rows, inp))?.matmul(&self.weight_t)?;
+        let mut y = matmul(&x.reshape((rows, inp))?, &self.weight_t)?;
         y = match (&self.bias, act) {
             (Some(b), act) => crate::fused::bias_act(&y, b, act)?,
             (None, Some(a)) => a.apply(&y)?,
@@ -226,12 +270,12 @@ impl Attention {
         let q = (take(0)? * (self.head_dim as f64).powf(-0.5))?;
         let k = take(1)?;
         let v = take(2)?;
-        let mut scores = q.matmul(&k.t()?)?;
+        let mut scores = matmul(&q, &k.t()?)?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
         let probs = softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let ctx = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, l, h))?;
         self.out.forward(&ctx)
     }
 }
@@ -308,6 +352,29 @@ impl Encoder {
         }
         Ok(x)
     }
+
+    /// The forward pass with visual prompts (ELIP): `prompts[0]`, `[B, m, H]`, is inserted
+    /// after the first token before layer 0; `prompts[i]` for `i >= 1` (the deep variant)
+    /// replaces those `m` tokens before layer `i`. No prompts: the plain forward pass.
+    pub fn forward_prompted(&self, x: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
+        let Some(first) = prompts.first() else {
+            return self.forward(x, None);
+        };
+        let m = first.dim(1)?;
+        let tokens = x.dim(1)?;
+        let mut x = Tensor::cat(
+            &[&x.narrow(1, 0, 1)?, first, &x.narrow(1, 1, tokens - 1)?],
+            1,
+        )?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(p) = prompts.get(i).filter(|_| i > 0) {
+                let rest = x.dim(1)? - 1 - m;
+                x = Tensor::cat(&[&x.narrow(1, 0, 1)?, p, &x.narrow(1, 1 + m, rest)?], 1)?;
+            }
+            x = layer.forward(&x, None)?;
+        }
+        Ok(x)
+    }
 }
 
 /// Patch embedding of a ViT: a stride-`patch` convolution without bias, computed as a matrix
@@ -345,7 +412,7 @@ impl PatchEmbedding {
             .reshape((b, c, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * p * p))?;
-        let mut out = patches.matmul(&self.weight)?;
+        let mut out = matmul(&patches, &self.weight)?;
         if let Some(bias) = &self.bias {
             out = out.broadcast_add(bias)?;
         }

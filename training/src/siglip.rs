@@ -132,8 +132,10 @@ impl MapHead {
         };
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, h))?;
+        let probs = softmax_last_dim(&crate::layers::matmul(&q, &k.t()?)?)?;
+        let ctx = crate::layers::matmul(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((b, 1, h))?;
         let attended = self.out.forward(&ctx)?;
         let y = (&attended + self.mlp.forward(&self.ln.forward(&attended)?)?)?;
         y.i((.., 0, ..))
@@ -260,13 +262,25 @@ impl Siglip {
 
     /// L2-normalised image embeddings of `[B, 3, S, S]` pixel values.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.image_features_prompted(pixels, &[])
+    }
+
+    /// Width and depth of the vision transformer (the shape ELIP's prompts take).
+    pub fn vision_shape(&self) -> (usize, usize) {
+        let v = &self.config.vision_config;
+        (v.hidden_size, v.num_hidden_layers)
+    }
+
+    /// Image embeddings with ELIP's visual prompts. SigLIP has no class token: the prompts go
+    /// among the patch tokens, after the first one, and the attention-pooling head sees them.
+    pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
         let x = self
             .patch_embedding
             .forward(pixels)?
             .broadcast_add(&self.vision_position)?;
         let x = self
             .post_ln
-            .forward(&self.vision_encoder.forward(&x, None)?)?;
+            .forward(&self.vision_encoder.forward_prompted(&x, prompts)?)?;
         Ok(l2_normalize(&self.map_head.forward(&x)?)?)
     }
 

@@ -145,12 +145,17 @@ pub fn contrastive_loss(
             let bias = logit_bias.ok_or_else(|| {
                 Error::InvalidArgument("the sigmoid loss needs a logit bias".into())
             })?;
-            let logits = logits.broadcast_add(bias)?;
-            // +1 on the diagonal (pairs), -1 elsewhere.
-            let labels = ((Tensor::eye(n, DType::F32, images.device())? * 2.0)? - 1.0)?;
-            (log_sigmoid(&(labels * logits)?)?.sum_all()? / -(n as f64))?
+            sigmoid_loss(&logits.broadcast_add(bias)?)?
         }
     })
+}
+
+/// SigLIP's pairwise sigmoid loss of an `[n, n]` logit matrix whose diagonal holds the pairs:
+/// `-sum(log sigmoid(label * logit)) / n` with label +1 on the diagonal, -1 elsewhere.
+pub(crate) fn sigmoid_loss(logits: &Tensor) -> Result<Tensor> {
+    let n = logits.dim(0)?;
+    let labels = ((Tensor::eye(n, DType::F32, logits.device())? * 2.0)? - 1.0)?;
+    Ok((log_sigmoid(&(labels * logits)?)?.sum_all()? / -(n as f64))?)
 }
 
 /// A checkpoint in trainable form.

@@ -150,6 +150,70 @@ fn one_step_matches_pytorch(model: &str) {
     assert!(moved > 0, "{model}: the reference step changed nothing");
 }
 
+/// bf16 mixed precision (as on a GPU) stays close to PyTorch's f32 step: the loss within 1%,
+/// each weight matrix's gradient within bf16's rounding, and the result is not the f32 path
+/// (the casts really happen).
+fn bf16_autocast_step_stays_close_to_f32(model: &str) {
+    let fx = fixture(model);
+    let t = Trainable::load(&fixtures().join(model), &Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = fx.tensors["input_ids"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_iter().map(|x| x as u32).collect())
+        .collect();
+    let rows = fx.tensors["token_rows"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let loss = {
+        let _bf16 = mirante_training::Autocast::new(Some(candle_core::DType::BF16));
+        t.batch_loss(&fx.tensors["pixel_values"], &ids).unwrap()
+    };
+    assert_eq!(loss.dtype(), candle_core::DType::F32, "the loss stays f32");
+    let value = f64::from(loss.to_scalar::<f32>().unwrap());
+    let off = (value - fx.loss).abs() / fx.loss.abs().max(1.0);
+    assert!(off <= 1e-2, "{model}: bf16 loss {value} vs f32 {}", fx.loss);
+    assert!(
+        off > 1e-7,
+        "{model}: bf16 loss equals f32's: no cast happened"
+    );
+    let grads = loss.backward().unwrap();
+    let vars = t.varmap.data().lock().unwrap().clone();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        // Matrices only: a bias or norm gradient sums many bf16 products and can be small.
+        if var.rank() != 2 || name.contains("embedding") {
+            continue;
+        }
+        let grad = stored_rows(name, grads.get(var).unwrap(), &rows);
+        assert_eq!(
+            grad.dtype(),
+            candle_core::DType::F32,
+            "{name}: f32 gradient"
+        );
+        let err = relative_error(&grad, &fx.tensors[&format!("grad.{name}")]);
+        assert!(
+            err <= 0.05,
+            "{model}: bf16 gradient of {name} off by {err:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "{model}: only {checked} weight matrices checked"
+    );
+}
+
+#[test]
+fn clip_bf16_mixed_precision_step_stays_close_to_f32() {
+    bf16_autocast_step_stays_close_to_f32("clip-tiny");
+}
+
+#[test]
+fn siglip_bf16_mixed_precision_step_stays_close_to_f32() {
+    bf16_autocast_step_stays_close_to_f32("siglip-tiny");
+}
+
 #[test]
 fn clip_loss_gradients_and_adamw_step_match_pytorch() {
     one_step_matches_pytorch("clip-tiny");

@@ -3,13 +3,14 @@
 //! `scripts/bench_encoders.py` writes the checkpoints and times PyTorch, then this binary loads
 //! the same files and times Mirante. Also times image decode + resize against Pillow.
 //!
-//! `cargo run --release -p mirante-tests --bin encoder_bench`
+//! `cargo run --release -p mirante-tests --bin encoder_bench`; on a GPU build,
+//! `MIRANTE_DEVICE=cuda MIRANTE_BENCH_BATCH=256` times both sides on the GPU.
 
 #![allow(clippy::unwrap_used)] // a benchmark tool: a failed unwrap is a failed run
 
 use std::time::Instant;
 
-use mirante::training::{Device, DualEncoder};
+use mirante::training::{DualEncoder, default_device};
 use rand::{Rng, SeedableRng};
 
 fn timeit(iters: usize, mut f: impl FnMut()) -> f64 {
@@ -43,9 +44,14 @@ fn main() {
         std::fs::write(&saved, torch.to_string()).unwrap();
         torch
     };
+    let device = default_device();
+    let bs = torch["batch"].as_u64().unwrap_or(32) as usize;
     println!(
-        "# Encoder throughput, fp32, batch 32 (PyTorch {}, {} threads)\n",
-        torch["torch"], torch["threads"]
+        "# Encoder throughput, fp32, batch {bs}, on {:?} (PyTorch {} on {}, {} threads)\n",
+        device.location(),
+        torch["torch"],
+        torch["device"].as_str().unwrap_or("cpu"),
+        torch["threads"]
     );
     println!(
         "| model | PyTorch images/s | Mirante images/s | ratio | PyTorch texts/s | Mirante texts/s | ratio |"
@@ -53,8 +59,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     for name in ["clip-b32", "siglip-base"] {
-        let enc = DualEncoder::load(&dir.join(name), &Device::Cpu).unwrap();
-        let bs = 32;
+        let enc = DualEncoder::load(&dir.join(name), &device).unwrap();
         let pixels: Vec<Vec<f32>> = (0..bs)
             .map(|_| {
                 (0..3 * 224 * 224)
@@ -66,10 +71,11 @@ fn main() {
         let ids: Vec<Vec<u32>> = (0..bs)
             .map(|_| (0..seq).map(|_| rng.random_range(0..200)).collect())
             .collect();
-        let ti = timeit(3, || {
+        let iters = if device.is_cuda() { 10 } else { 3 };
+        let ti = timeit(iters, || {
             enc.embed_pixels(&pixels).unwrap();
         });
-        let tt = timeit(3, || {
+        let tt = timeit(iters, || {
             enc.embed_token_ids(&ids).unwrap();
         });
         let (pi, pt) = (
@@ -83,18 +89,21 @@ fn main() {
             mt / pt
         );
     }
-    // Decode + preprocess one JPEG with the CLIP pipeline (224 shortest edge, bicubic, crop).
+    // Decode + preprocess one JPEG with the CLIP pipeline (224 shortest edge, bicubic, crop):
+    // CPU work, measured by CPU runs only.
+    let Some(pil) = torch["decode_preprocess"]["images_per_s"].as_f64() else {
+        return;
+    };
     let jpeg = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../training/tests/fixtures/images/rocket.jpg");
     let bytes = std::fs::read(&jpeg).unwrap();
-    let enc = DualEncoder::load(&dir.join("clip-b32"), &Device::Cpu).unwrap();
+    let enc = DualEncoder::load(&dir.join("clip-b32"), &device).unwrap();
     let n = 50;
     let t = timeit(2, || {
         for _ in 0..n {
             enc.pixels(&bytes, "rocket.jpg").unwrap();
         }
     });
-    let pil = torch["decode_preprocess"]["images_per_s"].as_f64().unwrap();
     let ours = n as f64 / t;
     println!(
         "\n| decode + preprocess rocket.jpg (640x427 JPEG) to 224x224, one thread | Pillow + transformers | Mirante | ratio |"

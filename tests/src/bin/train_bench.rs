@@ -3,7 +3,9 @@
 //! checkpoint and the same batch of 32 pairs in the same run (`scripts/bench_training.py` writes
 //! both and times PyTorch).
 //!
-//! `cargo run --release -p mirante-tests --bin train_bench` (needs torch and transformers)
+//! `cargo run --release -p mirante-tests --bin train_bench` (needs torch and transformers); on a
+//! GPU build `MIRANTE_DEVICE=cuda MIRANTE_PRECISION=bf16 MIRANTE_BENCH_BATCH=256` runs both
+//! sides on the GPU in bf16 mixed precision.
 
 #![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
 
@@ -14,8 +16,8 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use mirante::training::Device;
-use mirante::training::finetune::{FinetuneConfig, PairData, TrainImage, finetune};
+use mirante::training::default_device;
+use mirante::training::finetune::{FinetuneConfig, PairData, Precision, TrainImage, finetune};
 use mirante::training::train::{AdamWConfig, Trainable};
 
 fn main() {
@@ -24,7 +26,11 @@ fn main() {
     let torch = mirante_tests::python_peer("bench_training.py", &[dir.path().as_os_str()])
         .unwrap_or_else(|e| panic!("bench_training.py failed: {e}"));
     let batch = candle_core_batch(dir.path());
-    let model = Trainable::load(dir.path(), &Device::Cpu).unwrap();
+    let device = default_device();
+    let model = Trainable::load(dir.path(), &device).unwrap();
+    let precision = std::env::var("MIRANTE_PRECISION")
+        .ok()
+        .map(|p| Precision::parse(&p).unwrap_or_else(|| panic!("MIRANTE_PRECISION={p}?")));
     let steps = torch["steps"].as_u64().unwrap() as usize;
     let n = batch.images.len();
     // One epoch is one step of the whole batch (one caption per image).
@@ -33,6 +39,7 @@ fn main() {
         batch_size: n,
         optimiser: AdamWConfig::default(),
         patience: usize::MAX,
+        precision,
         ..FinetuneConfig::default()
     };
     let out = tempfile::tempdir().unwrap();
@@ -49,7 +56,12 @@ fn main() {
     let ours = rates[rates.len() / 2];
     let theirs = torch["samples_per_second"].as_f64().unwrap();
     println!(
-        "# Training steps, small CLIP (4+4 layers x 256, 96 px), batch {n}, fp32, {} threads\n",
+        "# Training steps, small CLIP (4+4 layers x 256, 96 px), batch {n}, {} on {:?} \
+         (PyTorch {} on {}), {} threads\n",
+        report.precision.name(),
+        device.location(),
+        torch["precision"].as_str().unwrap_or("fp32"),
+        torch["device"].as_str().unwrap_or("cpu"),
         torch["threads"]
     );
     println!("| | samples/s | ratio |");

@@ -1,0 +1,169 @@
+//! ELIP parity with a PyTorch reference built on transformers' vision models
+//! (`scripts/make_elip_fixtures.py`): prompted image embeddings, the batch loss and the mapper's
+//! gradients, for CLIP and SigLIP, input-only and deep prompts.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use candle_core::{D, Device, Tensor};
+use mirante_training::DualEncoder;
+use mirante_training::elip::{
+    ElipConfig, ElipMapper, backbone_logits, batch_loss, prompted_image_features, rerank_scores,
+};
+
+mod common;
+use common::fixtures;
+
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    let norm = |t: &Tensor| -> f64 {
+        f64::from(
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+        .sqrt()
+    };
+    norm(&(a - b).unwrap()) / norm(b).max(1e-12)
+}
+
+/// Row-wise cosine of two `[N, d]` matrices.
+fn cosines(a: &Tensor, b: &Tensor) -> Vec<f32> {
+    let dot = (a * b).unwrap().sum(D::Minus1).unwrap();
+    let na = a.sqr().unwrap().sum(D::Minus1).unwrap().sqrt().unwrap();
+    let nb = b.sqr().unwrap().sum(D::Minus1).unwrap().sqrt().unwrap();
+    (dot / (na * nb).unwrap()).unwrap().to_vec1().unwrap()
+}
+
+fn matches_pytorch(backbone: &str, fixture: &str) {
+    let enc = DualEncoder::load(&fixtures().join(backbone), &Device::Cpu).unwrap();
+    let mapper = ElipMapper::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
+    mapper.config.check_backbone(&enc.model).unwrap();
+    let dir = fixtures().join(fixture);
+    let r =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let (pixels, texts) = (&r["pixel_values"], &r["texts"]);
+
+    let ours = prompted_image_features(&enc.model, &mapper, pixels, texts).unwrap();
+    for (i, c) in cosines(&ours, &r["aligned"]).into_iter().enumerate() {
+        assert!(c >= 0.9999, "{fixture}: image {i} cosine {c} with PyTorch");
+    }
+    // The prompts matter: the plain embeddings are further from the prompted ones than the
+    // tolerance above (the tiny random CLIP's class token moves least: cosine ~0.998).
+    let plain = cosines(&r["plain"], &r["aligned"]);
+    assert!(
+        plain.iter().all(|&c| c < 0.9995),
+        "{fixture}: prompted embeddings equal the plain ones ({plain:?})"
+    );
+    let unprompted = enc.model.image_features_prompted(pixels, &[]).unwrap();
+    assert!(
+        cosines(&unprompted, &r["plain"])
+            .iter()
+            .all(|&c| c >= 0.9999)
+    );
+
+    let loss = batch_loss(
+        &enc.model,
+        &mapper,
+        pixels,
+        texts,
+        backbone_logits(&enc).unwrap(),
+        None,
+    )
+    .unwrap();
+    let value = f64::from(loss.to_scalar::<f32>().unwrap());
+    let reference = json["loss"].as_f64().unwrap();
+    assert!(
+        (value - reference).abs() <= 1e-4 * reference.abs().max(1.0),
+        "{fixture}: loss {value} vs PyTorch {reference}"
+    );
+    let grads = loss.backward().unwrap();
+    let vars = mapper.varmap.data().lock().unwrap().clone();
+    assert!(vars.len() >= 6);
+    for (name, var) in &vars {
+        let g = grads.get(var).unwrap();
+        let err = relative_error(g, &r[&format!("grad.{name}")]);
+        assert!(
+            err <= 1e-3,
+            "{fixture}: gradient of {name} off by {err:.2e}"
+        );
+    }
+
+    // Re-ranking one query scores each candidate as the aligned pair does.
+    let s = enc.model.image_size();
+    let flat: Vec<f32> = pixels.flatten_all().unwrap().to_vec1().unwrap();
+    let candidates: Vec<Vec<f32>> = flat.chunks(3 * s * s).map(<[f32]>::to_vec).collect();
+    let query: Vec<f32> = texts.get(0).unwrap().to_vec1().unwrap();
+    let scores = rerank_scores(&enc, &mapper, &query, &candidates, 3).unwrap();
+    let expected: f32 = (r["aligned"].get(0).unwrap() * texts.get(0).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(scores.len(), candidates.len());
+    assert!(
+        (scores[0] - expected).abs() < 1e-4,
+        "{fixture}: {} vs {expected}",
+        scores[0]
+    );
+}
+
+#[test]
+fn clip_prompted_encoder_loss_and_gradients_match_pytorch() {
+    matches_pytorch("clip-tiny", "elip-clip-tiny");
+}
+
+#[test]
+fn clip_deep_prompts_match_pytorch() {
+    matches_pytorch("clip-tiny", "elip-clip-tiny-deep");
+}
+
+#[test]
+fn siglip_prompted_encoder_loss_and_gradients_match_pytorch() {
+    matches_pytorch("siglip-tiny", "elip-siglip-tiny");
+}
+
+#[test]
+fn siglip_deep_prompts_match_pytorch() {
+    matches_pytorch("siglip-tiny", "elip-siglip-tiny-deep");
+}
+
+#[test]
+fn a_saved_mapper_reloads_and_refuses_another_backbone() {
+    let clip = DualEncoder::load(&fixtures().join("clip-tiny"), &Device::Cpu).unwrap();
+    let siglip = DualEncoder::load(&fixtures().join("siglip-tiny"), &Device::Cpu).unwrap();
+    let config = ElipConfig::for_model(&clip.model, 4, 6, true).unwrap();
+    let mapper = ElipMapper::new(config.clone(), 7, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mapper.save(dir.path()).unwrap();
+    let again = ElipMapper::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(again.config, config);
+    let texts = Tensor::randn(0f32, 1.0, (2, config.embedding_dim), &Device::Cpu).unwrap();
+    let (a, b) = (
+        mapper.prompts(&texts, None).unwrap(),
+        again.prompts(&texts, None).unwrap(),
+    );
+    assert_eq!(
+        a.len(),
+        config.vision_layers,
+        "deep: one prompt set per layer"
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.dims(), [2, 4, config.vision_width]);
+        assert_eq!(relative_error(x, y), 0.0);
+    }
+    // The same seed gives the same mapper.
+    let twin = ElipMapper::new(config, 7, &Device::Cpu).unwrap();
+    assert_eq!(
+        relative_error(&twin.prompts(&texts, None).unwrap()[0], &a[0]),
+        0.0
+    );
+    let e = mapper.config.check_backbone(&siglip.model).unwrap_err();
+    assert!(e.to_string().contains("made for a clip backbone"), "{e}");
+    assert!(ElipConfig::for_model(&clip.model, 0, 6, false).is_err());
+}
