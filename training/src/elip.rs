@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoder::{DualEncoder, Model, weight_files};
 use crate::error::{Error, Result};
+use crate::finetune::{FinetuneConfig, FinetuneReport, PairData, train_pairs};
 use crate::layers::{Activation, Dense};
-use crate::train::Loss;
+use crate::train::{Loss, Optimizer};
 
 pub const CONFIG_FILE: &str = "elip_config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -388,4 +389,72 @@ pub fn rerank_scores(
         scores.extend(sims.to_vec1::<f32>()?);
     }
     Ok(scores)
+}
+
+/// The frozen text tower's L2-normalised embeddings of token id sequences, `[N, d]`.
+fn caption_embeddings(encoder: &DualEncoder, captions: &[Vec<u32>]) -> Result<Tensor> {
+    const CHUNK: usize = 256;
+    let mut rows = Vec::with_capacity(captions.len());
+    for chunk in captions.chunks(CHUNK) {
+        rows.extend(encoder.embed_token_ids(chunk)?);
+    }
+    let d = encoder.model.embedding_dim();
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    Ok(Tensor::from_vec(
+        flat,
+        (captions.len(), d),
+        encoder.device(),
+    )?)
+}
+
+/// Trains `mapper` on `data` with the backbone `encoder` frozen (its text embeddings computed
+/// once), with fine-tuning's loop: `config`'s epochs, batches (hard pairs together), AdamW,
+/// warmup and cosine decay, clipping, accumulation, precision and early stopping (its `freeze`
+/// and `loss` do not apply: the loss is the backbone family's). After each epoch `validate`
+/// scores the mapper (higher is better); the best one is saved to `out`, or the last one when
+/// no epoch beat the untrained mapper.
+pub fn train(
+    encoder: &DualEncoder,
+    mapper: &ElipMapper,
+    data: &PairData,
+    config: &FinetuneConfig,
+    out: &Path,
+    mut validate: impl FnMut(&ElipMapper) -> Result<Option<f64>>,
+) -> Result<FinetuneReport> {
+    mapper.config.check_backbone(&encoder.model)?;
+    let device = encoder.device().clone();
+    let texts = caption_embeddings(encoder, &data.captions)?;
+    let logits = backbone_logits(encoder)?;
+    let size = encoder.model.image_size();
+    let mut optimiser = Optimizer::over(&mapper.varmap, config.optimiser, |_| true, false)?;
+    // Dropout draws from its own stream, so batches stay those of `config.seed`.
+    let mut dropout = StdRng::seed_from_u64(config.seed.wrapping_add(1));
+    let report = train_pairs(
+        &mut optimiser,
+        data,
+        config,
+        &device,
+        |part| {
+            let images: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
+            let flat = data.batch_pixels(&images, encoder)?;
+            let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
+            let captions: Vec<u32> = part.iter().map(|&(_, c)| c as u32).collect();
+            let n = captions.len();
+            let t = texts.index_select(&Tensor::from_vec(captions, n, &device)?, 0)?;
+            batch_loss(
+                &encoder.model,
+                mapper,
+                &pixels,
+                &t,
+                logits,
+                Some(&mut dropout),
+            )
+        },
+        || validate(mapper),
+        || mapper.save(out),
+    )?;
+    if report.best_epoch == 0 {
+        mapper.save(out)?;
+    }
+    Ok(report)
 }

@@ -287,6 +287,49 @@ pub fn finetune(
     out: &Path,
     mut validate: impl FnMut(&Trainable) -> Result<Option<f64>>,
 ) -> Result<FinetuneReport> {
+    let loss_kind = config.loss.unwrap_or(model.loss);
+    let size = model.encoder.model.image_size();
+    let device = model.encoder.device().clone();
+    let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
+    let report = train_pairs(
+        &mut optimiser,
+        data,
+        config,
+        &device,
+        |part| {
+            let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
+            let flat = data.batch_pixels(&indices, &model.encoder)?;
+            let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
+            let ids: Vec<Vec<u32>> = part
+                .iter()
+                .map(|&(_, c)| data.captions[c].clone())
+                .collect();
+            model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)
+        },
+        || validate(model),
+        || save_checkpoint(model, out),
+    )?;
+    if report.best_epoch == 0 {
+        // Never better than the base: keep the base weights, so the result is no worse.
+        copy_base(model.encoder.folder(), out)?;
+    }
+    Ok(report)
+}
+
+/// The training loop shared by fine-tuning and ELIP: epochs over `data`'s pairs in shuffled
+/// batches (hard pairs kept together), one caption per image per epoch, `batch_loss` of each
+/// micro-batch of `(image, caption)` pairs under the precision's autocast, gradients
+/// accumulated, clipped and applied by `optimiser` with warmup and cosine decay; `validate`
+/// after each epoch (and once before), `save_best` when it improves, early stopping.
+pub(crate) fn train_pairs(
+    optimiser: &mut Optimizer,
+    data: &PairData,
+    config: &FinetuneConfig,
+    device: &candle_core::Device,
+    mut batch_loss: impl FnMut(&[(usize, usize)]) -> Result<Tensor>,
+    mut validate: impl FnMut() -> Result<Option<f64>>,
+    mut save_best: impl FnMut() -> Result<()>,
+) -> Result<FinetuneReport> {
     if data.images.is_empty() || data.pairs.iter().all(Vec::is_empty) {
         return Err(Error::InvalidArgument(
             "no image-caption pairs to train on".into(),
@@ -297,13 +340,9 @@ pub fn finetune(
             "batch_size must be at least 2: contrastive losses need negatives".into(),
         ));
     }
-    let loss_kind = config.loss.unwrap_or(model.loss);
-    let size = model.encoder.model.image_size();
-    let device = model.encoder.device().clone();
     let precision = config
         .precision
-        .unwrap_or_else(|| Precision::default_for(&device));
-    let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
+        .unwrap_or_else(|| Precision::default_for(device));
     let vars = optimiser.variables();
     let usable: Vec<usize> = (0..data.images.len())
         .filter(|&i| !data.pairs[i].is_empty())
@@ -327,7 +366,7 @@ pub fn finetune(
         indicatif::ProgressBar::hidden()
     };
 
-    let base_score = validate(model)?;
+    let base_score = validate()?;
     let mut report = FinetuneReport {
         epochs: Vec::new(),
         best_epoch: 0,
@@ -358,16 +397,9 @@ pub fn finetune(
             ));
             let mut grads: Option<GradStore> = None;
             for part in batch.chunks(micro).filter(|p| p.len() >= 2) {
-                let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
-                let flat = data.batch_pixels(&indices, &model.encoder)?;
-                let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
-                let ids: Vec<Vec<u32>> = part
-                    .iter()
-                    .map(|&(_, c)| data.captions[c].clone())
-                    .collect();
                 let loss = {
                     let _autocast = crate::layers::Autocast::new(precision.compute_dtype());
-                    model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)?
+                    batch_loss(part)?
                 };
                 loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 loss_count += 1;
@@ -393,7 +425,7 @@ pub fn finetune(
             bar.inc(1);
         }
         let seconds = started.elapsed().as_secs_f64();
-        let validation = validate(model)?;
+        let validation = validate()?;
         report.epochs.push(EpochReport {
             epoch,
             mean_loss: loss_sum / loss_count.max(1) as f64,
@@ -409,7 +441,7 @@ pub fn finetune(
         if better {
             report.best_epoch = epoch;
             report.best_validation = validation.or(report.best_validation);
-            save_checkpoint(model, out)?;
+            save_best()?;
             since_best = 0;
         } else {
             since_best += 1;
@@ -420,10 +452,6 @@ pub fn finetune(
         }
     }
     bar.finish_and_clear();
-    if report.best_epoch == 0 {
-        // Never better than the base: keep the base weights, so the result is no worse.
-        copy_base(model.encoder.folder(), out)?;
-    }
     Ok(report)
 }
 

@@ -317,8 +317,18 @@ impl Optimizer {
         config: AdamWConfig,
         trains: impl Fn(&str) -> bool,
     ) -> Result<Self> {
-        let vars = model
-            .varmap
+        Self::over(&model.varmap, config, trains, model.loss == Loss::InfoNce)
+    }
+
+    /// Optimises the variables of `varmap` that `trains(name)` selects; `clamp_logit_scale`
+    /// clamps a variable named `logit_scale` as CLIP does.
+    pub fn over(
+        varmap: &VarMap,
+        config: AdamWConfig,
+        trains: impl Fn(&str) -> bool,
+        clamp_logit_scale: bool,
+    ) -> Result<Self> {
+        let vars = varmap
             .data()
             .lock()
             .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
@@ -331,7 +341,7 @@ impl Optimizer {
             let value = values(var.as_tensor())?;
             slots.push(Slot {
                 decays: decays(name, &var),
-                clamped: name == "logit_scale" && model.loss == Loss::InfoNce,
+                clamped: name == "logit_scale" && clamp_logit_scale,
                 m: vec![0.0; value.len()],
                 v: vec![0.0; value.len()],
                 value,
