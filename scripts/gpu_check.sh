@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
 # The CUDA libraries candle links to, from the system or from PyTorch's wheels.
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
   found=$(find /opt /usr /lib -name "$lib" 2>/dev/null | head -1)
   if [ -z "$found" ]; then echo "missing $lib"; exit 1; fi
   export LD_LIBRARY_PATH="$(dirname "$found"):${LD_LIBRARY_PATH:-}"
@@ -54,16 +54,16 @@ step "2. training steps on the GPU"
 for precision in fp32 bf16; do
   for batch in 32 256; do
     MIRANTE_DEVICE=cuda MIRANTE_PRECISION=$precision MIRANTE_BENCH_BATCH=$batch \
-      timeout 180 "$BIN/train_bench" 2>&1 | grep -v '^\s*$'
+      timeout 120 "$BIN/train_bench" 2>&1 | grep -v '^\s*$'
   done
 done
 
 step "3. encoders on the GPU"
-MIRANTE_DEVICE=cuda MIRANTE_BENCH_BATCH=128 timeout 240 "$BIN/encoder_bench" "$OUT/encoders" 2>&1
+MIRANTE_DEVICE=cuda MIRANTE_BENCH_BATCH=128 timeout 150 "$BIN/encoder_bench" "$OUT/encoders" 2>&1
 rm -rf "$OUT/encoders"
 
 step "4. mirante demo on the GPU"
 start=$(date +%s)
-MIRANTE_DEVICE=cuda timeout 300 "$BIN/mirante" demo --out /tmp/mirante-demo >"$OUT/demo.txt" 2>&1
+MIRANTE_DEVICE=cuda timeout 200 "$BIN/mirante" demo --out /tmp/mirante-demo >"$OUT/demo.txt" 2>&1
 echo "demo exit $? in $(( $(date +%s) - start )) s"
 tail -40 "$OUT/demo.txt"

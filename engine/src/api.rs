@@ -47,6 +47,7 @@ impl<'db> Collection<'db> {
                 model: None,
                 limit: query::DEFAULT_SEARCH_LIMIT,
                 into: None,
+                rerank: None,
             },
             filter: None,
             with_bytes: false,
@@ -109,6 +110,15 @@ impl Search<'_> {
     /// Hits carry the stored image bytes.
     pub fn with_image_bytes(mut self) -> Self {
         self.with_bytes = true;
+        self
+    }
+
+    /// Re-rank the first `top` images of a text search with registry ELIP model `elip`.
+    pub fn rerank(mut self, elip: &str, top: usize) -> Self {
+        self.plan.rerank = Some(query::RerankPlan {
+            elip: elip.to_string(),
+            top: top as u64,
+        });
         self
     }
 

@@ -477,6 +477,18 @@ pub(crate) fn explain(db: &Database, plan: &EvaluatePlan) -> Result<Vec<String>>
             index_depth(plan)
         ));
     }
+    if let Some(r) = &plan.rerank {
+        lines.push(format!(
+            "  then, text_to_image only: each caption's exact top {} images re-ranked; a gold \
+             image below the top {} keeps its rank; reported as a second model row",
+            r.top, r.top
+        ));
+        lines.extend(
+            crate::elip::explain(db, r, r.top)?
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
+    }
     Ok(lines)
 }
 
@@ -546,6 +558,42 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
             directions,
             ranking_time,
         });
+        if let Some(r) = &plan.rerank {
+            let start = Instant::now();
+            let elip = crate::elip::load(db, &r.elip)?;
+            elip.check_backbone(&r.elip, &m.fingerprint, &m.label)?;
+            let backbone = db.models.load(&elip.backbone)?;
+            let pixels = |image: u32| -> Result<Vec<f32>> {
+                let row = g.row(g.images[image as usize]);
+                let source = row.image_source().unwrap_or("");
+                let bytes = row.image_bytes().ok_or_else(|| {
+                    Error::Invalid(format!("row {} has no image to re-rank", row.id()))
+                })?;
+                Ok(backbone.encoder.pixels(bytes, source)?)
+            };
+            let mut reranked = ranks.clone();
+            reranked.text_to_image = crate::elip::reranked_text_ranks(
+                &backbone.encoder,
+                &elip.mapper,
+                &problem,
+                &ranks.text_to_image,
+                r.top as usize,
+                pixels,
+                db.options.progress,
+            )?;
+            models.push(ModelEvaluation {
+                model: format!("{} + ELIP '{}' (top {})", m.label, r.elip, r.top),
+                fingerprint: m.fingerprint.clone(),
+                directions: vec![direction_result(
+                    Direction::TextToImage,
+                    &plan.metrics,
+                    &reranked,
+                    &problem,
+                    &g,
+                )],
+                ranking_time: start.elapsed(),
+            });
+        }
     }
     let mut evaluation = Evaluation {
         collection: plan.collection.clone(),

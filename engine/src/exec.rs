@@ -27,6 +27,7 @@ pub(crate) fn run(db: &Database, plan: Plan) -> Result<ResultSet> {
         Plan::Search(p) => search::run(db, &p, p.into.is_some()).map(|r| r.to_result_set()),
         Plan::Evaluate(p) => crate::evaluate::run(db, &p).map(|e| e.to_result_set()),
         Plan::Finetune(p) => crate::finetune::run(db, &p),
+        Plan::TrainElip(p) => crate::elip::train(db, &p),
         Plan::Select {
             collection,
             list,
@@ -672,7 +673,7 @@ fn read_image(image: &ImageRef) -> std::result::Result<Vec<u8>, String> {
     }
 }
 
-fn progress(show: bool) -> indicatif::ProgressBar {
+pub(crate) fn progress(show: bool) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -1011,10 +1012,17 @@ fn registry_models(db: &Database) -> Vec<(String, Lineage)> {
     out
 }
 
-/// A model's family from its checkpoint's config.json, without loading the weights.
+/// A model's family from its checkpoint's config.json (`elip` for an ELIP mapper), without
+/// loading the weights.
 fn model_family(key: &str) -> Cell {
-    crate::models::model_folder(key)
-        .ok()
+    let folder = crate::models::model_folder(key).ok();
+    if folder
+        .as_ref()
+        .is_some_and(|f| f.join(mirante_training::elip::CONFIG_FILE).is_file())
+    {
+        return Cell::Str("elip".into());
+    }
+    folder
         .and_then(|folder| std::fs::read_to_string(folder.join("config.json")).ok())
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|config| config["model_type"].as_str().map(str::to_string))
@@ -1168,7 +1176,7 @@ fn explain(db: &Database, plan: Plan) -> Result<ResultSet> {
             lines.push(format!(
                 "Search {} for the top {} {}",
                 p.collection,
-                p.limit,
+                p.rerank.as_ref().map_or(p.limit, |r| r.top.max(p.limit)),
                 match resolved.target {
                     query::Target::Images => "images",
                     query::Target::Texts => "captions",
@@ -1214,6 +1222,9 @@ fn explain(db: &Database, plan: Plan) -> Result<ResultSet> {
                 ));
             }
             lines.push("  merge: global top-k by score desc, then row id asc".into());
+            if let Some(r) = &p.rerank {
+                lines.extend(crate::elip::explain(db, r, p.limit)?);
+            }
         }
         Plan::Evaluate(p) => lines.extend(crate::evaluate::explain(db, p)?),
         other => lines.extend(format!("{other:#?}").lines().map(str::to_string)),

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use mirante_query::{EvalMetric, FinetunePlan, Literal};
 use mirante_storage::RowRef;
+use mirante_training::DualEncoder;
 use mirante_training::finetune::{
     FinetuneConfig, Freeze, PairData, Precision, TrainImage, finetune,
 };
@@ -28,7 +29,7 @@ pub(crate) const LINEAGE: &str = "mirante_model.json";
 const VALIDATION_BATCH: usize = 32;
 
 /// Names a registry model may have: they become folder names.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && !name.starts_with('.')
@@ -75,27 +76,37 @@ fn count(
     }
 }
 
-/// The run's settings from `WITH (...)`, with the validation metric.
-fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMetric, bool)> {
-    let opts = options_map(
-        &plan.options,
-        &[
-            "epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "warmup_steps",
-            "clip_norm",
-            "accumulation",
-            "loss",
-            "freeze",
-            "seed",
-            "patience",
-            "metric",
-            "hard_negatives",
-            "precision",
-        ],
-    )?;
+/// The options FINETUNE takes.
+const FINETUNE_OPTIONS: [&str; 14] = [
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "clip_norm",
+    "accumulation",
+    "loss",
+    "freeze",
+    "seed",
+    "patience",
+    "metric",
+    "hard_negatives",
+    "precision",
+];
+
+/// A training run's settings from `WITH (...)` (the keys `allowed` lists), with the validation
+/// metric, whether to mine hard negatives, and the options map for the caller's own keys.
+pub(crate) fn training_config(
+    options: &mirante_query::ast::Options,
+    allowed: &[&str],
+    progress: bool,
+) -> Result<(
+    FinetuneConfig,
+    EvalMetric,
+    bool,
+    std::collections::BTreeMap<String, Literal>,
+)> {
+    let opts = options_map(options, allowed)?;
     let mut c = FinetuneConfig {
         progress,
         ..FinetuneConfig::default()
@@ -162,16 +173,16 @@ fn config(plan: &FinetunePlan, progress: bool) -> Result<(FinetuneConfig, EvalMe
             .map_err(Error::Invalid)?,
         None => EvalMetric::Recall(1),
     };
-    Ok((c, metric, hard_negatives))
+    Ok((c, metric, hard_negatives, opts))
 }
 
 /// The pairs of the rows that pass `filter` and have an image and captions, preprocessed for
 /// `model` (images decoded in parallel), with the ids of those rows in the same order.
-fn pairs(
+pub(crate) fn pairs(
     db: &Database,
     collection: &str,
     filter: Option<&mirante_query::Predicate>,
-    model: &Trainable,
+    encoder: &DualEncoder,
 ) -> Result<(PairData, Vec<u64>)> {
     let snap = db.snapshot()?;
     let mut ids = Vec::new();
@@ -195,49 +206,58 @@ fn pairs(
     // the data keeps the encoded bytes and batches decode them again (memory for compressed
     // images only).
     rows.par_iter()
-        .try_for_each(|(source, bytes, _)| model.encoder.pixels(bytes, source).map(drop))?;
+        .try_for_each(|(source, bytes, _)| encoder.pixels(bytes, source).map(drop))?;
     let mut data = PairData::default();
     for (source, bytes, texts) in rows {
         data.images.push(TrainImage::Encoded { bytes, source });
         let mut mine = Vec::with_capacity(texts.len());
         for t in &texts {
             mine.push(data.captions.len());
-            data.captions.push(model.encoder.tokenizer.encode(t)?.ids);
+            data.captions.push(encoder.tokenizer.encode(t)?.ids);
         }
         data.pairs.push(mine);
     }
     Ok((data, ids))
 }
 
-/// Embeddings of the data's images with the model's current weights, in batches.
-fn embed_images(model: &Trainable, data: &PairData) -> Result<Vec<Vec<f32>>> {
+/// Embeddings of the data's images with the encoder's current weights, in batches.
+pub(crate) fn embed_images(encoder: &DualEncoder, data: &PairData) -> Result<Vec<Vec<f32>>> {
     let mut images = Vec::with_capacity(data.images.len());
     let indices: Vec<usize> = (0..data.images.len()).collect();
-    let per = 3 * model.encoder.model.image_size().pow(2);
+    let per = 3 * encoder.model.image_size().pow(2);
     for chunk in indices.chunks(VALIDATION_BATCH) {
-        let flat = data.batch_pixels(chunk, &model.encoder)?;
+        let flat = data.batch_pixels(chunk, encoder)?;
         let pixels: Vec<Vec<f32>> = flat.chunks(per).map(<[f32]>::to_vec).collect();
-        images.extend(model.encoder.embed_pixels(&pixels)?);
+        images.extend(encoder.embed_pixels(&pixels)?);
     }
     Ok(images)
+}
+
+/// Embeddings of the data's captions with the encoder's current weights, in batches.
+pub(crate) fn embed_captions(encoder: &DualEncoder, data: &PairData) -> Result<Vec<Vec<f32>>> {
+    let mut texts = Vec::with_capacity(data.captions.len());
+    for chunk in data.captions.chunks(VALIDATION_BATCH) {
+        texts.extend(encoder.embed_token_ids(chunk)?);
+    }
+    Ok(texts)
 }
 
 /// Pairs of training images that are each other's nearest neighbour under the base model: the
 /// confusable pairs hard-negative batches put together. Found with the collection's own index
 /// when its active image space holds the base model's vectors (`"index"`), else by embedding the
 /// images with the base model and exact scores (`"exact"`).
-fn mutual_neighbours(
+pub(crate) fn mutual_neighbours(
     db: &Database,
-    plan: &FinetunePlan,
-    model: &Trainable,
+    (collection, filter): (&str, Option<&mirante_query::Predicate>),
+    encoder: &DualEncoder,
     base_fingerprint: &str,
     data: &PairData,
     ids: &[u64],
 ) -> Result<(Vec<(usize, usize)>, &'static str)> {
-    let nearest = match index_neighbours(db, plan, base_fingerprint, ids)? {
+    let nearest = match index_neighbours(db, (collection, filter), base_fingerprint, ids)? {
         Some(nearest) => (nearest, "index"),
         None => {
-            let images = embed_images(model, data)?;
+            let images = embed_images(encoder, data)?;
             let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
             let nearest = crate::ranking::exact_top_k(&refs, &refs, 2)
                 .into_iter()
@@ -261,12 +281,12 @@ fn mutual_neighbours(
 /// model's stored image vectors; `None` when the collection does not hold them for every row.
 fn index_neighbours(
     db: &Database,
-    plan: &FinetunePlan,
+    (collection, filter): (&str, Option<&mirante_query::Predicate>),
     base_fingerprint: &str,
     ids: &[u64],
 ) -> Result<Option<Vec<Option<usize>>>> {
     let snap = db.snapshot()?;
-    let c = snap.collection(&plan.collection)?;
+    let c = snap.collection(collection)?;
     let Some(space) = c.active_image else {
         return Ok(None);
     };
@@ -275,17 +295,17 @@ fn index_neighbours(
     }
     let mut queries = Vec::new();
     for &id in ids {
-        match snap.vector_of(&plan.collection, space, id, 0)? {
+        match snap.vector_of(collection, space, id, 0)? {
             Some(v) => queries.extend(v),
             None => return Ok(None),
         }
     }
     let position: std::collections::HashMap<u64, usize> =
         ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    let keep = plan.filter.as_ref().map(row_filter);
+    let keep = filter.map(row_filter);
     let filter = keep.as_ref().map(|f| f as &mirante_storage::RowFilter<'_>);
     // Three results: the row itself, and a spare in case a neighbour has no captions.
-    let hits = snap.search(&plan.collection, space, &queries, 3, filter)?;
+    let hits = snap.search(collection, space, &queries, 3, filter)?;
     Ok(Some(
         hits.iter()
             .enumerate()
@@ -300,21 +320,12 @@ fn index_neighbours(
 
 /// `metric` of text-to-image retrieval over `data` with the model's current weights, exact.
 fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Option<f64>> {
-    let images = embed_images(model, data)?;
-    let mut texts = Vec::with_capacity(data.captions.len());
-    for chunk in data.captions.chunks(VALIDATION_BATCH) {
-        texts.extend(model.encoder.embed_token_ids(chunk)?);
-    }
-    let mut gold = vec![None; texts.len()];
-    for (image, captions) in data.pairs.iter().enumerate() {
-        for &c in captions {
-            gold[c] = Some(image as u32);
-        }
-    }
+    let images = embed_images(&model.encoder, data)?;
+    let texts = embed_captions(&model.encoder, data)?;
     let ranks = exact_ranks(&Problem {
         texts: texts.iter().map(Vec::as_slice).collect(),
         images: images.iter().map(Vec::as_slice).collect(),
-        gold,
+        gold: data.gold(),
     });
     Ok(match metric {
         EvalMetric::MeanSimilarity => ranks.matching.value(),
@@ -333,7 +344,8 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
             plan.name, plan.name
         )));
     }
-    let (config, metric, hard_negatives) = config(plan, db.options.progress)?;
+    let (config, metric, hard_negatives, _) =
+        training_config(&plan.options, &FINETUNE_OPTIONS, db.options.progress)?;
     let key = db.models.key(&plan.base)?;
     let folder = crate::models::model_folder(&key)?;
     let model = Trainable::load(&folder, &db.options.device)?;
@@ -345,11 +357,17 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
     };
     let (train_filter, validate_filter) = (sql(&plan.filter), sql(&plan.validate));
-    let (mut train, train_ids) = pairs(db, &plan.collection, plan.filter.as_ref(), &model)?;
+    let (mut train, train_ids) = pairs(db, &plan.collection, plan.filter.as_ref(), &model.encoder)?;
     let mut mining = None;
     if hard_negatives {
-        let (pairs, how) =
-            mutual_neighbours(db, plan, &model, &base_fingerprint, &train, &train_ids)?;
+        let (pairs, how) = mutual_neighbours(
+            db,
+            (&plan.collection, plan.filter.as_ref()),
+            &model.encoder,
+            &base_fingerprint,
+            &train,
+            &train_ids,
+        )?;
         train.hard_pairs = pairs;
         mining = Some(how);
     }
@@ -361,7 +379,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         )));
     }
     let validation = match &plan.validate {
-        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model)?.0),
+        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model.encoder)?.0),
         None => None,
     };
     // Written under a temporary name and renamed when complete: a crash leaves no half model.

@@ -17,6 +17,7 @@
 mod api;
 mod db;
 pub mod demo;
+mod elip;
 mod error;
 pub mod evaluate;
 mod exec;

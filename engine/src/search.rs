@@ -32,6 +32,9 @@ pub struct SearchHit {
     pub metadata: Vec<(String, Value)>,
     /// The stored image bytes, when asked for (HTML reports, RAG callers).
     pub image_bytes: Option<Vec<u8>>,
+    /// With `RERANK WITH ELIP`: the hit's 1-based rank in the first stage (`score` is then
+    /// ELIP's).
+    pub first_rank: Option<usize>,
 }
 
 /// Where the time of a search went.
@@ -43,6 +46,8 @@ pub struct SearchTimings {
     pub search: Duration,
     /// Reading the hit rows.
     pub fetch: Duration,
+    /// Re-scoring the first stage's top-K with ELIP (zero without `RERANK`).
+    pub rerank: Duration,
 }
 
 /// The results of a search and what produced them.
@@ -70,6 +75,10 @@ impl SearchResults {
         if captions {
             columns.push("matched_text".into());
         }
+        let reranked = self.hits.iter().any(|h| h.first_rank.is_some());
+        if reranked {
+            columns.push("first_rank".into());
+        }
         columns.extend(["image", "split"].map(String::from));
         columns.extend(self.metadata_columns.iter().cloned());
         let opt = |s: &Option<String>| s.clone().map_or(Cell::Null, Cell::Str);
@@ -85,6 +94,9 @@ impl SearchResults {
                 ];
                 if captions {
                     r.push(opt(&h.matched_text));
+                }
+                if reranked {
+                    r.push(h.first_rank.map_or(Cell::Null, |x| Cell::Int(x as i64)));
                 }
                 r.push(opt(&h.image));
                 r.push(opt(&h.split));
@@ -265,22 +277,32 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
     let query = query_vector(&snap, plan, &resolved)?;
     let embedded = Instant::now();
     let filter = resolved.filter(plan);
+    let depth = plan
+        .rerank
+        .as_ref()
+        .map_or(plan.limit, |r| r.top.max(plan.limit));
     let hits = snap
         .search(
             &plan.collection,
             resolved.space,
             &query,
-            plan.limit as usize,
+            depth as usize,
             filter.as_ref().map(|f| f as &storage::RowFilter<'_>),
         )?
         .into_iter()
         .next()
         .unwrap_or_default();
     let searched = Instant::now();
+    // (hit, first-stage rank when re-ranked), in result order.
+    let hits: Vec<(storage::Hit, Option<usize>)> = match &plan.rerank {
+        Some(r) => rerank(db, &snap, plan, &resolved, &query, &r.elip, hits)?,
+        None => hits.into_iter().map(|h| (h, None)).collect(),
+    };
+    let reranked = Instant::now();
     let c = snap.collection(&plan.collection)?;
     let metadata_columns: Vec<String> = c.schema.metadata.iter().map(|m| m.name.clone()).collect();
     let mut out = Vec::with_capacity(hits.len());
-    for (i, hit) in hits.iter().enumerate() {
+    for (i, (hit, first_rank)) in hits.iter().enumerate() {
         let handle = snap.get(&plan.collection, hit.row_id)?.ok_or_else(|| {
             Error::Invalid(format!("row {} vanished from the snapshot", hit.row_id))
         })?;
@@ -303,6 +325,7 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
             image_bytes: with_bytes
                 .then(|| row.image_bytes().map(<[u8]>::to_vec))
                 .flatten(),
+            first_rank: *first_rank,
         });
     }
     let fetched = Instant::now();
@@ -320,7 +343,8 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
         timings: SearchTimings {
             embed: embedded - start,
             search: searched - embedded,
-            fetch: fetched - searched,
+            rerank: reranked - searched,
+            fetch: fetched - reranked,
         },
         report: None,
     };
@@ -329,4 +353,55 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
         results.report = Some(path.clone());
     }
     Ok(results)
+}
+
+/// `RERANK WITH ELIP`: re-scores the first stage's hits (images of a text query) with ELIP
+/// model `elip` and keeps the best `plan.limit`, each with its first-stage rank.
+fn rerank(
+    db: &Database,
+    snap: &Snapshot,
+    plan: &SearchPlan,
+    resolved: &Resolved,
+    query: &[f32],
+    elip: &str,
+    hits: Vec<storage::Hit>,
+) -> Result<Vec<(storage::Hit, Option<usize>)>> {
+    use rayon::prelude::*;
+    let (SearchQuery::Text(_), Target::Images, Some(model)) =
+        (&plan.query, resolved.target, &resolved.model)
+    else {
+        return Err(Error::Invalid(
+            "RERANK WITH ELIP re-ranks images for a text query".into(),
+        ));
+    };
+    let loaded = crate::elip::load(db, elip)?;
+    loaded.check_backbone(elip, &model.fingerprint, &model.key)?;
+    let pixels: Vec<Vec<f32>> = hits
+        .par_iter()
+        .map(|h| {
+            let handle = snap.get(&plan.collection, h.row_id)?.ok_or_else(|| {
+                Error::Invalid(format!("row {} vanished from the snapshot", h.row_id))
+            })?;
+            let row = handle.row();
+            let bytes = row.image_bytes().ok_or_else(|| {
+                Error::Invalid(format!("row {} has no image to re-rank", h.row_id))
+            })?;
+            Ok(model
+                .encoder
+                .pixels(bytes, row.image_source().unwrap_or(""))?)
+        })
+        .collect::<Result<_>>()?;
+    let scores = crate::elip::scores(&model.encoder, &loaded.mapper, query, &pixels)?;
+    let mut order: Vec<usize> = (0..hits.len()).collect();
+    // Stable: equal ELIP scores keep the first stage's order.
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order.truncate(plan.limit as usize);
+    Ok(order
+        .into_iter()
+        .map(|i| {
+            let mut hit = hits[i];
+            hit.score = scores[i];
+            (hit, Some(i + 1))
+        })
+        .collect())
 }

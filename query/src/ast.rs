@@ -166,6 +166,16 @@ pub struct Search {
     pub limit: Option<u64>,
     /// `INTO 'results.html'`: also write an HTML report.
     pub into: Option<String>,
+    pub rerank: Option<Rerank>,
+}
+
+/// `RERANK WITH ELIP '<name>' [TOP k]`: the first stage's top k re-scored by an ELIP model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rerank {
+    pub elip: String,
+    pub top: Option<u64>,
+    /// Where the clause starts, for errors about it.
+    pub pos: Pos,
 }
 
 /// A retrieval-quality metric of `EVALUATE`; `Display` spells it as written (`recall@10`).
@@ -285,6 +295,7 @@ pub struct Evaluate {
     pub use_index: bool,
     /// `INTO 'report.html'`.
     pub into: Option<String>,
+    pub rerank: Option<Rerank>,
 }
 
 /// One statement.
@@ -333,6 +344,16 @@ pub enum Statement {
     /// `FINETUNE MODEL '<base>' ON c [WHERE ...] [VALIDATE WHERE ...] [WITH (...)] AS '<name>'`.
     Finetune {
         base: String,
+        collection: Name,
+        filter: Option<Expr>,
+        validate: Option<Expr>,
+        options: Options,
+        name: String,
+    },
+    /// `TRAIN ELIP ON c [USING MODEL '<backbone>'] [WHERE ...] [VALIDATE WHERE ...]
+    /// [WITH (...)] AS '<name>'`: trains an ELIP re-ranker on the collection's pairs.
+    TrainElip {
+        backbone: Option<String>,
         collection: Name,
         filter: Option<Expr>,
         validate: Option<Expr>,

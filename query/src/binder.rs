@@ -9,6 +9,11 @@ use crate::error::{Error, Pos, Result, suggestion};
 pub const DEFAULT_SEARCH_LIMIT: u64 = 10;
 /// The largest `LIMIT` a search accepts.
 pub const MAX_SEARCH_LIMIT: u64 = 100_000;
+/// First-stage results `RERANK WITH ELIP` re-scores when `TOP` is not given (the paper's K on
+/// COCO).
+pub const DEFAULT_RERANK_TOP: u64 = 100;
+/// Re-ranking runs one image-encoder pass per candidate and query: a bound on the cost.
+pub const MAX_RERANK_TOP: u64 = 10_000;
 
 /// What the binder needs to know about the database.
 pub trait Catalog {
@@ -185,6 +190,14 @@ pub struct SearchPlan {
     pub model: Option<String>,
     pub limit: u64,
     pub into: Option<String>,
+    pub rerank: Option<RerankPlan>,
+}
+
+/// A bound `RERANK WITH ELIP '<elip>' TOP <top>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankPlan {
+    pub elip: String,
+    pub top: u64,
 }
 
 /// A bound `EVALUATE`.
@@ -202,6 +215,8 @@ pub struct EvaluatePlan {
     /// Rank through the search path (ANN index) and compare with exact ranks.
     pub use_index: bool,
     pub into: Option<String>,
+    /// Text-to-image ranks re-ranked by ELIP, reported beside the first stage's.
+    pub rerank: Option<RerankPlan>,
 }
 
 /// A bound `FINETUNE`.
@@ -212,6 +227,18 @@ pub struct FinetunePlan {
     /// The training rows (all when `None`).
     pub filter: Option<Predicate>,
     /// The validation rows (no validation when `None`).
+    pub validate: Option<Predicate>,
+    pub options: Options,
+    pub name: String,
+}
+
+/// A bound `TRAIN ELIP`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainElipPlan {
+    /// `None`: the collection's active model.
+    pub backbone: Option<String>,
+    pub collection: String,
+    pub filter: Option<Predicate>,
     pub validate: Option<Predicate>,
     pub options: Options,
     pub name: String,
@@ -230,6 +257,7 @@ pub enum Plan {
     Search(SearchPlan),
     Evaluate(EvaluatePlan),
     Finetune(FinetunePlan),
+    TrainElip(TrainElipPlan),
     Select {
         collection: String,
         list: SelectList,
@@ -249,6 +277,18 @@ pub enum Plan {
     Explain(Box<Plan>),
     /// Statements that need no planning beyond the name checks the binder did.
     Other(Statement),
+}
+
+/// `TOP` defaulted and bounded.
+fn rerank_plan(r: Rerank) -> Result<RerankPlan> {
+    let top = r.top.unwrap_or(DEFAULT_RERANK_TOP);
+    if !(1..=MAX_RERANK_TOP).contains(&top) {
+        return Err(Error::bind(
+            format!("TOP {top} is outside 1..={MAX_RERANK_TOP}"),
+            r.pos,
+        ));
+    }
+    Ok(RerankPlan { elip: r.elip, top })
 }
 
 /// Binds one statement.
@@ -273,6 +313,27 @@ impl Binder<'_> {
                         s.collection.pos,
                     ));
                 }
+                let written = s.rerank.as_ref().map(|r| r.pos);
+                let rerank = s.rerank.map(rerank_plan).transpose()?;
+                if let (Some(r), Some(pos)) = (&rerank, written) {
+                    if !matches!(s.query, SearchQuery::Text(_)) || target != Some(Target::Images) {
+                        return Err(Error::bind(
+                            "RERANK WITH ELIP re-ranks images for a text query: \
+                             SEARCH <collection> BY TEXT '...' RERANK WITH ELIP '<name>'",
+                            pos,
+                        ));
+                    }
+                    if limit > r.top {
+                        return Err(Error::bind(
+                            format!(
+                                "LIMIT {limit} is above TOP {}: re-ranking orders the first {} \
+                                 results only",
+                                r.top, r.top
+                            ),
+                            pos,
+                        ));
+                    }
+                }
                 Plan::Search(SearchPlan {
                     collection: s.collection.value,
                     query: s.query,
@@ -281,10 +342,20 @@ impl Binder<'_> {
                     model: s.model,
                     limit,
                     into: s.into,
+                    rerank,
                 })
             }
             Statement::Evaluate(e) => {
                 let columns = self.collection(&e.collection)?;
+                if let Some(r) = &e.rerank
+                    && e.directions == [Direction::ImageToText]
+                {
+                    return Err(Error::bind(
+                        "RERANK WITH ELIP re-ranks images for text queries: it needs the \
+                         text_to_image direction",
+                        r.pos,
+                    ));
+                }
                 Plan::Evaluate(EvaluatePlan {
                     collection: e.collection.value,
                     metrics: if e.metrics.is_empty() {
@@ -301,6 +372,7 @@ impl Binder<'_> {
                     models: e.models,
                     use_index: e.use_index,
                     into: e.into,
+                    rerank: e.rerank.map(rerank_plan).transpose()?,
                 })
             }
             Statement::Finetune {
@@ -314,6 +386,24 @@ impl Binder<'_> {
                 let columns = self.collection(&collection)?;
                 Plan::Finetune(FinetunePlan {
                     base,
+                    collection: collection.value,
+                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    validate: validate.map(|f| predicate(&f, &columns)).transpose()?,
+                    options,
+                    name,
+                })
+            }
+            Statement::TrainElip {
+                backbone,
+                collection,
+                filter,
+                validate,
+                options,
+                name,
+            } => {
+                let columns = self.collection(&collection)?;
+                Plan::TrainElip(TrainElipPlan {
+                    backbone,
                     collection: collection.value,
                     filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
                     validate: validate.map(|f| predicate(&f, &columns)).transpose()?,

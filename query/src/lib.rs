@@ -9,8 +9,9 @@ mod parser;
 
 pub use ast::{Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target};
 pub use binder::{
-    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_SEARCH_LIMIT, EvaluatePlan, FinetunePlan,
-    MAX_SEARCH_LIMIT, Plan, Predicate, SearchPlan, SelectList, bind, bind_predicate,
+    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_RERANK_TOP, DEFAULT_SEARCH_LIMIT,
+    EvaluatePlan, FinetunePlan, MAX_RERANK_TOP, MAX_SEARCH_LIMIT, Plan, Predicate, RerankPlan,
+    SearchPlan, SelectList, TrainElipPlan, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};
 pub use eval::{Datum, RowValues, like};

@@ -27,6 +27,7 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "SEARCH",
     "EVALUATE",
     "FINETUNE MODEL",
+    "TRAIN ELIP",
     "DROP MODEL",
     "EXPORT MODEL",
     "EMBED",
@@ -55,6 +56,7 @@ pub const KEYWORDS: &[&str] = &[
     "DESCRIBE",
     "DIRECTION",
     "DROP",
+    "ELIP",
     "EMBED",
     "ERROR",
     "EVALUATE",
@@ -86,6 +88,7 @@ pub const KEYWORDS: &[&str] = &[
     "ON",
     "OR",
     "REEMBED",
+    "RERANK",
     "ROW",
     "SEARCH",
     "SELECT",
@@ -96,6 +99,8 @@ pub const KEYWORDS: &[&str] = &[
     "TEXT_TO_IMAGE",
     "TEXTS",
     "TO",
+    "TOP",
+    "TRAIN",
     "USING",
     "VALIDATE",
     "VACUUM",
@@ -197,11 +202,11 @@ struct StatementParser<'a> {
 }
 
 /// Words that end a `SEARCH`'s `WHERE` expression.
-const SEARCH_CLAUSES: [&str; 4] = ["MATCH", "USING", "LIMIT", "INTO"];
-/// Words that end a `FINETUNE`'s `WHERE` expressions.
-const FINETUNE_CLAUSES: [&str; 3] = ["VALIDATE", "WITH", "AS"];
+const SEARCH_CLAUSES: [&str; 5] = ["MATCH", "USING", "LIMIT", "INTO", "RERANK"];
+/// Words that end the `WHERE` expressions of `FINETUNE` and `TRAIN ELIP`.
+const TRAINING_CLAUSES: [&str; 4] = ["USING", "VALIDATE", "WITH", "AS"];
 /// Words that end an `EVALUATE`'s `WHERE` expression.
-const EVALUATE_CLAUSES: [&str; 3] = ["DIRECTION", "USING", "INTO"];
+const EVALUATE_CLAUSES: [&str; 4] = ["DIRECTION", "USING", "INTO", "RERANK"];
 
 impl StatementParser<'_> {
     fn here(&self) -> Pos {
@@ -397,6 +402,7 @@ impl StatementParser<'_> {
                 })
             }
             "FINETUNE" => self.finetune(),
+            "TRAIN" => self.train_elip(),
             "DROP" => {
                 self.p.next_token();
                 self.expect_word("COLLECTION")?;
@@ -651,6 +657,7 @@ impl StatementParser<'_> {
             model: None,
             limit: None,
             into: None,
+            rerank: None,
         };
         // The optional clauses may come in any order, each once.
         loop {
@@ -693,34 +700,59 @@ impl StatementParser<'_> {
                     self.p.next_token();
                     self.once(&mut s.into, "INTO", at, |p| p.string("the report's path"))?;
                 }
+                Some("RERANK") => self.once(&mut s.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,
             }
         }
         Ok(Statement::Search(s))
     }
 
-    fn finetune(&mut self) -> Result<Statement> {
-        self.p.next_token();
-        self.expect_word("MODEL")?;
-        let base = self.string("the base model (folder, Hub id or registry name)")?;
-        self.expect_word("ON")?;
-        let collection = self.name("a collection name")?;
-        let (mut filter, mut validate, mut options) = (None, None, Options::default());
+    /// `RERANK WITH ELIP '<name>' [TOP k]`.
+    fn rerank(&mut self) -> Result<Rerank> {
+        let pos = self.here();
+        self.expect_word("RERANK")?;
+        self.expect_word("WITH")?;
+        self.expect_word("ELIP")?;
+        let elip = self.string("the ELIP model's name")?;
+        let top = if self.word("TOP") {
+            Some(self.uint("how many first-stage results to re-rank")?)
+        } else {
+            None
+        };
+        Ok(Rerank { elip, top, pos })
+    }
+
+    /// The clauses after `ON <collection>` of `FINETUNE` and `TRAIN ELIP`, in any order, each
+    /// once, then `AS '<name>'`: (`USING MODEL`, `WHERE`, `VALIDATE WHERE`, `WITH`, name).
+    /// `USING MODEL` is accepted only when `using` is true.
+    #[allow(clippy::type_complexity)]
+    fn training_clauses(
+        &mut self,
+        using: bool,
+    ) -> Result<(Option<String>, Option<Expr>, Option<Expr>, Options, String)> {
+        let (mut model, mut filter, mut validate, mut options) =
+            (None, None, None, Options::default());
         loop {
             let at = self.here();
             let twice = |name: &str| Error::syntax(format!("{name} is given twice"), at);
             match self.peek_word().as_deref() {
+                Some("USING") if using => {
+                    if model.is_some() {
+                        return Err(twice("USING MODEL"));
+                    }
+                    model = self.using_model()?;
+                }
                 Some("WHERE") => {
                     self.p.next_token();
                     self.once(&mut filter, "WHERE", at, |p| {
-                        p.expr_until(&FINETUNE_CLAUSES)
+                        p.expr_until(&TRAINING_CLAUSES)
                     })?;
                 }
                 Some("VALIDATE") => {
                     self.p.next_token();
                     self.expect_word("WHERE")?;
                     self.once(&mut validate, "VALIDATE WHERE", at, |p| {
-                        p.expr_until(&FINETUNE_CLAUSES)
+                        p.expr_until(&TRAINING_CLAUSES)
                     })?;
                 }
                 Some("WITH") => {
@@ -734,6 +766,32 @@ impl StatementParser<'_> {
         }
         self.expect_word("AS")?;
         let name = self.string("the new model's name")?;
+        Ok((model, filter, validate, options, name))
+    }
+
+    fn train_elip(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        self.expect_word("ELIP")?;
+        self.expect_word("ON")?;
+        let collection = self.name("a collection name")?;
+        let (backbone, filter, validate, options, name) = self.training_clauses(true)?;
+        Ok(Statement::TrainElip {
+            backbone,
+            collection,
+            filter,
+            validate,
+            options,
+            name,
+        })
+    }
+
+    fn finetune(&mut self) -> Result<Statement> {
+        self.p.next_token();
+        self.expect_word("MODEL")?;
+        let base = self.string("the base model (folder, Hub id or registry name)")?;
+        self.expect_word("ON")?;
+        let collection = self.name("a collection name")?;
+        let (_, filter, validate, options, name) = self.training_clauses(false)?;
         Ok(Statement::Finetune {
             base,
             collection,
@@ -769,6 +827,7 @@ impl StatementParser<'_> {
             models: Vec::new(),
             use_index: false,
             into: None,
+            rerank: None,
         };
         loop {
             let at = self.here();
@@ -831,6 +890,7 @@ impl StatementParser<'_> {
                     self.p.next_token();
                     self.once(&mut e.into, "INTO", at, |p| p.string("the report's path"))?;
                 }
+                Some("RERANK") => self.once(&mut e.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,
             }
         }
@@ -1254,6 +1314,62 @@ mod tests {
         let mut v = parse(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
         assert_eq!(v.len(), 1);
         v.remove(0)
+    }
+
+    #[test]
+    fn elip_training_and_reranking() {
+        let Statement::TrainElip {
+            backbone,
+            collection,
+            filter,
+            validate,
+            options,
+            name,
+        } = one(
+            "TRAIN ELIP ON shapes USING MODEL 'shapes-finetuned' WHERE split = 'train' \
+             VALIDATE WHERE split = 'validation' WITH (prompts = 10, deep = false) AS 'elip'",
+        )
+        else {
+            panic!("not TRAIN ELIP");
+        };
+        assert_eq!(backbone.as_deref(), Some("shapes-finetuned"));
+        assert_eq!(
+            (collection.value.as_str(), name.as_str()),
+            ("shapes", "elip")
+        );
+        assert!(filter.is_some() && validate.is_some());
+        assert_eq!(options.0.len(), 2);
+        // The backbone may be left to the collection's active model, clauses in any order.
+        let Statement::TrainElip { backbone, .. } =
+            one("TRAIN ELIP ON shapes WITH (epochs = 1) WHERE split = 'train' AS 'e'")
+        else {
+            panic!("not TRAIN ELIP");
+        };
+        assert!(backbone.is_none());
+
+        let Statement::Search(s) = one(
+            "SEARCH shapes BY TEXT 'a red circle' WHERE split = 'test' RERANK WITH ELIP 'e' TOP 50 LIMIT 5",
+        ) else {
+            panic!("not a search");
+        };
+        let r = s.rerank.unwrap();
+        assert_eq!((r.elip.as_str(), r.top), ("e", Some(50)));
+        assert_eq!(s.limit, Some(5));
+        assert!(s.filter.is_some(), "WHERE stops before RERANK");
+        let Statement::Evaluate(e) =
+            one("EVALUATE recall@1 ON shapes WHERE split = 'test' RERANK WITH ELIP 'e'")
+        else {
+            panic!("not an evaluation");
+        };
+        assert_eq!(e.rerank.unwrap().top, None);
+        let twice = parse("SEARCH s BY TEXT 'x' RERANK WITH ELIP 'a' RERANK WITH ELIP 'b'")
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("RERANK is given twice"), "{twice}");
+        let missing = parse("SEARCH s BY TEXT 'x' RERANK WITH 'a'")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("ELIP"), "{missing}");
     }
 
     #[test]

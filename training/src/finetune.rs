@@ -181,6 +181,17 @@ pub struct PairData {
 }
 
 impl PairData {
+    /// Per caption, the image it describes.
+    pub fn gold(&self) -> Vec<Option<u32>> {
+        let mut gold = vec![None; self.captions.len()];
+        for (image, captions) in self.pairs.iter().enumerate() {
+            for &c in captions {
+                gold[c] = Some(image as u32);
+            }
+        }
+        gold
+    }
+
     /// The pixels of images `indices`, concatenated (decoded in parallel where encoded).
     pub fn batch_pixels(&self, indices: &[usize], encoder: &DualEncoder) -> Result<Vec<f32>> {
         use rayon::prelude::*;

@@ -303,7 +303,8 @@ impl Siglip {
         let x = self
             .final_ln
             .forward(&self.text_encoder.forward(&x, None)?)?;
-        let last = x.i((.., len - 1, ..))?;
+        // Contiguous: CUDA's matrix product takes no row-strided operand (the CPU's does).
+        let last = x.i((.., len - 1, ..))?.contiguous()?;
         Ok(l2_normalize(&self.text_head.forward(&last)?)?)
     }
 }
