@@ -1,0 +1,197 @@
+//! ELIP through the query language on the bundled shapes dataset and the default model:
+//! `TRAIN ELIP` registers a mapper, `SEARCH ... RERANK WITH ELIP` re-orders the first stage's
+//! top K, `EVALUATE ... RERANK WITH ELIP` reports it beside the backbone, `EXPLAIN` shows both
+//! stages, and mismatches are refused.
+
+#![allow(clippy::unwrap_used)]
+
+use mirante::shapes::{ShapesConfig, generate};
+use mirante::{Cell, Database, ResultSet};
+
+fn one(db: &Database, sql: &str) -> ResultSet {
+    db.sql(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .pop()
+        .unwrap()
+}
+
+fn error(db: &Database, sql: &str) -> String {
+    match db.sql(sql) {
+        Ok(r) => panic!("{sql} succeeded: {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn int(c: &Cell) -> i64 {
+    match c {
+        Cell::Int(v) => *v,
+        other => panic!("not an int: {other:?}"),
+    }
+}
+
+fn float(c: &Cell) -> f64 {
+    match c {
+        Cell::Float(v) => *v,
+        other => panic!("not a float: {other:?}"),
+    }
+}
+
+#[test]
+fn train_elip_then_rerank_searches_and_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(
+        &ShapesConfig {
+            rows: 160,
+            seed: 11,
+            ..ShapesConfig::default()
+        },
+        &data,
+    )
+    .unwrap();
+    let db = Database::open(dir.path().join("db")).unwrap();
+    one(&db, "CREATE COLLECTION shapes");
+    one(
+        &db,
+        &format!("IMPORT INTO shapes FROM '{}'", data.display()),
+    );
+
+    let trained = one(
+        &db,
+        "TRAIN ELIP ON shapes WHERE split = 'train' VALIDATE WHERE split <> 'train' \
+         WITH (epochs = 2, batch_size = 4, prompts = 2, hidden = 16, top = 5, patience = 5) \
+         AS 'elip'",
+    );
+    assert_eq!(trained.rows.len(), 2, "{trained:?}");
+    assert!(
+        trained
+            .get(0, "reranked recall@1")
+            .is_some_and(|c| *c != Cell::Null)
+    );
+    let status = trained.status.clone().unwrap();
+    assert!(status.contains("trained ELIP 'elip'"), "{status}");
+    assert!(status.contains("re-ranked vs"), "{status}");
+
+    // The registry lists it with its backbone.
+    let models = one(&db, "SHOW MODELS");
+    let row = (0..models.rows.len())
+        .find(|&r| models.get(r, "family") == Some(&Cell::Str("elip".into())))
+        .unwrap_or_else(|| panic!("no ELIP model in {models:?}"));
+    match models.get(row, "base").unwrap() {
+        Cell::Str(b) => assert!(b.contains("mirante-shapes-clip"), "{b}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Re-ranking keeps hits of the first stage's top K, reordered by ELIP's scores.
+    let plain = one(&db, "SEARCH shapes BY TEXT 'a red circle' LIMIT 10");
+    let first_ids: Vec<i64> = (0..10).map(|r| int(plain.get(r, "id").unwrap())).collect();
+    let reranked = one(
+        &db,
+        "SEARCH shapes BY TEXT 'a red circle' RERANK WITH ELIP 'elip' TOP 10 LIMIT 5",
+    );
+    assert_eq!(reranked.rows.len(), 5);
+    let mut seen = Vec::new();
+    for r in 0..5 {
+        let id = int(reranked.get(r, "id").unwrap());
+        let first = int(reranked.get(r, "first_rank").unwrap());
+        assert_eq!(
+            first_ids[first as usize - 1],
+            id,
+            "first_rank points at the plain hit"
+        );
+        assert!(!seen.contains(&first));
+        seen.push(first);
+        if r > 0 {
+            let (a, b) = (
+                float(reranked.get(r - 1, "score").unwrap()),
+                float(reranked.get(r, "score").unwrap()),
+            );
+            assert!(a >= b, "ELIP scores are non-increasing: {a} then {b}");
+        }
+    }
+
+    // EVALUATE: a second row for the re-ranked first stage; within TOP 10, recall@10 cannot move.
+    let eval = one(
+        &db,
+        "EVALUATE recall@1, recall@10, mrr ON shapes WHERE split <> 'train' \
+         RERANK WITH ELIP 'elip' TOP 10",
+    );
+    let labels: Vec<String> = (0..eval.rows.len())
+        .map(|r| match eval.get(r, "model").unwrap() {
+            Cell::Str(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let plain_t2i = (0..eval.rows.len())
+        .find(|&r| {
+            !labels[r].contains("ELIP")
+                && eval.get(r, "direction") == Some(&Cell::Str("text_to_image".into()))
+        })
+        .unwrap();
+    let elip_rows: Vec<usize> = (0..eval.rows.len())
+        .filter(|&r| labels[r].contains("+ ELIP 'elip' (top 10)"))
+        .collect();
+    assert_eq!(elip_rows.len(), 1, "{labels:?}");
+    let e = elip_rows[0];
+    assert_eq!(
+        eval.get(e, "direction"),
+        Some(&Cell::Str("text_to_image".into()))
+    );
+    assert_eq!(
+        float(eval.get(e, "recall@10").unwrap()),
+        float(eval.get(plain_t2i, "recall@10").unwrap())
+    );
+
+    let explain = one(
+        &db,
+        "EXPLAIN SEARCH shapes BY TEXT 'a red circle' RERANK WITH ELIP 'elip' TOP 20 LIMIT 3",
+    );
+    let text: Vec<String> = explain
+        .rows
+        .iter()
+        .map(|r| match &r[0] {
+            Cell::Str(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(text[0].contains("top 20"), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|l| l.contains("Re-rank the top 20 with ELIP 'elip' and keep the best 3")),
+        "{text:?}"
+    );
+
+    // A name that is not an ELIP model, and a first stage from another model, are refused.
+    let e = error(
+        &db,
+        "SEARCH shapes BY TEXT 'x' RERANK WITH ELIP 'missing' TOP 5 LIMIT 5",
+    );
+    assert!(e.contains("is not an ELIP model"), "{e}");
+    one(
+        &db,
+        &format!(
+            "EMBED shapes USING MODEL '{}'",
+            mirante_tests::tiny_clip().display()
+        ),
+    );
+    let e = error(
+        &db,
+        &format!(
+            "EVALUATE recall@1 ON shapes USING MODEL '{}' RERANK WITH ELIP 'elip' TOP 5",
+            mirante_tests::tiny_clip().display()
+        ),
+    );
+    assert!(e.contains("was trained over"), "{e}");
+
+    // Export and drop like any registry model.
+    let out = dir.path().join("exported");
+    one(&db, &format!("EXPORT MODEL 'elip' TO '{}'", out.display()));
+    assert!(out.join("elip_config.json").is_file());
+    assert!(out.join("model.safetensors").is_file());
+    one(&db, "DROP MODEL 'elip'");
+    let e = error(
+        &db,
+        "SEARCH shapes BY TEXT 'x' RERANK WITH ELIP 'elip' TOP 5 LIMIT 5",
+    );
+    assert!(e.contains("is not an ELIP model"), "{e}");
+}
