@@ -36,31 +36,31 @@ HIDDEN = 8
 DROPOUT = 0.1
 
 
-def mapper(d, width, count):
+def mapper(d, width, count, prompts=PROMPTS, hidden=HIDDEN):
     return torch.nn.ModuleList(
         torch.nn.Sequential(
-            torch.nn.Linear(d, HIDDEN * PROMPTS),
+            torch.nn.Linear(d, hidden * prompts),
             torch.nn.GELU(),
-            torch.nn.Linear(HIDDEN * PROMPTS, HIDDEN * PROMPTS),
+            torch.nn.Linear(hidden * prompts, hidden * prompts),
             torch.nn.GELU(),
-            torch.nn.Linear(HIDDEN * PROMPTS, width * PROMPTS),
+            torch.nn.Linear(hidden * prompts, width * prompts),
         )
         for _ in range(count)
     )
 
 
-def prompted(model, family, generators, pixels, texts):
-    """Image i's embedding under the prompts of text i."""
+def prompted(model, family, generators, pixels, texts, m=PROMPTS):
+    """Image i's embedding under the prompts of text i (m prompts per mapper)."""
     vision = model.vision_model
     b, width = pixels.shape[0], vision.config.hidden_size
-    prompts = [g(texts).reshape(b, PROMPTS, width) for g in generators]
+    prompts = [g(texts).reshape(b, m, width) for g in generators]
     h = vision.embeddings(pixels)
     if family == "clip":
         h = vision.pre_layrnorm(h)
     h = torch.cat([h[:, :1], prompts[0], h[:, 1:]], dim=1)
     for i, layer in enumerate(vision.encoder.layers):
         if 0 < i < len(prompts):
-            h = torch.cat([h[:, :1], prompts[i], h[:, 1 + PROMPTS:]], dim=1)
+            h = torch.cat([h[:, :1], prompts[i], h[:, 1 + m:]], dim=1)
         h = layer(h, attention_mask=None)
         if isinstance(h, tuple):
             h = h[0]

@@ -1,7 +1,11 @@
-//! A fused CPU kernel for `act(x + bias)` over the rows of a matrix product's output: one
-//! parallel pass instead of candle's three to four single-threaded ones (bias add, scale,
-//! sigmoid or tanh, multiply), which profiles showed to be a tenth of an encoder's time.
-//! Inference only (no backward pass): when an input tracks gradients the unfused ops run.
+//! Custom kernels where candle's composed operations cost too much:
+//! - `act(x + bias)` over the rows of a matrix product's output: one parallel CPU pass instead
+//!   of candle's three to four single-threaded ones (bias add, scale, sigmoid or tanh,
+//!   multiply), which profiles showed to be a tenth of an encoder's time. Inference only: when
+//!   an input tracks gradients the unfused ops run.
+//! - multi-head attention with one single-threaded CPU task per (batch, head), inference only;
+//! - a matrix product with a frozen right operand, whose backward pass skips that operand's
+//!   gradient (CPU and CUDA).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -220,6 +224,74 @@ impl candle_core::CustomOp1 for FusedAttention {
     }
 }
 
+/// `x W` for a 2-D `x` that tracks gradients and a 2-D `W` that does not (a frozen tower's
+/// weight): the backward pass computes `x`'s gradient only. candle's matrix product also
+/// computes the gradient of `W` and discards it, a third of a frozen encoder's backward work
+/// (ELIP, frozen towers).
+#[derive(Debug, Clone, Copy)]
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-matmul: [{m}, {k}] x [{k2}, {n}]")
+        }
+        Ok((m, n, k))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, n, k) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, Shape::from((m, n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, n, k) = Self::dims(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, l2)?, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w.t()?)?), None))
+    }
+}
+
+/// `x W`, through [`FrozenMatmul`] when only `x` needs a gradient.
+pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.track_op() && !w.track_op() && x.rank() == 2 && w.rank() == 2 {
+        x.apply_op2(w, FrozenMatmul)
+    } else {
+        x.matmul(w)
+    }
+}
+
 /// Self-attention of a fused QKV projection `[B, L, 3 * heads * head_dim]` (q, k, v blocks,
 /// each head-major), with an optional additive `[1, 1, L, L]` mask; `None` when the inputs
 /// cannot take the fused CPU path (the caller then runs candle's ops).
@@ -257,6 +329,32 @@ pub fn attention(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn frozen_matmul_matches_matmul_and_skips_the_weight_gradient() {
+        let x = candle_core::Var::randn(0f32, 1.0, (5, 7), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (7, 3), &Device::Cpu).unwrap();
+        let frozen = matmul(x.as_tensor(), &w).unwrap();
+        let plain = x.as_tensor().matmul(&w).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert_eq!(diff(&frozen, &plain), 0.0);
+        let gf = frozen.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(diff(gf.get(&x).unwrap(), gp.get(&x).unwrap()) < 1e-5);
+        assert!(gf.get(&w).is_none(), "no gradient for the frozen weight");
+        assert!(gp.get(&w).is_some(), "candle's product computes it");
+        // A product of untracked tensors stays a plain product.
+        assert!(!matmul(&w.t().unwrap(), &w).unwrap().track_op());
+    }
 
     #[test]
     fn fused_equals_unfused() {

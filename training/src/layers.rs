@@ -40,11 +40,10 @@ impl Drop for Autocast {
 /// `a @ b`, in the autocast dtype when one is set and differs from the operands'.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match AUTOCAST.get() {
-        Some(dtype) if a.dtype() != dtype => a
-            .to_dtype(dtype)?
-            .matmul(&b.to_dtype(dtype)?)?
-            .to_dtype(a.dtype()),
-        _ => a.matmul(b),
+        Some(dtype) if a.dtype() != dtype => {
+            crate::fused::matmul(&a.to_dtype(dtype)?, &b.to_dtype(dtype)?)?.to_dtype(a.dtype())
+        }
+        _ => crate::fused::matmul(a, b),
     }
 }
 

@@ -75,7 +75,7 @@ pub fn select_device(spec: Option<&str>) -> Result<Device> {
     if !cfg!(feature = "cuda") {
         return Err(Error::InvalidArgument(format!(
             "device '{spec}' needs a GPU build: this one was built without the cuda feature \
-             (cargo build --release --features mirante/cuda)"
+             (cargo build --release --features mirante-cli/cuda)"
         )));
     }
     Device::new_cuda(ordinal)
