@@ -286,8 +286,18 @@ pub fn prompted_image_features(
     pixels: &Tensor,
     texts: &Tensor,
 ) -> Result<Tensor> {
-    let prompts = mapper.prompts(texts, None)?;
+    let prompts = inference_prompts(mapper, texts)?;
     model.image_features_prompted(pixels, &prompts)
+}
+
+/// The prompts for inference: detached from the mapper's variables, so the image encoder runs
+/// its fused inference kernels and records no graph.
+fn inference_prompts(mapper: &ElipMapper, texts: &Tensor) -> Result<Vec<Tensor>> {
+    Ok(mapper
+        .prompts(texts, None)?
+        .into_iter()
+        .map(|p| p.detach())
+        .collect())
 }
 
 /// The backbone's temperature and bias: `exp(logit_scale)` and `logit_bias` when present.
@@ -373,7 +383,7 @@ pub fn rerank_scores(
     let device = encoder.device();
     let d = text.len();
     let query = Tensor::from_slice(text, (1, d), device)?;
-    let prompts = mapper.prompts(&query, None)?;
+    let prompts = inference_prompts(mapper, &query)?;
     let s = encoder.model.image_size();
     let mut scores = Vec::with_capacity(pixels.len());
     for chunk in pixels.chunks(batch.max(1)) {
