@@ -278,18 +278,30 @@ pub fn decays(name: &str, var: &Var) -> bool {
     var.rank() >= 2 && !name.starts_with("logit_")
 }
 
-/// One trained variable and its AdamW state, kept as plain vectors (the update is one fused
-/// pass instead of a dozen tensor operations, each allocating a copy of the parameter).
+/// One trained variable and its AdamW state.
 #[derive(Debug)]
 struct Slot {
     var: Var,
-    /// The parameter's values (the optimiser is the only writer of trained variables).
-    value: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    state: State,
     decays: bool,
     /// CLIP's logit scale, clamped to `[0, ln 100]` after each step as OpenCLIP does.
     clamped: bool,
+}
+
+/// Where the AdamW state lives.
+#[derive(Debug)]
+enum State {
+    /// CPU variables: plain vectors, updated in one fused parallel pass (instead of a dozen
+    /// tensor operations, each allocating a copy of the parameter). `value` mirrors the
+    /// parameter (the optimiser is the only writer of trained variables).
+    Host {
+        value: Vec<f32>,
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// GPU variables: moment tensors on the device, updated with tensor operations there, so
+    /// a step moves no gradient or parameter between host and device.
+    Device { m: Tensor, v: Tensor },
 }
 
 /// AdamW (decoupled weight decay, PyTorch's formula) over the trainable variables, with weight
@@ -328,6 +340,18 @@ impl Optimizer {
         trains: impl Fn(&str) -> bool,
         clamp_logit_scale: bool,
     ) -> Result<Self> {
+        Self::with_state(varmap, config, trains, clamp_logit_scale, None)
+    }
+
+    /// [`Optimizer::over`] with the state's place forced (`None`: on the device of each
+    /// variable), so tests can run the device update on the CPU.
+    fn with_state(
+        varmap: &VarMap,
+        config: AdamWConfig,
+        trains: impl Fn(&str) -> bool,
+        clamp_logit_scale: bool,
+        on_device: Option<bool>,
+    ) -> Result<Self> {
         let vars = varmap
             .data()
             .lock()
@@ -338,13 +362,24 @@ impl Optimizer {
         let mut slots = Vec::with_capacity(names.len());
         for name in names {
             let var = vars[name].clone();
-            let value = values(var.as_tensor())?;
+            let state = if on_device.unwrap_or_else(|| !var.device().is_cpu()) {
+                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                State::Device {
+                    m: zeros.clone(),
+                    v: zeros,
+                }
+            } else {
+                let value = values(var.as_tensor())?;
+                State::Host {
+                    m: vec![0.0; value.len()],
+                    v: vec![0.0; value.len()],
+                    value,
+                }
+            };
             slots.push(Slot {
                 decays: decays(name, &var),
                 clamped: name == "logit_scale" && clamp_logit_scale,
-                m: vec![0.0; value.len()],
-                v: vec![0.0; value.len()],
-                value,
+                state,
                 var,
             });
         }
@@ -399,37 +434,134 @@ impl Optimizer {
             let Some(g) = grads.get(&slot.var) else {
                 continue;
             };
-            let g = values(g)?;
             let decay = if slot.decays {
                 1.0 - lr * c.weight_decay
             } else {
                 1.0
             };
-            slot.value
-                .par_chunks_mut(UPDATE_CHUNK)
-                .zip(slot.m.par_chunks_mut(UPDATE_CHUNK))
-                .zip(slot.v.par_chunks_mut(UPDATE_CHUNK))
-                .zip(g.par_chunks(UPDATE_CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        let g = f64::from(g[i]) * scale;
-                        let mi = b1 * f64::from(m[i]) + (1.0 - b1) * g;
-                        let vi = b2 * f64::from(v[i]) + (1.0 - b2) * g * g;
-                        m[i] = mi as f32;
-                        v[i] = vi as f32;
-                        let update = (mi / correction1) / ((vi / correction2).sqrt() + c.eps);
-                        p[i] = (f64::from(p[i]) * decay - lr * update) as f32;
+            let updated = match &mut slot.state {
+                State::Host { value, m, v } => {
+                    let g = values(g)?;
+                    value
+                        .par_chunks_mut(UPDATE_CHUNK)
+                        .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                        .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                        .zip(g.par_chunks(UPDATE_CHUNK))
+                        .for_each(|(((p, m), v), g)| {
+                            for i in 0..p.len() {
+                                let g = f64::from(g[i]) * scale;
+                                let mi = b1 * f64::from(m[i]) + (1.0 - b1) * g;
+                                let vi = b2 * f64::from(v[i]) + (1.0 - b2) * g * g;
+                                m[i] = mi as f32;
+                                v[i] = vi as f32;
+                                let update =
+                                    (mi / correction1) / ((vi / correction2).sqrt() + c.eps);
+                                p[i] = (f64::from(p[i]) * decay - lr * update) as f32;
+                            }
+                        });
+                    if slot.clamped {
+                        for x in value.iter_mut() {
+                            *x = x.clamp(0.0, 100f32.ln());
+                        }
                     }
-                });
-            if slot.clamped {
-                for x in &mut slot.value {
-                    *x = x.clamp(0.0, 100f32.ln());
+                    Tensor::from_slice(value, slot.var.shape(), slot.var.device())?
                 }
-            }
-            let t = Tensor::from_slice(&slot.value, slot.var.shape(), slot.var.device())?
-                .to_dtype(slot.var.dtype())?;
-            slot.var.set(&t)?;
+                State::Device { m, v } => {
+                    let g = (g.to_dtype(DType::F32)? * scale)?;
+                    *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
+                    *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                    let denominator = ((&*v / correction2)?.sqrt()? + c.eps)?;
+                    let update = ((&*m / correction1)? / denominator)?;
+                    let p = slot.var.as_tensor().to_dtype(DType::F32)?;
+                    let p = ((p * decay)? - (update * lr)?)?;
+                    if slot.clamped {
+                        p.clamp(0f32, 100f32.ln())?
+                    } else {
+                        p
+                    }
+                }
+            };
+            slot.var.set(&updated.to_dtype(slot.var.dtype())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A variable map with a matrix (decayed), a vector (not decayed) and CLIP's logit scale
+    /// (clamped), the same values every call.
+    fn varmap() -> VarMap {
+        let vm = VarMap::new();
+        let cpu = Device::Cpu;
+        let mut vars = vm.data().lock().unwrap();
+        let t = |n: usize, shape: &[usize], k: f32| {
+            let values: Vec<f32> = (0..n).map(|i| ((i as f32 * k).sin()) * 0.5).collect();
+            Var::from_tensor(&Tensor::from_vec(values, shape, &cpu).unwrap()).unwrap()
+        };
+        vars.insert("w".into(), t(12, &[3, 4], 1.3));
+        vars.insert("b".into(), t(4, &[4], 0.7));
+        vars.insert("logit_scale".into(), t(1, &[], 1.0));
+        drop(vars);
+        vm
+    }
+
+    #[test]
+    fn device_update_equals_the_fused_host_update() {
+        let config = AdamWConfig {
+            lr: 0.05,
+            ..AdamWConfig::default()
+        };
+        let (host_vars, device_vars) = (varmap(), varmap());
+        let mut host =
+            Optimizer::with_state(&host_vars, config, |_| true, true, Some(false)).unwrap();
+        let mut device =
+            Optimizer::with_state(&device_vars, config, |_| true, true, Some(true)).unwrap();
+        for step in 0..3 {
+            // The same loss on both copies: a weighted sum whose gradients differ per element.
+            let loss = |vm: &VarMap| -> Tensor {
+                let vars = vm.data().lock().unwrap();
+                let mut total = Tensor::new(0f32, &Device::Cpu).unwrap();
+                for (name, var) in vars.iter() {
+                    let x = var.as_tensor();
+                    let weight = if name == "logit_scale" {
+                        -40.0
+                    } else {
+                        1.0 + step as f64
+                    };
+                    let term = (x.sqr().unwrap().sum_all().unwrap() * weight).unwrap();
+                    total = (total + (term + x.sum_all().unwrap()).unwrap()).unwrap();
+                }
+                total
+            };
+            let (gh, gd) = (
+                loss(&host_vars).backward().unwrap(),
+                loss(&device_vars).backward().unwrap(),
+            );
+            host.step_scaled(&gh, 0.5).unwrap();
+            device.step_scaled(&gd, 0.5).unwrap();
+        }
+        let (h, d) = (
+            host_vars.data().lock().unwrap(),
+            device_vars.data().lock().unwrap(),
+        );
+        for (name, var) in h.iter() {
+            let a: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = d[name]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}");
+            }
+        }
+        // The clamp holds on both paths: the loss's gradient (+1 at 0) pushes the logit scale
+        // below 0, where the clamp keeps it.
+        let scale: f32 = d["logit_scale"].as_tensor().to_scalar().unwrap();
+        assert_eq!(scale, 0.0);
     }
 }
