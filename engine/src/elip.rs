@@ -5,7 +5,6 @@
 //! `SEARCH` and `EVALUATE`.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use mirante_query::{EvalMetric, Literal, TrainElipPlan};
 use mirante_training::DualEncoder;
@@ -16,12 +15,12 @@ use rayon::prelude::*;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::finetune::{
-    LINEAGE, REGISTRY, check_name, embed_captions, embed_images, mutual_neighbours, pairs,
-    registry_path, training_config,
+    LINEAGE, check_name, commit_model, embed_captions, embed_images, epochs_result,
+    mutual_neighbours, pairs, partial_folder, registry_path, run_lineage, training_config,
 };
 use crate::metrics::rank_metric;
 use crate::ranking::{Problem, exact_ranks, exact_top_k};
-use crate::result::{Cell, ResultSet};
+use crate::result::ResultSet;
 
 /// The options `TRAIN ELIP` takes: fine-tuning's loop settings and the mapper's shape.
 const ELIP_OPTIONS: [&str; 17] = [
@@ -391,12 +390,7 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
     };
     let baseline = validation.as_ref().and_then(|v| v.baseline(metric));
 
-    let registry = db.path().join(REGISTRY);
-    std::fs::create_dir_all(&registry).map_err(|e| Error::io(&registry, e))?;
-    let partial = registry.join(format!(".partial-{}", plan.name));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-    }
+    let partial = partial_folder(db, &plan.name)?;
     let mapper = ElipMapper::new(elip, config.seed, &db.options.device)?;
     let report =
         training_elip::train(
@@ -412,62 +406,28 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
                 None => Ok(None),
             },
         )?;
-    let lineage = serde_json::json!({
-        "name": plan.name,
-        "family": "elip",
-        "base": backbone.key,
-        "base_fingerprint": backbone.fingerprint,
-        "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        "collection": plan.collection,
-        "version": snap.version(),
-        "filter": sql(&plan.filter),
-        "validate": sql(&plan.validate),
-        "train_rows": train.images.len(),
-        "train_captions": train.captions.len(),
-        "hard_negative_pairs": hard_negatives.then_some(train.hard_pairs.len()),
-        "hard_negative_mining": mining,
-        "validation_rows": validation.as_ref().map(|v| v.images.len()),
-        "validation_top": top,
-        "options": plan.options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
-        "metric": metric.to_string(),
-        "baseline_validation": baseline,
-        "best_epoch": report.best_epoch,
-        "best_validation": report.best_validation,
-        "stopped_early": report.stopped_early,
-        "precision": report.precision.name(),
-        "epochs": report.epochs.iter().map(|e| serde_json::json!({
-            "epoch": e.epoch,
-            "loss": e.mean_loss,
-            "validation": e.validation,
-            "samples_per_second": e.samples_per_second,
-        })).collect::<Vec<_>>(),
-    });
-    let lineage_path = partial.join(LINEAGE);
-    std::fs::write(
-        &lineage_path,
-        serde_json::to_string_pretty(&lineage).unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&lineage_path, e))?;
-    std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
-
-    let mut out = ResultSet::new(
-        [
-            "epoch",
-            "loss",
-            format!("reranked {metric}").as_str(),
-            "samples_per_s",
-        ]
-        .map(String::from)
-        .to_vec(),
+    let lineage = run_lineage(
+        serde_json::json!({
+            "name": plan.name,
+            "family": "elip",
+            "base": backbone.key,
+            "base_fingerprint": backbone.fingerprint,
+            "collection": plan.collection,
+            "version": snap.version(),
+            "filter": sql(&plan.filter),
+            "validate": sql(&plan.validate),
+            "validation_top": top,
+            "baseline_validation": baseline,
+        }),
+        &train,
+        mining,
+        validation.as_ref().map(|v| v.images.len()),
+        &plan.options,
+        metric,
+        &report,
     );
-    for e in &report.epochs {
-        out.rows.push(vec![
-            Cell::Int(e.epoch as i64),
-            Cell::Float(e.mean_loss),
-            e.validation.map_or(Cell::Null, Cell::Float),
-            Cell::Float(e.samples_per_second),
-        ]);
-    }
+    commit_model(&partial, &target, &lineage)?;
+    let mut out = epochs_result(&report, &format!("reranked {metric}"));
     let validated = match (report.best_validation, baseline) {
         (Some(v), Some(b)) => {
             format!(", validation {metric} {v:.4} re-ranked vs {b:.4} without (top {top})")

@@ -382,73 +382,33 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         Some(p) => Some(pairs(db, &plan.collection, Some(p), &model.encoder)?.0),
         None => None,
     };
-    // Written under a temporary name and renamed when complete: a crash leaves no half model.
-    let registry = db.path().join(REGISTRY);
-    std::fs::create_dir_all(&registry).map_err(|e| Error::io(&registry, e))?;
-    let partial = registry.join(format!(".partial-{}", plan.name));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-    }
+    let partial = partial_folder(db, &plan.name)?;
     let report = finetune(&model, &train, &config, &partial, |m| match &validation {
         Some(v) => score(m, v, metric).map_err(|e| {
             mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
         }),
         None => Ok(None),
     })?;
-    let lineage = serde_json::json!({
-        "name": plan.name,
-        "family": model.encoder.model.family(),
-        "base": key,
-        "base_fingerprint": base_fingerprint,
-        "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        "collection": plan.collection,
-        "version": version,
-        "filter": train_filter,
-        "validate": validate_filter,
-        "train_rows": train.images.len(),
-        "train_captions": train.captions.len(),
-        "hard_negative_pairs": hard_negatives.then_some(train.hard_pairs.len()),
-        "hard_negative_mining": mining,
-        "validation_rows": validation.as_ref().map(|v| v.images.len()),
-        "options": plan.options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
-        "metric": metric.to_string(),
-        "best_epoch": report.best_epoch,
-        "best_validation": report.best_validation,
-        "stopped_early": report.stopped_early,
-        "precision": report.precision.name(),
-        "epochs": report.epochs.iter().map(|e| serde_json::json!({
-            "epoch": e.epoch,
-            "loss": e.mean_loss,
-            "validation": e.validation,
-            "samples_per_second": e.samples_per_second,
-        })).collect::<Vec<_>>(),
-    });
-    let lineage_path = partial.join(LINEAGE);
-    std::fs::write(
-        &lineage_path,
-        serde_json::to_string_pretty(&lineage).unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&lineage_path, e))?;
-    std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
-
-    let mut out = ResultSet::new(
-        [
-            "epoch",
-            "loss",
-            metric.to_string().as_str(),
-            "samples_per_s",
-        ]
-        .map(String::from)
-        .to_vec(),
+    let lineage = run_lineage(
+        serde_json::json!({
+            "name": plan.name,
+            "family": model.encoder.model.family(),
+            "base": key,
+            "base_fingerprint": base_fingerprint,
+            "collection": plan.collection,
+            "version": version,
+            "filter": train_filter,
+            "validate": validate_filter,
+        }),
+        &train,
+        mining,
+        validation.as_ref().map(|v| v.images.len()),
+        &plan.options,
+        metric,
+        &report,
     );
-    for e in &report.epochs {
-        out.rows.push(vec![
-            Cell::Int(e.epoch as i64),
-            Cell::Float(e.mean_loss),
-            e.validation.map_or(Cell::Null, Cell::Float),
-            Cell::Float(e.samples_per_second),
-        ]);
-    }
+    commit_model(&partial, &target, &lineage)?;
+    let mut out = epochs_result(&report, &metric.to_string());
     let kept = if report.best_epoch == 0 {
         "no epoch beat the base model, so its weights were kept".to_string()
     } else {
@@ -468,6 +428,89 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
         plan.name
     ));
     Ok(out)
+}
+
+/// The folder a registry model is written into, `<registry>/.partial-<name>` (emptied): it is
+/// renamed to its name when complete, so a crash leaves no half model.
+pub(crate) fn partial_folder(db: &Database, name: &str) -> Result<PathBuf> {
+    let registry = db.path().join(REGISTRY);
+    std::fs::create_dir_all(&registry).map_err(|e| Error::io(&registry, e))?;
+    let partial = registry.join(format!(".partial-{name}"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    Ok(partial)
+}
+
+/// A trained model's lineage: the caller's keys (`own`: name, family, base, data) and what
+/// every training run records (creation time, data sizes, hard-negative mining, options,
+/// validation metric, per-epoch history).
+pub(crate) fn run_lineage(
+    mut own: serde_json::Value,
+    train: &PairData,
+    mining: Option<&str>,
+    validation_rows: Option<usize>,
+    options: &mirante_query::ast::Options,
+    metric: EvalMetric,
+    report: &mirante_training::FinetuneReport,
+) -> serde_json::Value {
+    let run = serde_json::json!({
+        "created": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "train_rows": train.images.len(),
+        "train_captions": train.captions.len(),
+        "hard_negative_pairs": mining.map(|_| train.hard_pairs.len()),
+        "hard_negative_mining": mining,
+        "validation_rows": validation_rows,
+        "options": options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        "metric": metric.to_string(),
+        "best_epoch": report.best_epoch,
+        "best_validation": report.best_validation,
+        "stopped_early": report.stopped_early,
+        "precision": report.precision.name(),
+        "epochs": report.epochs.iter().map(|e| serde_json::json!({
+            "epoch": e.epoch,
+            "loss": e.mean_loss,
+            "validation": e.validation,
+            "samples_per_second": e.samples_per_second,
+        })).collect::<Vec<_>>(),
+    });
+    if let (Some(own), serde_json::Value::Object(run)) = (own.as_object_mut(), run) {
+        own.extend(run);
+    }
+    own
+}
+
+/// Writes the lineage into the partial folder and renames it to the model's registry folder.
+pub(crate) fn commit_model(
+    partial: &Path,
+    target: &Path,
+    lineage: &serde_json::Value,
+) -> Result<()> {
+    let lineage_path = partial.join(LINEAGE);
+    std::fs::write(
+        &lineage_path,
+        serde_json::to_string_pretty(lineage).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&lineage_path, e))?;
+    std::fs::rename(partial, target).map_err(|e| Error::io(target, e))
+}
+
+/// One row per epoch: `epoch`, `loss`, the validation metric (column `metric`), `samples_per_s`.
+pub(crate) fn epochs_result(report: &mirante_training::FinetuneReport, metric: &str) -> ResultSet {
+    let mut out = ResultSet::new(
+        ["epoch", "loss", metric, "samples_per_s"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for e in &report.epochs {
+        out.rows.push(vec![
+            Cell::Int(e.epoch as i64),
+            Cell::Float(e.mean_loss),
+            e.validation.map_or(Cell::Null, Cell::Float),
+            Cell::Float(e.samples_per_second),
+        ]);
+    }
+    out
 }
 
 /// `DROP MODEL`: refused while a collection embeds with it.

@@ -117,6 +117,16 @@ impl ElipConfig {
     }
 }
 
+/// The variables of a map, locked.
+fn variables(
+    varmap: &VarMap,
+) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Var>>> {
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))
+}
+
 /// The trainable mapping network.
 pub struct ElipMapper {
     pub config: ElipConfig,
@@ -140,10 +150,7 @@ impl ElipMapper {
         let mut rng = StdRng::seed_from_u64(seed);
         let varmap = VarMap::new();
         {
-            let mut vars = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+            let mut vars = variables(&varmap)?;
             for (name, rows, cols) in config.linears() {
                 let w: Vec<f32> = (0..rows * cols)
                     .map(|_| crate::scratch::normal(&mut rng) * 0.02)
@@ -173,10 +180,7 @@ impl ElipMapper {
             })?;
         let varmap = VarMap::new();
         {
-            let mut vars = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+            let mut vars = variables(&varmap)?;
             for (name, rows, cols) in config.linears() {
                 for (suffix, shape) in [("weight", vec![rows, cols]), ("bias", vec![rows])] {
                     let key = format!("{name}.{suffix}");
@@ -199,10 +203,7 @@ impl ElipMapper {
 
     fn from_varmap(config: ElipConfig, varmap: VarMap) -> Result<Self> {
         let generators = {
-            let vars = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::InvalidArgument("the variable map was poisoned".into()))?;
+            let vars = variables(&varmap)?;
             let dense = |name: &str| -> Result<Dense> {
                 let get = |k: String| -> Result<Tensor> {
                     vars.get(&k)
@@ -435,7 +436,6 @@ pub fn train(
     let device = encoder.device().clone();
     let texts = caption_embeddings(encoder, &data.captions)?;
     let logits = backbone_logits(encoder)?;
-    let size = encoder.model.image_size();
     let mut optimiser = Optimizer::over(&mapper.varmap, config.optimiser, |_| true, false)?;
     // Dropout draws from its own stream, so batches stay those of `config.seed`.
     let mut dropout = StdRng::seed_from_u64(config.seed.wrapping_add(1));
@@ -445,9 +445,7 @@ pub fn train(
         config,
         &device,
         |part| {
-            let images: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
-            let flat = data.batch_pixels(&images, encoder)?;
-            let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
+            let pixels = data.pixel_batch(part, encoder)?;
             let captions: Vec<u32> = part.iter().map(|&(_, c)| c as u32).collect();
             let n = captions.len();
             let t = texts.index_select(&Tensor::from_vec(captions, n, &device)?, 0)?;

@@ -192,6 +192,19 @@ impl PairData {
         gold
     }
 
+    /// The images of `(image, caption)` pairs as a `[B, 3, S, S]` tensor on the encoder's
+    /// device.
+    pub fn pixel_batch(&self, part: &[(usize, usize)], encoder: &DualEncoder) -> Result<Tensor> {
+        let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
+        let size = encoder.model.image_size();
+        let flat = self.batch_pixels(&indices, encoder)?;
+        Ok(Tensor::from_vec(
+            flat,
+            (part.len(), 3, size, size),
+            encoder.device(),
+        )?)
+    }
+
     /// The pixels of images `indices`, concatenated (decoded in parallel where encoded).
     pub fn batch_pixels(&self, indices: &[usize], encoder: &DualEncoder) -> Result<Vec<f32>> {
         use rayon::prelude::*;
@@ -299,7 +312,6 @@ pub fn finetune(
     mut validate: impl FnMut(&Trainable) -> Result<Option<f64>>,
 ) -> Result<FinetuneReport> {
     let loss_kind = config.loss.unwrap_or(model.loss);
-    let size = model.encoder.model.image_size();
     let device = model.encoder.device().clone();
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
     let report = train_pairs(
@@ -308,9 +320,7 @@ pub fn finetune(
         config,
         &device,
         |part| {
-            let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
-            let flat = data.batch_pixels(&indices, &model.encoder)?;
-            let pixels = Tensor::from_vec(flat, (part.len(), 3, size, size), &device)?;
+            let pixels = data.pixel_batch(part, &model.encoder)?;
             let ids: Vec<Vec<u32>> = part
                 .iter()
                 .map(|&(_, c)| data.captions[c].clone())
