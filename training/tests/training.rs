@@ -39,6 +39,22 @@ struct StepFixture {
     optimiser: AdamWConfig,
 }
 
+impl StepFixture {
+    /// The batch's token ids, and the token-embedding rows the fixture kept.
+    fn ids_and_rows(&self) -> (Vec<Vec<u32>>, Tensor) {
+        let ids = self.tensors["input_ids"]
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|row| row.into_iter().map(|x| x as u32).collect())
+            .collect();
+        let rows = self.tensors["token_rows"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
+        (ids, rows)
+    }
+}
+
 fn fixture(model: &str) -> StepFixture {
     let dir = fixtures().join(model);
     let tensors =
@@ -74,15 +90,7 @@ fn one_step_matches_pytorch(model: &str) {
     let fx = fixture(model);
     let t = Trainable::load(&fixtures().join(model), &Device::Cpu).unwrap();
     let pixels = &fx.tensors["pixel_values"];
-    let ids: Vec<Vec<u32>> = fx.tensors["input_ids"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|row| row.into_iter().map(|x| x as u32).collect())
-        .collect();
-    let rows = fx.tensors["token_rows"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let (ids, rows) = fx.ids_and_rows();
 
     let loss = t.batch_loss(pixels, &ids).unwrap();
     let value = f64::from(loss.to_scalar::<f32>().unwrap());
@@ -156,15 +164,7 @@ fn one_step_matches_pytorch(model: &str) {
 fn bf16_autocast_step_stays_close_to_f32(model: &str) {
     let fx = fixture(model);
     let t = Trainable::load(&fixtures().join(model), &Device::Cpu).unwrap();
-    let ids: Vec<Vec<u32>> = fx.tensors["input_ids"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|row| row.into_iter().map(|x| x as u32).collect())
-        .collect();
-    let rows = fx.tensors["token_rows"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
+    let (ids, rows) = fx.ids_and_rows();
     let loss = {
         let _bf16 = mirante_training::Autocast::new(Some(candle_core::DType::BF16));
         t.batch_loss(&fx.tensors["pixel_values"], &ids).unwrap()
