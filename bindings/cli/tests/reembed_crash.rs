@@ -51,8 +51,14 @@ fn active_models(db: &Path) -> Vec<String> {
 }
 
 /// Committed versions of the database (one manifest each).
+/// Committed versions: the manifests in `_versions/`, not a commit's temporary file (written
+/// there before its rename, and left behind by a killed commit).
 fn versions(db: &Path) -> usize {
-    std::fs::read_dir(db.join("_versions")).map_or(0, |d| d.count())
+    std::fs::read_dir(db.join("_versions")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    })
 }
 
 #[test]
