@@ -112,11 +112,12 @@ fn reembed_killed_half_way_keeps_one_model_and_resumes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Killed right after the run's second commit (its space registration, then one
-        // segment's vectors), so each run leaves progress behind, however slow the machine.
+        // Killed right after the run's third commit: a run may commit its two space
+        // registrations (image, then text) besides one commit per segment column, so three
+        // commits leave at least one column behind, however slow the machine.
         let start = versions(&db);
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while versions(&db) < start + 2 && std::time::Instant::now() < deadline {
+        while versions(&db) < start + 3 && std::time::Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
