@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::finetune::{
-    LINEAGE, check_name, commit_model, embed_captions, embed_images, epochs_result,
-    mutual_neighbours, pairs, partial_folder, registry_path, run_lineage, training_config,
+    LINEAGE, check_name, commit_model, embed_captions, epochs_result, mutual_neighbours, pairs,
+    partial_folder, registry_path, run_lineage, training_config,
 };
 use crate::metrics::rank_metric;
 use crate::ranking::{Problem, exact_ranks, exact_top_k};
@@ -44,6 +44,8 @@ const ELIP_OPTIONS: [&str; 17] = [
 ];
 /// Candidates re-scored per image-encoder batch.
 const RERANK_BATCH: usize = 64;
+/// Validation images embedded per batch.
+const EMBED_BATCH: usize = 32;
 /// First-stage results re-ranked per validation query unless `top` says otherwise.
 const VALIDATION_TOP: usize = 20;
 
@@ -209,7 +211,16 @@ struct Validation {
 impl Validation {
     fn new(encoder: &DualEncoder, data: &PairData) -> Result<Self> {
         let texts = embed_captions(encoder, data)?;
-        let images = embed_images(encoder, data)?;
+        // Decoded once: the same pixels give the first stage's embeddings and the candidates.
+        let pixels: Vec<Vec<f32>> = data
+            .images
+            .par_iter()
+            .map(|i| Ok(i.pixels(encoder)?.into_owned()))
+            .collect::<Result<_>>()?;
+        let mut images = Vec::with_capacity(pixels.len());
+        for chunk in pixels.chunks(EMBED_BATCH) {
+            images.extend(encoder.embed_pixels(chunk)?);
+        }
         let gold = data.gold();
         let first = exact_ranks(&Problem {
             texts: texts.iter().map(Vec::as_slice).collect(),
@@ -217,11 +228,6 @@ impl Validation {
             gold: gold.clone(),
         })
         .text_to_image;
-        let pixels = data
-            .images
-            .par_iter()
-            .map(|i| Ok(i.pixels(encoder)?.into_owned()))
-            .collect::<Result<_>>()?;
         Ok(Validation {
             texts,
             images,
