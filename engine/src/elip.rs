@@ -137,7 +137,7 @@ pub(crate) fn scores(
     encoder: &DualEncoder,
     mapper: &ElipMapper,
     text: &[f32],
-    candidates: &[Vec<f32>],
+    candidates: &[impl AsRef<[f32]>],
 ) -> Result<Vec<f32>> {
     Ok(training_elip::rerank_scores(
         encoder,
@@ -184,7 +184,8 @@ pub(crate) fn reranked_text_ranks(
         let Some(at) = top_k.iter().position(|&i| i == gold) else {
             continue;
         };
-        let batch: Vec<Vec<f32>> = top_k.iter().map(|i| cache[i].clone()).collect();
+        // Borrowed from the cache: the candidates' pixels are not copied per query.
+        let batch: Vec<&[f32]> = top_k.iter().map(|i| cache[i].as_slice()).collect();
         let s = scores(encoder, mapper, problem.texts[t], &batch)?;
         let ahead = s
             .iter()

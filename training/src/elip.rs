@@ -378,7 +378,7 @@ pub fn rerank_scores(
     encoder: &DualEncoder,
     mapper: &ElipMapper,
     text: &[f32],
-    pixels: &[Vec<f32>],
+    pixels: &[impl AsRef<[f32]>],
     batch: usize,
 ) -> Result<Vec<f32>> {
     let device = encoder.device();
@@ -389,7 +389,7 @@ pub fn rerank_scores(
     let mut scores = Vec::with_capacity(pixels.len());
     for chunk in pixels.chunks(batch.max(1)) {
         let n = chunk.len();
-        let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let flat: Vec<f32> = chunk.iter().flat_map(|p| p.as_ref()).copied().collect();
         let px = Tensor::from_vec(flat, (n, 3, s, s), device)?;
         let p: Vec<Tensor> = prompts
             .iter()
