@@ -10,6 +10,7 @@ use mirante_training::{Device, PipelineOptions};
 
 use crate::error::Result;
 use crate::models::Models;
+use crate::pixel_cache::PixelCache;
 use crate::result::ResultSet;
 
 /// How the engine runs long jobs.
@@ -22,6 +23,9 @@ pub struct Options {
     /// Image decode/resize threads.
     pub workers: usize,
     pub device: Device,
+    /// Bytes of preprocessed pixels kept in memory across statements for ELIP re-ranking
+    /// (0 turns the cache off).
+    pub pixel_cache_bytes: u64,
 }
 
 impl Default for Options {
@@ -32,6 +36,7 @@ impl Default for Options {
             batch_size: pipeline.batch_size,
             workers: pipeline.workers,
             device: mirante_training::default_device(),
+            pixel_cache_bytes: crate::pixel_cache::DEFAULT_BYTES,
         }
     }
 }
@@ -53,6 +58,10 @@ pub struct Database {
     writer: Mutex<Option<storage::Writer>>,
     pub(crate) models: Models,
     pub(crate) options: Options,
+    /// Preprocessed candidate images of re-ranking, kept across statements.
+    pub(crate) pixels: PixelCache,
+    /// Loaded ELIP models, kept across statements.
+    pub(crate) elips: crate::elip::ElipCache,
 }
 
 impl Database {
@@ -68,6 +77,8 @@ impl Database {
             store,
             writer: Mutex::new(None),
             models: Models::with_registry(options.device.clone(), registry),
+            pixels: PixelCache::new(options.pixel_cache_bytes),
+            elips: Default::default(),
             options,
         })
     }

@@ -5,25 +5,28 @@
 //! `SEARCH` and `EVALUATE`.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use mirante_query::{EvalMetric, Literal, TrainElipPlan};
+use mirante_query::{EvalMetric, Literal, TrainPlan};
 use mirante_training::DualEncoder;
-use mirante_training::elip::{self as training_elip, ElipConfig, ElipMapper};
+use mirante_training::elip::{self as training_elip, ElipConfig, ElipMapper, Negatives};
 use mirante_training::finetune::PairData;
 use rayon::prelude::*;
 
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::finetune::{
-    LINEAGE, check_name, commit_model, embed_captions, epochs_result, mutual_neighbours, pairs,
-    partial_folder, registry_path, run_lineage, training_config,
+    LINEAGE, check_name, commit_model, embed_captions, embed_images, epochs_result,
+    mutual_neighbours, new_model_path, pairs, partial_folder, registry_path, run_lineage,
+    training_config,
 };
 use crate::metrics::rank_metric;
-use crate::ranking::{Problem, exact_ranks, exact_top_k};
-use crate::result::ResultSet;
+use crate::ranking::{Problem, exact_ranks, exact_top_k, scored_top_k};
+use crate::result::{Cell, ResultSet};
 
 /// The options `TRAIN ELIP` takes: fine-tuning's loop settings and the mapper's shape.
-const ELIP_OPTIONS: [&str; 17] = [
+const ELIP_OPTIONS: [&str; 19] = [
     "epochs",
     "batch_size",
     "lr",
@@ -41,6 +44,8 @@ const ELIP_OPTIONS: [&str; 17] = [
     "deep",
     "dropout",
     "top",
+    "negatives",
+    "fusion",
 ];
 /// Candidates re-scored per image-encoder batch.
 const RERANK_BATCH: usize = 64;
@@ -55,10 +60,51 @@ pub(crate) struct LoadedElip {
     /// The backbone's model key and fingerprint, from the lineage.
     pub backbone: String,
     pub backbone_fingerprint: String,
+    /// The weight of ELIP's score against the first stage's (1: ELIP alone), from the lineage.
+    pub fusion: f64,
 }
 
-/// Loads registry ELIP model `name`.
-pub(crate) fn load(db: &Database, name: &str) -> Result<LoadedElip> {
+/// ELIP models loaded by an open database, so each re-ranked query does not read its mapper
+/// again. An entry is used while its files' sizes and modification times are unchanged (a
+/// model dropped and trained again under the same name is read anew).
+#[derive(Default)]
+pub(crate) struct ElipCache(Mutex<ElipEntries>);
+
+/// By registry folder: the files' stamps when loaded, and the model.
+type ElipEntries = HashMap<PathBuf, (Vec<FileStamp>, Arc<LoadedElip>)>;
+
+impl std::fmt::Debug for ElipCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ElipCache")
+    }
+}
+
+impl ElipCache {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ElipEntries>> {
+        self.0
+            .lock()
+            .map_err(|_| Error::Invalid("the ELIP model cache was poisoned".into()))
+    }
+}
+
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamps(folder: &Path) -> Vec<FileStamp> {
+    [
+        training_elip::CONFIG_FILE,
+        training_elip::WEIGHTS_FILE,
+        LINEAGE,
+    ]
+    .iter()
+    .map(|f| {
+        let m = std::fs::metadata(folder.join(f)).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    })
+    .collect()
+}
+
+/// Registry ELIP model `name`, from the database's cache or loaded.
+pub(crate) fn load(db: &Database, name: &str) -> Result<Arc<LoadedElip>> {
     check_name(name)?;
     let path = registry_path(db, name);
     if !path.join(training_elip::CONFIG_FILE).is_file() {
@@ -67,6 +113,19 @@ pub(crate) fn load(db: &Database, name: &str) -> Result<LoadedElip> {
              <collection> ... AS '{name}' (SHOW MODELS lists the registry)"
         )));
     }
+    let stamp = stamps(&path);
+    if let Some((s, loaded)) = db.elips.lock()?.get(&path)
+        && *s == stamp
+    {
+        return Ok(Arc::clone(loaded));
+    }
+    let loaded = Arc::new(read(db, name, &path)?);
+    db.elips.lock()?.insert(path, (stamp, Arc::clone(&loaded)));
+    Ok(loaded)
+}
+
+/// Reads ELIP model `name` from its registry folder `path`.
+fn read(db: &Database, name: &str, path: &Path) -> Result<LoadedElip> {
     let lineage_path = path.join(LINEAGE);
     let lineage: serde_json::Value = std::fs::read_to_string(&lineage_path)
         .ok()
@@ -79,9 +138,10 @@ pub(crate) fn load(db: &Database, name: &str) -> Result<LoadedElip> {
         })?;
     let text = |k: &str| lineage[k].as_str().unwrap_or_default().to_string();
     Ok(LoadedElip {
-        mapper: ElipMapper::load(&path, &db.options.device)?,
+        mapper: ElipMapper::load(path, &db.options.device)?,
         backbone: text("base"),
         backbone_fingerprint: text("base_fingerprint"),
+        fusion: lineage["fusion"].as_f64().unwrap_or(1.0),
     })
 }
 
@@ -129,6 +189,16 @@ pub(crate) fn explain(
              image-encoder passes per query (batches of {RERANK_BATCH})",
             r.top
         ),
+        if elip.fusion < 1.0 {
+            format!(
+                "  blended: {} x ELIP's score + {} x the first stage's (fusion weight tuned on \
+                 validation)",
+                elip.fusion,
+                round_weight(1.0 - elip.fusion)
+            )
+        } else {
+            "  ELIP's score alone orders the candidates".to_string()
+        },
     ])
 }
 
@@ -148,51 +218,87 @@ pub(crate) fn scores(
     )?)
 }
 
+/// A re-ranking candidate's preprocessed pixels under `backbone`'s preprocessing, from the
+/// database's pixel cache or decoded (and kept); the flag says whether it was decoded.
+pub(crate) fn candidate_pixels(
+    db: &Database,
+    backbone: &crate::models::LoadedModel,
+    row: &mirante_storage::RowRef<'_>,
+) -> Result<(Arc<Vec<f32>>, bool)> {
+    let bytes = row
+        .image_bytes()
+        .ok_or_else(|| Error::Invalid(format!("row {} has no image to re-rank", row.id())))?;
+    db.pixels.get_or_make(&backbone.fingerprint, bytes, || {
+        Ok(backbone
+            .encoder
+            .pixels(bytes, row.image_source().unwrap_or(""))?)
+    })
+}
+
+/// A fusion weight's complement without float noise (0.7, not 0.30000000000000004).
+fn round_weight(w: f64) -> f64 {
+    (w * 1e6).round() / 1e6
+}
+
+/// The re-ranking score: ELIP's, blended with the first stage's by `fusion` (1: ELIP alone).
+pub(crate) fn fused(first: f32, elip: f32, fusion: f64) -> f32 {
+    ((1.0 - fusion) * f64::from(first) + fusion * f64::from(elip)) as f32
+}
+
 /// Text-to-image ranks after ELIP re-scores each caption's first-stage top `top` (exact
-/// scores over `problem`): a gold image within the top `top` takes its new place there (ties
-/// ranked pessimistically); one below keeps its first-stage rank. `pixels(image)` preprocesses
-/// a gallery image; each is decoded once, in parallel.
+/// scores over `problem`), one rank list per fusion weight of `fusions`: a gold image within
+/// the top `top` takes its new place there (ties ranked pessimistically); one below keeps its
+/// first-stage rank. `pixels(image)` gives a gallery image's pixels; each is asked for once,
+/// in parallel.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reranked_text_ranks(
     encoder: &DualEncoder,
     mapper: &ElipMapper,
     problem: &Problem<'_>,
     first: &[Option<u32>],
-    top: usize,
-    pixels: impl Fn(u32) -> Result<Vec<f32>> + Sync,
+    (top, fusions): (usize, &[f64]),
+    pixels: impl Fn(u32) -> Result<Arc<Vec<f32>>> + Sync,
     progress: bool,
-) -> Result<Vec<Option<u32>>> {
+) -> Result<Vec<Vec<Option<u32>>>> {
     let queries: Vec<usize> = (0..problem.texts.len())
         .filter(|&t| first[t].is_some_and(|r| (r as usize) <= top))
         .collect();
     let texts: Vec<&[f32]> = queries.iter().map(|&t| problem.texts[t]).collect();
-    let candidates = exact_top_k(&texts, &problem.images, top);
-    let mut needed: Vec<u32> = candidates.iter().flatten().copied().collect();
+    let candidates = scored_top_k(&texts, &problem.images, top);
+    let mut needed: Vec<u32> = candidates.iter().flatten().map(|&(i, _)| i).collect();
     needed.sort_unstable();
     needed.dedup();
-    let cache: HashMap<u32, Vec<f32>> = needed
+    let cache: HashMap<u32, Arc<Vec<f32>>> = needed
         .par_iter()
         .map(|&i| Ok((i, pixels(i)?)))
         .collect::<Result<_>>()?;
     let bar = crate::exec::progress(progress);
     bar.set_length(queries.len() as u64);
     bar.set_message("re-ranking");
-    let mut ranks = first.to_vec();
+    let mut ranks = vec![first.to_vec(); fusions.len()];
     for (&t, top_k) in queries.iter().zip(&candidates) {
         let Some(gold) = problem.gold[t] else {
             continue;
         };
-        let Some(at) = top_k.iter().position(|&i| i == gold) else {
+        let Some(at) = top_k.iter().position(|&(i, _)| i == gold) else {
             continue;
         };
         // Borrowed from the cache: the candidates' pixels are not copied per query.
-        let batch: Vec<&[f32]> = top_k.iter().map(|i| cache[i].as_slice()).collect();
-        let s = scores(encoder, mapper, problem.texts[t], &batch)?;
-        let ahead = s
-            .iter()
-            .enumerate()
-            .filter(|&(j, &x)| j != at && x >= s[at])
-            .count();
-        ranks[t] = Some(ahead as u32 + 1);
+        let batch: Vec<&[f32]> = top_k.iter().map(|(i, _)| cache[i].as_slice()).collect();
+        let elip = scores(encoder, mapper, problem.texts[t], &batch)?;
+        for (ranks, &w) in ranks.iter_mut().zip(fusions) {
+            let s: Vec<f32> = top_k
+                .iter()
+                .zip(&elip)
+                .map(|(&(_, f), &e)| fused(f, e, w))
+                .collect();
+            let ahead = s
+                .iter()
+                .enumerate()
+                .filter(|&(j, &x)| j != at && x >= s[at])
+                .count();
+            ranks[t] = Some(ahead as u32 + 1);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -206,21 +312,22 @@ struct Validation {
     images: Vec<Vec<f32>>,
     gold: Vec<Option<u32>>,
     first: Vec<Option<u32>>,
-    pixels: Vec<Vec<f32>>,
+    pixels: Vec<Arc<Vec<f32>>>,
 }
 
 impl Validation {
     fn new(encoder: &DualEncoder, data: &PairData) -> Result<Self> {
         let texts = embed_captions(encoder, data)?;
         // Decoded once: the same pixels give the first stage's embeddings and the candidates.
-        let pixels: Vec<Vec<f32>> = data
+        let pixels: Vec<Arc<Vec<f32>>> = data
             .images
             .par_iter()
-            .map(|i| Ok(i.pixels(encoder)?.into_owned()))
+            .map(|i| Ok(Arc::new(i.pixels(encoder)?.into_owned())))
             .collect::<Result<_>>()?;
         let mut images = Vec::with_capacity(pixels.len());
         for chunk in pixels.chunks(EMBED_BATCH) {
-            images.extend(encoder.embed_pixels(chunk)?);
+            let chunk: Vec<Vec<f32>> = chunk.iter().map(|p| p.to_vec()).collect();
+            images.extend(encoder.embed_pixels(&chunk)?);
         }
         let gold = data.gold();
         let first = exact_ranks(&Problem {
@@ -251,24 +358,27 @@ impl Validation {
         rank_metric(metric, queries(&self.first).into_iter())
     }
 
-    /// `metric` after re-ranking the top `top` with `mapper`.
-    fn score(
+    /// `metric` after re-ranking the top `top` with `mapper`, per fusion weight of `fusions`.
+    fn scores(
         &self,
         encoder: &DualEncoder,
         mapper: &ElipMapper,
         metric: EvalMetric,
-        top: usize,
-    ) -> Result<Option<f64>> {
+        (top, fusions): (usize, &[f64]),
+    ) -> Result<Vec<Option<f64>>> {
         let ranks = reranked_text_ranks(
             encoder,
             mapper,
             &self.problem(),
             &self.first,
-            top,
-            |i| Ok(self.pixels[i as usize].clone()),
+            (top, fusions),
+            |i| Ok(Arc::clone(&self.pixels[i as usize])),
             false,
         )?;
-        Ok(rank_metric(metric, queries(&ranks).into_iter()))
+        Ok(ranks
+            .iter()
+            .map(|r| rank_metric(metric, queries(r).into_iter()))
+            .collect())
     }
 }
 
@@ -301,17 +411,38 @@ fn option_count(
     }
 }
 
+/// Per training caption, the `n` images other than its own that the backbone ranks highest
+/// (exact scores over the training rows): the confusions re-ranking is there to undo.
+fn retrieved_negatives(
+    encoder: &DualEncoder,
+    data: &PairData,
+    n: usize,
+) -> Result<Vec<Vec<usize>>> {
+    let images = embed_images(encoder, data)?;
+    let texts = embed_captions(encoder, data)?;
+    let top = exact_top_k(
+        &texts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &images.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        n + 1,
+    );
+    Ok(top
+        .into_iter()
+        .zip(data.gold())
+        .map(|(ranked, gold)| {
+            ranked
+                .into_iter()
+                .filter(|&i| Some(i) != gold)
+                .take(n)
+                .map(|i| i as usize)
+                .collect()
+        })
+        .collect())
+}
+
 /// `TRAIN ELIP`: trains a mapper over the backbone on the collection's pairs and registers the
 /// best one as `name`.
-pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
-    check_name(&plan.name)?;
-    let target = registry_path(db, &plan.name);
-    if target.exists() {
-        return Err(Error::Invalid(format!(
-            "model '{}' already exists in this database; DROP MODEL '{}' first or pick another name",
-            plan.name, plan.name
-        )));
-    }
+pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> Result<ResultSet> {
+    let target = new_model_path(db, &plan.name)?;
     let (mut config, metric, _, opts) =
         training_config(&plan.options, &ELIP_OPTIONS, db.options.progress)?;
     if metric == EvalMetric::MeanSimilarity {
@@ -332,8 +463,8 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
         !opts.contains_key("hard_negatives") || option_flag(&opts, "hard_negatives")?;
     let snap = db.snapshot()?;
     let c = snap.collection(&plan.collection)?;
-    let locator = match &plan.backbone {
-        Some(b) => b.clone(),
+    let locator = match backbone {
+        Some(b) => b.to_string(),
         None => crate::exec::collection_model(db, c)?
             .map(|m| m.key.clone())
             .ok_or_else(|| {
@@ -397,22 +528,81 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
     };
     let baseline = validation.as_ref().and_then(|v| v.baseline(metric));
 
+    let retrieved = match opts.get("negatives") {
+        None => None,
+        Some(_) => {
+            let n = option_count(&opts, "negatives", 1)?;
+            if n >= train.images.len() {
+                return Err(Error::Invalid(format!(
+                    "option negatives asks for {n} retrieved negatives per caption, but the \
+                     training rows hold only {} images",
+                    train.images.len()
+                )));
+            }
+            Some(retrieved_negatives(encoder, &train, n)?)
+        }
+    };
+    let negatives = match &retrieved {
+        Some(lists) => Negatives::Retrieved(lists),
+        None => Negatives::InBatch,
+    };
+
+    let fixed_fusion = match opts.get("fusion") {
+        None => None,
+        Some(Literal::Float(w)) if (0.0..=1.0).contains(w) => Some(*w),
+        Some(Literal::Int(w @ (0 | 1))) => Some(*w as f64),
+        Some(other) => {
+            return Err(Error::Invalid(format!(
+                "option fusion expects a weight in [0, 1] (1: ELIP's score alone), got {other}"
+            )));
+        }
+    };
+    // Tuned on validation unless fixed; the grid ends with ELIP alone, reported beside.
+    let fusions: Vec<f64> = match (fixed_fusion, &validation) {
+        (Some(w), _) => vec![w],
+        (None, Some(_)) => (0..=10).map(|i| f64::from(i) / 10.0).collect(),
+        (None, None) => vec![1.0],
+    };
+    // Per validation (the untrained mapper first, then each epoch): the chosen weight and
+    // ELIP's score alone.
+    let mut chosen: Vec<(f64, Option<f64>)> = Vec::new();
+
     let partial = partial_folder(db, &plan.name)?;
     let mapper = ElipMapper::new(elip, config.seed, &db.options.device)?;
-    let report =
-        training_elip::train(
-            encoder,
-            &mapper,
-            &train,
-            &config,
-            &partial,
-            |m| match &validation {
-                Some(v) => v.score(encoder, m, metric, top).map_err(|e| {
-                    mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
-                }),
-                None => Ok(None),
-            },
-        )?;
+    let report = training_elip::train(
+        encoder,
+        &mapper,
+        (&train, negatives),
+        &config,
+        &partial,
+        |m| {
+            let Some(v) = &validation else {
+                return Ok(None);
+            };
+            let per = v.scores(encoder, m, metric, (top, &fusions)).map_err(|e| {
+                mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
+            })?;
+            // Ties keep the lighter fusion weight.
+            let mut best = 0;
+            for (i, s) in per.iter().enumerate() {
+                if s.unwrap_or(f64::MIN) > per[best].unwrap_or(f64::MIN) {
+                    best = i;
+                }
+            }
+            let alone = (fusions.last() == Some(&1.0))
+                .then(|| per[per.len() - 1])
+                .flatten();
+            chosen.push((fusions[best], alone));
+            Ok(per[best])
+        },
+    )?;
+    // The saved mapper: the best epoch's, or the last one when none beat the untrained mapper.
+    let kept_validation = if report.best_epoch == 0 {
+        chosen.len().saturating_sub(1)
+    } else {
+        report.best_epoch
+    };
+    let fusion = chosen.get(kept_validation).map_or(fusions[0], |&(w, _)| w);
     let lineage = run_lineage(
         serde_json::json!({
             "name": plan.name,
@@ -425,6 +615,7 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
             "validate": sql(&plan.validate),
             "validation_top": top,
             "baseline_validation": baseline,
+            "fusion": fusion,
         }),
         &train,
         mining,
@@ -435,11 +626,25 @@ pub(crate) fn train(db: &Database, plan: &TrainElipPlan) -> Result<ResultSet> {
     );
     commit_model(&partial, &target, &lineage)?;
     let mut out = epochs_result(&report, &format!("reranked {metric}"));
-    let validated = match (report.best_validation, baseline) {
-        (Some(v), Some(b)) => {
-            format!(", validation {metric} {v:.4} re-ranked vs {b:.4} without (top {top})")
+    if validation.is_some() {
+        out.columns
+            .extend(["fusion".to_string(), format!("ELIP alone {metric}")]);
+        for (row, &(w, alone)) in out.rows.iter_mut().zip(chosen.iter().skip(1)) {
+            row.push(Cell::Float(w));
+            row.push(alone.map_or(Cell::Null, Cell::Float));
         }
-        _ => String::new(),
+    }
+    let kept_score = if report.best_epoch == 0 {
+        report.epochs.last().and_then(|e| e.validation)
+    } else {
+        report.best_validation
+    };
+    let validated = match (kept_score, baseline) {
+        (Some(v), Some(b)) => format!(
+            ", validation {metric} {v:.4} re-ranked (fusion {fusion}) vs {b:.4} without (top \
+             {top})"
+        ),
+        _ => format!(", fusion {fusion}"),
     };
     out.status = Some(format!(
         "trained ELIP '{}' over {} on {} rows of {} ({}{validated}); use SEARCH {} BY TEXT \

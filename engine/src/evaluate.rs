@@ -563,13 +563,9 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
             let elip = crate::elip::load(db, &r.elip)?;
             elip.check_backbone(&r.elip, &m.fingerprint, &m.label)?;
             let backbone = db.models.load(&elip.backbone)?;
-            let pixels = |image: u32| -> Result<Vec<f32>> {
+            let pixels = |image: u32| {
                 let row = g.row(g.images[image as usize]);
-                let source = row.image_source().unwrap_or("");
-                let bytes = row.image_bytes().ok_or_else(|| {
-                    Error::Invalid(format!("row {} has no image to re-rank", row.id()))
-                })?;
-                Ok(backbone.encoder.pixels(bytes, source)?)
+                Ok(crate::elip::candidate_pixels(db, &backbone, &row)?.0)
             };
             let mut reranked = ranks.clone();
             reranked.text_to_image = crate::elip::reranked_text_ranks(
@@ -577,10 +573,11 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
                 &elip.mapper,
                 &problem,
                 &ranks.text_to_image,
-                r.top as usize,
+                (r.top as usize, &[elip.fusion]),
                 pixels,
                 db.options.progress,
-            )?;
+            )?
+            .remove(0);
             models.push(ModelEvaluation {
                 model: format!("{} + ELIP '{}' (top {})", m.label, r.elip, r.top),
                 fingerprint: m.fingerprint.clone(),

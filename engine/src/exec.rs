@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mirante_query::ast::{ColumnType as AstType, Options as AstOptions};
-use mirante_query::{self as query, ColumnRef, Literal, Plan, SelectList, Statement};
+use mirante_query::{self as query, ColumnRef, Literal, Plan, SelectList, Statement, TrainingKind};
 use mirante_storage::{
     self as storage, CollectionMeta, ColumnDef, ColumnType, ImageData, IndexSpec, Modality, NewRow,
     Schema, SpaceId, Strategy, Value,
@@ -26,8 +26,10 @@ pub(crate) fn run(db: &Database, plan: Plan) -> Result<ResultSet> {
     match plan {
         Plan::Search(p) => search::run(db, &p, p.into.is_some()).map(|r| r.to_result_set()),
         Plan::Evaluate(p) => crate::evaluate::run(db, &p).map(|e| e.to_result_set()),
-        Plan::Finetune(p) => crate::finetune::run(db, &p),
-        Plan::TrainElip(p) => crate::elip::train(db, &p),
+        Plan::Train(p) => match &p.kind {
+            TrainingKind::Finetune { base } => crate::finetune::run(db, &p, base),
+            TrainingKind::Elip { backbone } => crate::elip::train(db, &p, backbone.as_deref()),
+        },
         Plan::Select {
             collection,
             list,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use mirante_query::{EvalMetric, FinetunePlan, Literal};
+use mirante_query::{EvalMetric, Literal, TrainPlan};
 use mirante_storage::RowRef;
 use mirante_training::DualEncoder;
 use mirante_training::finetune::{
@@ -333,20 +333,26 @@ fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> Result<Optio
     })
 }
 
-/// `FINETUNE`: trains `base` on the collection's pairs and registers the best weights as
-/// `name`.
-pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
-    check_name(&plan.name)?;
-    let target = registry_path(db, &plan.name);
+/// Where registry model `name`, which must not exist yet, will live.
+pub(crate) fn new_model_path(db: &Database, name: &str) -> Result<std::path::PathBuf> {
+    check_name(name)?;
+    let target = registry_path(db, name);
     if target.exists() {
         return Err(Error::Invalid(format!(
-            "model '{}' already exists in this database; DROP MODEL '{}' first or pick another name",
-            plan.name, plan.name
+            "model '{name}' already exists in this database; DROP MODEL '{name}' first or pick \
+             another name"
         )));
     }
+    Ok(target)
+}
+
+/// `FINETUNE`: trains `base` on the collection's pairs and registers the best weights as
+/// `name`.
+pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultSet> {
+    let target = new_model_path(db, &plan.name)?;
     let (config, metric, hard_negatives, _) =
         training_config(&plan.options, &FINETUNE_OPTIONS, db.options.progress)?;
-    let key = db.models.key(&plan.base)?;
+    let key = db.models.key(base)?;
     let folder = crate::models::model_folder(&key)?;
     let model = Trainable::load(&folder, &db.options.device)?;
     let base_fingerprint = model.encoder.fingerprint()?;
@@ -416,7 +422,7 @@ pub(crate) fn run(db: &Database, plan: &FinetunePlan) -> Result<ResultSet> {
     };
     out.status = Some(format!(
         "fine-tuned {} on {} rows of {} as '{}' ({kept}{}); embed with EMBED {} USING MODEL '{}'",
-        plan.base,
+        base,
         train.images.len(),
         plan.collection,
         plan.name,

@@ -25,6 +25,7 @@ mod finetune;
 pub mod ingest;
 pub mod metrics;
 mod models;
+mod pixel_cache;
 pub mod pretrain;
 pub mod ranking;
 pub mod report;

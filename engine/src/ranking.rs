@@ -277,6 +277,14 @@ fn score_strip(
 /// The `k` best gallery items of every query by exact score (descending, ties by index), with
 /// the same tiles as [`exact_ranks`]: the reference an ANN index's results are compared with.
 pub fn exact_top_k(queries: &[&[f32]], gallery: &[&[f32]], k: usize) -> Vec<Vec<u32>> {
+    scored_top_k(queries, gallery, k)
+        .into_iter()
+        .map(|top| top.into_iter().map(|(i, _)| i).collect())
+        .collect()
+}
+
+/// [`exact_top_k`] with each item's score.
+pub fn scored_top_k(queries: &[&[f32]], gallery: &[&[f32]], k: usize) -> Vec<Vec<(u32, f32)>> {
     let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     queries
         .par_chunks(TEXT_STRIP)
@@ -301,7 +309,7 @@ pub fn exact_top_k(queries: &[&[f32]], gallery: &[&[f32]], k: usize) -> Vec<Vec<
                 }
             }
             tops.into_iter()
-                .map(|t| t.into_iter().map(|(_, i)| i).collect::<Vec<u32>>())
+                .map(|t| t.into_iter().map(|(s, i)| (i, s)).collect::<Vec<_>>())
         })
         .collect()
 }

@@ -48,6 +48,8 @@ pub struct SearchTimings {
     pub fetch: Duration,
     /// Re-scoring the first stage's top-K with ELIP (zero without `RERANK`).
     pub rerank: Duration,
+    /// Candidates re-ranking had to decode; the others came from the database's pixel cache.
+    pub rerank_decoded: usize,
 }
 
 /// The results of a search and what produced them.
@@ -294,9 +296,9 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
         .unwrap_or_default();
     let searched = Instant::now();
     // (hit, first-stage rank when re-ranked), in result order.
-    let hits: Vec<(storage::Hit, Option<usize>)> = match &plan.rerank {
+    let (hits, rerank_decoded): (Vec<RankedHit>, usize) = match &plan.rerank {
         Some(r) => rerank(db, &snap, plan, &resolved, &query, &r.elip, hits)?,
-        None => hits.into_iter().map(|h| (h, None)).collect(),
+        None => (hits.into_iter().map(|h| (h, None)).collect(), 0),
     };
     let reranked = Instant::now();
     let c = snap.collection(&plan.collection)?;
@@ -345,6 +347,7 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
             search: searched - embedded,
             rerank: reranked - searched,
             fetch: fetched - reranked,
+            rerank_decoded,
         },
         report: None,
     };
@@ -355,8 +358,12 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
     Ok(results)
 }
 
+/// A hit in result order, with its first-stage rank when re-ranked.
+type RankedHit = (storage::Hit, Option<usize>);
+
 /// `RERANK WITH ELIP`: re-scores the first stage's hits (images of a text query) with ELIP
-/// model `elip` and keeps the best `plan.limit`, each with its first-stage rank.
+/// model `elip` and keeps the best `plan.limit`, each with its first-stage rank; also how many
+/// candidates were decoded.
 fn rerank(
     db: &Database,
     snap: &Snapshot,
@@ -365,7 +372,7 @@ fn rerank(
     query: &[f32],
     elip: &str,
     hits: Vec<storage::Hit>,
-) -> Result<Vec<(storage::Hit, Option<usize>)>> {
+) -> Result<(Vec<RankedHit>, usize)> {
     use rayon::prelude::*;
     let (SearchQuery::Text(_), Target::Images, Some(model)) =
         (&plan.query, resolved.target, &resolved.model)
@@ -376,32 +383,34 @@ fn rerank(
     };
     let loaded = crate::elip::load(db, elip)?;
     loaded.check_backbone(elip, &model.fingerprint, &model.key)?;
-    let pixels: Vec<Vec<f32>> = hits
+    let pixels: Vec<(std::sync::Arc<Vec<f32>>, bool)> = hits
         .par_iter()
         .map(|h| {
             let handle = snap.get(&plan.collection, h.row_id)?.ok_or_else(|| {
                 Error::Invalid(format!("row {} vanished from the snapshot", h.row_id))
             })?;
-            let row = handle.row();
-            let bytes = row.image_bytes().ok_or_else(|| {
-                Error::Invalid(format!("row {} has no image to re-rank", h.row_id))
-            })?;
-            Ok(model
-                .encoder
-                .pixels(bytes, row.image_source().unwrap_or(""))?)
+            crate::elip::candidate_pixels(db, model, &handle.row())
         })
         .collect::<Result<_>>()?;
-    let scores = crate::elip::scores(&model.encoder, &loaded.mapper, query, &pixels)?;
+    let decoded = pixels.iter().filter(|(_, made)| *made).count();
+    let candidates: Vec<&[f32]> = pixels.iter().map(|(p, _)| p.as_slice()).collect();
+    let elip_scores = crate::elip::scores(&model.encoder, &loaded.mapper, query, &candidates)?;
+    let scores: Vec<f32> = hits
+        .iter()
+        .zip(elip_scores)
+        .map(|(h, e)| crate::elip::fused(h.score, e, loaded.fusion))
+        .collect();
     let mut order: Vec<usize> = (0..hits.len()).collect();
     // Stable: equal ELIP scores keep the first stage's order.
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     order.truncate(plan.limit as usize);
-    Ok(order
+    let reranked = order
         .into_iter()
         .map(|i| {
             let mut hit = hits[i];
             hit.score = scores[i];
             (hit, Some(i + 1))
         })
-        .collect())
+        .collect();
+    Ok((reranked, decoded))
 }

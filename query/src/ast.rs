@@ -155,6 +155,31 @@ pub enum Projection {
     CountStar,
 }
 
+/// What a training statement trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainingKind {
+    /// `FINETUNE MODEL '<base>'`: a dual encoder, starting from the base model.
+    Finetune { base: String },
+    /// `TRAIN ELIP [USING MODEL '<backbone>']`: an ELIP re-ranker over a frozen backbone
+    /// (`None`: the collection's active model).
+    Elip { backbone: Option<String> },
+}
+
+/// `FINETUNE MODEL '<base>' ON c` or `TRAIN ELIP ON c [USING MODEL '<backbone>']`, then
+/// `[WHERE ...] [VALIDATE WHERE ...] [WITH (...)] AS '<name>'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    pub kind: TrainingKind,
+    pub collection: Name,
+    /// The training rows (all when `None`).
+    pub filter: Option<Expr>,
+    /// The validation rows (no validation when `None`).
+    pub validate: Option<Expr>,
+    pub options: Options,
+    /// The new model's name in the registry.
+    pub name: String,
+}
+
 /// A `SEARCH` statement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Search {
@@ -341,25 +366,8 @@ pub enum Statement {
     },
     Search(Search),
     Evaluate(Evaluate),
-    /// `FINETUNE MODEL '<base>' ON c [WHERE ...] [VALIDATE WHERE ...] [WITH (...)] AS '<name>'`.
-    Finetune {
-        base: String,
-        collection: Name,
-        filter: Option<Expr>,
-        validate: Option<Expr>,
-        options: Options,
-        name: String,
-    },
-    /// `TRAIN ELIP ON c [USING MODEL '<backbone>'] [WHERE ...] [VALIDATE WHERE ...]
-    /// [WITH (...)] AS '<name>'`: trains an ELIP re-ranker on the collection's pairs.
-    TrainElip {
-        backbone: Option<String>,
-        collection: Name,
-        filter: Option<Expr>,
-        validate: Option<Expr>,
-        options: Options,
-        name: String,
-    },
+    /// `FINETUNE MODEL ...` or `TRAIN ELIP ...`: trains a model of the registry.
+    Train(Training),
     /// `DROP MODEL '<name>'`: removes a fine-tuned model from the database's registry.
     DropModel {
         name: String,

@@ -219,26 +219,14 @@ pub struct EvaluatePlan {
     pub rerank: Option<RerankPlan>,
 }
 
-/// A bound `FINETUNE`.
+/// A bound `FINETUNE` or `TRAIN ELIP`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FinetunePlan {
-    pub base: String,
+pub struct TrainPlan {
+    pub kind: TrainingKind,
     pub collection: String,
     /// The training rows (all when `None`).
     pub filter: Option<Predicate>,
     /// The validation rows (no validation when `None`).
-    pub validate: Option<Predicate>,
-    pub options: Options,
-    pub name: String,
-}
-
-/// A bound `TRAIN ELIP`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainElipPlan {
-    /// `None`: the collection's active model.
-    pub backbone: Option<String>,
-    pub collection: String,
-    pub filter: Option<Predicate>,
     pub validate: Option<Predicate>,
     pub options: Options,
     pub name: String,
@@ -256,8 +244,7 @@ pub enum SelectList {
 pub enum Plan {
     Search(SearchPlan),
     Evaluate(EvaluatePlan),
-    Finetune(FinetunePlan),
-    TrainElip(TrainElipPlan),
+    Train(TrainPlan),
     Select {
         collection: String,
         list: SelectList,
@@ -375,40 +362,15 @@ impl Binder<'_> {
                     rerank: e.rerank.map(rerank_plan).transpose()?,
                 })
             }
-            Statement::Finetune {
-                base,
-                collection,
-                filter,
-                validate,
-                options,
-                name,
-            } => {
-                let columns = self.collection(&collection)?;
-                Plan::Finetune(FinetunePlan {
-                    base,
-                    collection: collection.value,
-                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
-                    validate: validate.map(|f| predicate(&f, &columns)).transpose()?,
-                    options,
-                    name,
-                })
-            }
-            Statement::TrainElip {
-                backbone,
-                collection,
-                filter,
-                validate,
-                options,
-                name,
-            } => {
-                let columns = self.collection(&collection)?;
-                Plan::TrainElip(TrainElipPlan {
-                    backbone,
-                    collection: collection.value,
-                    filter: filter.map(|f| predicate(&f, &columns)).transpose()?,
-                    validate: validate.map(|f| predicate(&f, &columns)).transpose()?,
-                    options,
-                    name,
+            Statement::Train(t) => {
+                let columns = self.collection(&t.collection)?;
+                Plan::Train(TrainPlan {
+                    kind: t.kind,
+                    collection: t.collection.value,
+                    filter: t.filter.map(|f| predicate(&f, &columns)).transpose()?,
+                    validate: t.validate.map(|f| predicate(&f, &columns)).transpose()?,
+                    options: t.options,
+                    name: t.name,
                 })
             }
             Statement::Select {

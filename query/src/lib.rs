@@ -7,11 +7,13 @@ mod error;
 mod eval;
 mod parser;
 
-pub use ast::{Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target};
+pub use ast::{
+    Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target, Training, TrainingKind,
+};
 pub use binder::{
     Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_RERANK_TOP, DEFAULT_SEARCH_LIMIT,
-    EvaluatePlan, FinetunePlan, MAX_RERANK_TOP, MAX_SEARCH_LIMIT, Plan, Predicate, RerankPlan,
-    SearchPlan, SelectList, TrainElipPlan, bind, bind_predicate,
+    EvaluatePlan, MAX_RERANK_TOP, MAX_SEARCH_LIMIT, Plan, Predicate, RerankPlan, SearchPlan,
+    SelectList, TrainPlan, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};
 pub use eval::{Datum, RowValues, like};

@@ -723,13 +723,14 @@ impl StatementParser<'_> {
     }
 
     /// The clauses after `ON <collection>` of `FINETUNE` and `TRAIN ELIP`, in any order, each
-    /// once, then `AS '<name>'`: (`USING MODEL`, `WHERE`, `VALIDATE WHERE`, `WITH`, name).
-    /// `USING MODEL` is accepted only when `using` is true.
-    #[allow(clippy::type_complexity)]
-    fn training_clauses(
+    /// once (`USING MODEL` only when `using`, `WHERE`, `VALIDATE WHERE`, `WITH`), then
+    /// `AS '<name>'`. `kind` makes the statement's kind from the `USING MODEL` model.
+    fn training(
         &mut self,
+        collection: Name,
         using: bool,
-    ) -> Result<(Option<String>, Option<Expr>, Option<Expr>, Options, String)> {
+        kind: impl FnOnce(Option<String>) -> TrainingKind,
+    ) -> Result<Statement> {
         let (mut model, mut filter, mut validate, mut options) =
             (None, None, None, Options::default());
         loop {
@@ -766,7 +767,14 @@ impl StatementParser<'_> {
         }
         self.expect_word("AS")?;
         let name = self.string("the new model's name")?;
-        Ok((model, filter, validate, options, name))
+        Ok(Statement::Train(Training {
+            kind: kind(model),
+            collection,
+            filter,
+            validate,
+            options,
+            name,
+        }))
     }
 
     fn train_elip(&mut self) -> Result<Statement> {
@@ -774,15 +782,7 @@ impl StatementParser<'_> {
         self.expect_word("ELIP")?;
         self.expect_word("ON")?;
         let collection = self.name("a collection name")?;
-        let (backbone, filter, validate, options, name) = self.training_clauses(true)?;
-        Ok(Statement::TrainElip {
-            backbone,
-            collection,
-            filter,
-            validate,
-            options,
-            name,
-        })
+        self.training(collection, true, |backbone| TrainingKind::Elip { backbone })
     }
 
     fn finetune(&mut self) -> Result<Statement> {
@@ -791,15 +791,7 @@ impl StatementParser<'_> {
         let base = self.string("the base model (folder, Hub id or registry name)")?;
         self.expect_word("ON")?;
         let collection = self.name("a collection name")?;
-        let (_, filter, validate, options, name) = self.training_clauses(false)?;
-        Ok(Statement::Finetune {
-            base,
-            collection,
-            filter,
-            validate,
-            options,
-            name,
-        })
+        self.training(collection, false, |_| TrainingKind::Finetune { base })
     }
 
     fn evaluate(&mut self) -> Result<Statement> {
@@ -1318,14 +1310,14 @@ mod tests {
 
     #[test]
     fn elip_training_and_reranking() {
-        let Statement::TrainElip {
-            backbone,
+        let Statement::Train(Training {
+            kind: TrainingKind::Elip { backbone },
             collection,
             filter,
             validate,
             options,
             name,
-        } = one(
+        }) = one(
             "TRAIN ELIP ON shapes USING MODEL 'shapes-finetuned' WHERE split = 'train' \
              VALIDATE WHERE split = 'validation' WITH (prompts = 10, deep = false) AS 'elip'",
         )
@@ -1340,8 +1332,10 @@ mod tests {
         assert!(filter.is_some() && validate.is_some());
         assert_eq!(options.0.len(), 2);
         // The backbone may be left to the collection's active model, clauses in any order.
-        let Statement::TrainElip { backbone, .. } =
-            one("TRAIN ELIP ON shapes WITH (epochs = 1) WHERE split = 'train' AS 'e'")
+        let Statement::Train(Training {
+            kind: TrainingKind::Elip { backbone },
+            ..
+        }) = one("TRAIN ELIP ON shapes WITH (epochs = 1) WHERE split = 'train' AS 'e'")
         else {
             panic!("not TRAIN ELIP");
         };
@@ -1425,14 +1419,14 @@ mod tests {
 
     #[test]
     fn finetune_and_model_registry_statements() {
-        let Statement::Finetune {
-            base,
+        let Statement::Train(Training {
+            kind: TrainingKind::Finetune { base },
             collection,
             filter,
             validate,
             options,
             name,
-        } = one(
+        }) = one(
             "FINETUNE MODEL 'openai/clip' ON images WHERE split = 'train' \
              VALIDATE WHERE split = 'validation' WITH (epochs = 3, lr = 1e-5) AS 'clip-art'",
         )

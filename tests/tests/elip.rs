@@ -70,7 +70,52 @@ fn train_elip_then_rerank_searches_and_evaluations() {
     );
     let status = trained.status.clone().unwrap();
     assert!(status.contains("trained ELIP 'elip'"), "{status}");
-    assert!(status.contains("re-ranked vs"), "{status}");
+    // The fusion weight is tuned on validation: each epoch reports its choice, and ELIP's
+    // score alone beside it.
+    assert!(status.contains("re-ranked (fusion "), "{status}");
+    assert!(
+        trained.columns.contains(&"fusion".to_string()),
+        "{trained:?}"
+    );
+    assert!(
+        trained
+            .get(0, "ELIP alone recall@1")
+            .is_some_and(|c| *c != Cell::Null)
+    );
+
+    // Retrieved negatives: each caption against its own image and the three the backbone ranks
+    // highest among the training rows; more than the training rows hold is refused.
+    // A fixed fusion weight is kept as given, and EXPLAIN shows the blend.
+    let retrieved = one(
+        &db,
+        "TRAIN ELIP ON shapes WHERE split = 'train' VALIDATE WHERE split <> 'train' \
+         WITH (epochs = 1, batch_size = 4, prompts = 2, hidden = 16, top = 5, negatives = 3, \
+         fusion = 0.75) AS 'elip-retrieved'",
+    );
+    assert_eq!(retrieved.rows.len(), 1, "{retrieved:?}");
+    assert_eq!(retrieved.get(0, "fusion"), Some(&Cell::Float(0.75)));
+    let explain = one(
+        &db,
+        "EXPLAIN SEARCH shapes BY TEXT 'a red circle' RERANK WITH ELIP 'elip-retrieved' TOP 20",
+    );
+    assert!(
+        explain.rows.iter().any(|r| matches!(&r[0], Cell::Str(s)
+            if s.contains("0.75 x ELIP's score + 0.25 x the first stage's"))),
+        "{explain:?}"
+    );
+    let e = error(
+        &db,
+        "TRAIN ELIP ON shapes WHERE split = 'train' WITH (fusion = 2) AS 'bad-fusion'",
+    );
+    assert!(
+        e.contains("option fusion expects a weight in [0, 1]"),
+        "{e}"
+    );
+    let e = error(
+        &db,
+        "TRAIN ELIP ON shapes WHERE split = 'train' WITH (negatives = 100000) AS 'too-many'",
+    );
+    assert!(e.contains("retrieved negatives per caption"), "{e}");
 
     // The registry lists it with its backbone.
     let models = one(&db, "SHOW MODELS");
@@ -90,6 +135,17 @@ fn train_elip_then_rerank_searches_and_evaluations() {
         "SEARCH shapes BY TEXT 'a red circle' RERANK WITH ELIP 'elip' TOP 10 LIMIT 5",
     );
     assert_eq!(reranked.rows.len(), 5);
+    // The candidates' pixels stay in the database's cache: the same search decodes nothing.
+    let again = db
+        .collection("shapes")
+        .unwrap()
+        .search_text("a red circle")
+        .rerank("elip", 10)
+        .limit(5)
+        .run()
+        .unwrap();
+    assert_eq!(again.timings.rerank_decoded, 0);
+    assert_eq!(again.hits.len(), 5);
     let mut seen = Vec::new();
     for r in 0..5 {
         let id = int(reranked.get(r, "id").unwrap());

@@ -10,8 +10,10 @@
 //!   patch tokens.
 //! - The score of image `j` for query `t` is the cosine of `t`'s text embedding with image `j`
 //!   encoded under `t`'s prompts. Training scores every image of a batch under every text
-//!   (B x B encoder passes): InfoNCE from text to image at the backbone's frozen temperature for
-//!   CLIP, the pairwise sigmoid loss with its frozen scale and bias for SigLIP.
+//!   (B x B encoder passes; [`Negatives::InBatch`]), plus optionally the images the first stage
+//!   confuses each text with ([`Negatives::Retrieved`]): InfoNCE from text to image at
+//!   the backbone's frozen temperature for CLIP, the pairwise sigmoid loss with its frozen scale
+//!   and bias for SigLIP.
 //!
 //! Saved as `elip_config.json` and `model.safetensors`, tensors named
 //! `generators.{layer}.{0,2,4}.{weight,bias}` (a PyTorch `ModuleList` of `Sequential`s).
@@ -329,43 +331,73 @@ pub fn batch_loss(
     mapper: &ElipMapper,
     pixels: &Tensor,
     texts: &Tensor,
+    logits: (f64, Option<f64>),
+    dropout: Option<&mut StdRng>,
+) -> Result<Tensor> {
+    let b = pixels.dim(0)? as u32;
+    let every: Vec<Vec<u32>> = (0..b).map(|_| (0..b).collect()).collect();
+    let positives: Vec<u32> = (0..b).collect();
+    candidate_loss(
+        model,
+        mapper,
+        (pixels, &every, &positives),
+        texts,
+        logits,
+        dropout,
+    )
+}
+
+/// ELIP's loss when text `t` scores the images `candidates[t]` (rows of the pixel pool
+/// `[P, 3, S, S]`, the same number per text), its own image at `candidates[t][positives[t]]`:
+/// InfoNCE over each text's candidates for CLIP, the signed sigmoid loss for SigLIP.
+pub fn candidate_loss(
+    model: &Model,
+    mapper: &ElipMapper,
+    (pool, candidates, positives): (&Tensor, &[Vec<u32>], &[u32]),
+    texts: &Tensor,
     (scale, bias): (f64, Option<f64>),
     dropout: Option<&mut StdRng>,
 ) -> Result<Tensor> {
-    let b = pixels.dim(0)?;
-    let (c, s) = (pixels.dim(1)?, pixels.dim(2)?);
+    let b = texts.dim(0)?;
+    let k = candidates.first().map_or(0, Vec::len);
+    if candidates.len() != b || positives.len() != b || candidates.iter().any(|c| c.len() != k) {
+        return Err(Error::InvalidArgument(format!(
+            "ELIP's loss needs one positive and the same number of candidates per text: {b} \
+             texts, {} candidate lists, {} positives",
+            candidates.len(),
+            positives.len()
+        )));
+    }
     let d = texts.dim(1)?;
-    // Row t * B + j: image j under text t.
-    let tiled_pixels = pixels
-        .unsqueeze(0)?
-        .broadcast_as((b, b, c, s, s))?
-        .reshape((b * b, c, s, s))?;
+    // Row t * K + j: candidate j of text t.
+    let flat: Vec<u32> = candidates.iter().flatten().copied().collect();
+    let tiled_pixels = pool.index_select(&Tensor::from_vec(flat, b * k, pool.device())?, 0)?;
     let prompts: Vec<Tensor> = mapper
         .prompts(texts, dropout)?
         .into_iter()
         .map(|p| {
             let (m, w) = (p.dim(1)?, p.dim(2)?);
             p.unsqueeze(1)?
-                .broadcast_as((b, b, m, w))?
-                .reshape((b * b, m, w))
+                .broadcast_as((b, k, m, w))?
+                .reshape((b * k, m, w))
         })
         .collect::<candle_core::Result<_>>()?;
     let images = model.image_features_prompted(&tiled_pixels, &prompts)?;
     let tiled_texts = texts
         .unsqueeze(1)?
-        .broadcast_as((b, b, d))?
-        .reshape((b * b, d))?;
-    let logits = ((images * tiled_texts)?.sum(1)?.reshape((b, b))? * scale)?;
+        .broadcast_as((b, k, d))?
+        .reshape((b * k, d))?;
+    let logits = ((images * tiled_texts)?.sum(1)?.reshape((b, k))? * scale)?;
     let loss = match Loss::for_model(model) {
         Loss::InfoNce => {
-            let labels = Tensor::arange(0u32, b as u32, pixels.device())?;
+            let labels = Tensor::from_slice(positives, b, pool.device())?;
             candle_nn::loss::cross_entropy(&logits, &labels)?
         }
         Loss::Sigmoid => {
             let bias = bias.ok_or_else(|| {
                 Error::InvalidArgument("the sigmoid loss needs the backbone's logit_bias".into())
             })?;
-            crate::train::sigmoid_loss(&(logits + bias)?)?
+            crate::train::signed_sigmoid_loss(&(logits + bias)?, positives)?
         }
     };
     Ok(loss)
@@ -418,21 +450,43 @@ fn caption_embeddings(encoder: &DualEncoder, captions: &[Vec<u32>]) -> Result<Te
     )?)
 }
 
+/// Which images each caption of a training batch is scored against.
+#[derive(Debug, Clone, Copy)]
+pub enum Negatives<'a> {
+    /// Every image of the batch: the paper's B x B encoder passes.
+    InBatch,
+    /// Every image of the batch, and per caption (indexed as [`PairData::captions`]) the N
+    /// images other than its own that the first stage ranks highest: the confusions re-ranking
+    /// must undo, at B x (B + N) passes. (Retrieved negatives alone let the mapper lower the
+    /// loss by making every candidate score alike; the batch's easy negatives forbid that.)
+    Retrieved(&'a [Vec<usize>]),
+}
+
 /// Trains `mapper` on `data` with the backbone `encoder` frozen (its text embeddings computed
 /// once), with fine-tuning's loop: `config`'s epochs, batches (hard pairs together), AdamW,
 /// warmup and cosine decay, clipping, accumulation, precision and early stopping (its `freeze`
-/// and `loss` do not apply: the loss is the backbone family's). After each epoch `validate`
-/// scores the mapper (higher is better); the best one is saved to `out`, or the last one when
-/// no epoch beat the untrained mapper.
+/// and `loss` do not apply: the loss is the backbone family's). Each caption is scored against
+/// its `negatives`. After each epoch `validate` scores the mapper (higher is better); the best
+/// one is saved to `out`, or the last one when no epoch beat the untrained mapper.
 pub fn train(
     encoder: &DualEncoder,
     mapper: &ElipMapper,
-    data: &PairData,
+    (data, negatives): (&PairData, Negatives<'_>),
     config: &FinetuneConfig,
     out: &Path,
     mut validate: impl FnMut(&ElipMapper) -> Result<Option<f64>>,
 ) -> Result<FinetuneReport> {
     mapper.config.check_backbone(&encoder.model)?;
+    if let Negatives::Retrieved(lists) = negatives {
+        let n = lists.first().map_or(0, Vec::len);
+        if lists.len() != data.captions.len() || n == 0 || lists.iter().any(|l| l.len() != n) {
+            return Err(Error::InvalidArgument(format!(
+                "retrieved negatives need the same number (at least 1) for each of the {} \
+                 captions",
+                data.captions.len()
+            )));
+        }
+    }
     let device = encoder.device().clone();
     let texts = caption_embeddings(encoder, &data.captions)?;
     let logits = backbone_logits(encoder)?;
@@ -444,19 +498,54 @@ pub fn train(
         data,
         config,
         &device,
-        |part| {
-            let pixels = data.pixel_batch(part, encoder)?;
-            let captions: Vec<u32> = part.iter().map(|&(_, c)| c as u32).collect();
-            let n = captions.len();
-            let t = texts.index_select(&Tensor::from_vec(captions, n, &device)?, 0)?;
-            batch_loss(
-                &encoder.model,
-                mapper,
-                &pixels,
-                &t,
-                logits,
-                Some(&mut dropout),
-            )
+        |batch, micro, vars| {
+            crate::finetune::accumulated(batch, micro, vars, |part| {
+                let captions: Vec<u32> = part.iter().map(|&(_, c)| c as u32).collect();
+                let n = captions.len();
+                let t = texts.index_select(&Tensor::from_vec(captions, n, &device)?, 0)?;
+                match negatives {
+                    Negatives::InBatch => batch_loss(
+                        &encoder.model,
+                        mapper,
+                        &data.pixel_batch(part, encoder)?,
+                        &t,
+                        logits,
+                        Some(&mut dropout),
+                    ),
+                    Negatives::Retrieved(lists) => {
+                        // The pool: the batch's images, then each caption's retrieved negatives.
+                        let extra = lists.first().map_or(0, Vec::len);
+                        let images: Vec<usize> = part
+                            .iter()
+                            .map(|&(i, _)| i)
+                            .chain(part.iter().flat_map(|&(_, c)| lists[c].iter().copied()))
+                            .collect();
+                        let size = encoder.model.image_size();
+                        let pool = Tensor::from_vec(
+                            data.batch_pixels(&images, encoder)?,
+                            (images.len(), 3, size, size),
+                            &device,
+                        )?;
+                        let rows: Vec<Vec<u32>> = (0..n)
+                            .map(|r| {
+                                let own = n + r * extra;
+                                (0..n as u32)
+                                    .chain(own as u32..(own + extra) as u32)
+                                    .collect()
+                            })
+                            .collect();
+                        let positives: Vec<u32> = (0..n as u32).collect();
+                        candidate_loss(
+                            &encoder.model,
+                            mapper,
+                            (&pool, &rows, &positives),
+                            &t,
+                            logits,
+                            Some(&mut dropout),
+                        )
+                    }
+                }
+            })
         },
         || validate(mapper),
         || mapper.save(out),

@@ -106,7 +106,9 @@ pub struct FinetuneConfig {
     pub epochs: usize,
     /// Pairs per optimiser step (split into `accumulation` micro-batches).
     pub batch_size: usize,
-    /// Micro-batches per step; each micro-batch has its own in-batch negatives.
+    /// Micro-batches per step, embedded one at a time. Fine-tuning caches their embeddings'
+    /// gradients (GradCache), so the step equals the full batch's, every pair a negative of
+    /// every other; ELIP's micro-batches each have their own in-batch negatives.
     pub accumulation: usize,
     pub optimiser: AdamWConfig,
     /// Steps of linear warmup before the cosine decay to zero.
@@ -280,7 +282,7 @@ pub fn learning_rate(base: f64, step: usize, warmup: usize, total: usize) -> f64
 }
 
 /// Adds the gradients of `other` into `total`.
-fn accumulate(
+pub(crate) fn accumulate(
     total: &mut Option<GradStore>,
     other: GradStore,
     vars: &[candle_core::Var],
@@ -319,13 +321,25 @@ pub fn finetune(
         data,
         config,
         &device,
-        |part| {
-            let pixels = data.pixel_batch(part, &model.encoder)?;
-            let ids: Vec<Vec<u32>> = part
-                .iter()
-                .map(|&(_, c)| data.captions[c].clone())
-                .collect();
-            model.batch_loss_with(&pixels, &ids, loss_kind, config.freeze)
+        |batch, micro, _| {
+            if batch.len() < 2 {
+                return Ok(None);
+            }
+            let chunks = batch
+                .chunks(micro)
+                .map(|part| {
+                    let ids: Vec<Vec<u32>> = part
+                        .iter()
+                        .map(|&(_, c)| data.captions[c].clone())
+                        .collect();
+                    Ok((data.pixel_batch(part, &model.encoder)?, ids))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (loss, grads) = model.batch_gradients(&chunks, loss_kind, config.freeze)?;
+            Ok(Some((
+                f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+                grads,
+            )))
         },
         || validate(model),
         || save_checkpoint(model, out),
@@ -337,17 +351,41 @@ pub fn finetune(
     Ok(report)
 }
 
+/// The loss of a batch and its gradients as the sum over micro-batches of `micro` pairs, each
+/// with its own `loss` (its negatives are its own pairs); `None` when no micro-batch has two
+/// pairs.
+pub(crate) fn accumulated(
+    batch: &[(usize, usize)],
+    micro: usize,
+    vars: &[candle_core::Var],
+    mut loss: impl FnMut(&[(usize, usize)]) -> Result<Tensor>,
+) -> Result<Option<(f64, GradStore)>> {
+    let (mut total, mut sum, mut count) = (None, 0f64, 0usize);
+    for part in batch.chunks(micro).filter(|p| p.len() >= 2) {
+        let l = loss(part)?;
+        sum += f64::from(l.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        count += 1;
+        accumulate(&mut total, l.backward()?, vars)?;
+    }
+    Ok(total.map(|g| (sum / count as f64, g)))
+}
+
 /// The training loop shared by fine-tuning and ELIP: epochs over `data`'s pairs in shuffled
-/// batches (hard pairs kept together), one caption per image per epoch, `batch_loss` of each
-/// micro-batch of `(image, caption)` pairs under the precision's autocast, gradients
-/// accumulated, clipped and applied by `optimiser` with warmup and cosine decay; `validate`
-/// after each epoch (and once before), `save_best` when it improves, early stopping.
+/// batches (hard pairs kept together), one caption per image per epoch, `batch_gradients` of
+/// each batch of `(image, caption)` pairs (given the micro-batch size that accumulation allows
+/// and the trained variables) under the precision's autocast, clipped and applied by
+/// `optimiser` with warmup and cosine decay; `validate` after each epoch (and once before),
+/// `save_best` when it improves, early stopping.
 pub(crate) fn train_pairs(
     optimiser: &mut Optimizer,
     data: &PairData,
     config: &FinetuneConfig,
     device: &candle_core::Device,
-    mut batch_loss: impl FnMut(&[(usize, usize)]) -> Result<Tensor>,
+    mut batch_gradients: impl FnMut(
+        &[(usize, usize)],
+        usize,
+        &[candle_core::Var],
+    ) -> Result<Option<(f64, GradStore)>>,
     mut validate: impl FnMut() -> Result<Option<f64>>,
     mut save_best: impl FnMut() -> Result<()>,
 ) -> Result<FinetuneReport> {
@@ -416,17 +454,15 @@ pub(crate) fn train_pairs(
                 config.warmup_steps,
                 total_steps,
             ));
-            let mut grads: Option<GradStore> = None;
-            for part in batch.chunks(micro).filter(|p| p.len() >= 2) {
-                let loss = {
-                    let _autocast = crate::layers::Autocast::new(precision.compute_dtype());
-                    batch_loss(part)?
-                };
-                loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-                loss_count += 1;
-                accumulate(&mut grads, loss.backward()?, &vars)?;
-            }
-            let Some(grads) = grads else { continue };
+            let computed = {
+                let _autocast = crate::layers::Autocast::new(precision.compute_dtype());
+                batch_gradients(batch, micro, &vars)?
+            };
+            let Some((loss, grads)) = computed else {
+                continue;
+            };
+            loss_sum += loss;
+            loss_count += 1;
             let scale = match config.clip_norm {
                 Some(max) => {
                     let norm = optimiser.gradient_norm(&grads)?;

@@ -2,7 +2,8 @@
 //! Hub id (`org/name`, optionally `org/name@revision`) looked up in the Hugging Face cache
 //! (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; layout
 //! `models--org--name/snapshots/<commit>/`) and downloaded into it with hf-hub when the network
-//! allows and `HF_HUB_OFFLINE` is not set.
+//! allows and `HF_HUB_OFFLINE` is not set, from `HF_ENDPOINT` when set (a mirror), else
+//! huggingface.co.
 
 use std::path::{Path, PathBuf};
 
@@ -97,10 +98,14 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
 
 /// Downloads (or finds up to date in the cache) the checkpoint files of `model`.
 fn download(model: &str, cache_dir: &Path) -> std::result::Result<PathBuf, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf()))
-        .with_progress(false)
-        .build()
-        .map_err(|e| e.to_string())?;
+    use std::io::IsTerminal;
+    let mut builder =
+        hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf()))
+            .with_progress(std::io::stderr().is_terminal());
+    if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
     let repo = api.repo(repo(model));
     let config = repo.get("config.json").map_err(|e| e.to_string())?;
     for file in CHECKPOINT_FILES.iter().skip(1) {

@@ -154,7 +154,19 @@ pub fn contrastive_loss(
 /// `-sum(log sigmoid(label * logit)) / n` with label +1 on the diagonal, -1 elsewhere.
 pub(crate) fn sigmoid_loss(logits: &Tensor) -> Result<Tensor> {
     let n = logits.dim(0)?;
-    let labels = ((Tensor::eye(n, DType::F32, logits.device())? * 2.0)? - 1.0)?;
+    let positives: Vec<u32> = (0..n as u32).collect();
+    signed_sigmoid_loss(logits, &positives)
+}
+
+/// The pairwise sigmoid loss of `[n, k]` logits whose row `r` holds its pair at column
+/// `positives[r]`: `-sum(log sigmoid(label * logit)) / n`, label +1 there and -1 elsewhere.
+pub(crate) fn signed_sigmoid_loss(logits: &Tensor, positives: &[u32]) -> Result<Tensor> {
+    let (n, k) = logits.dims2()?;
+    let mut labels = vec![-1f32; n * k];
+    for (row, &p) in positives.iter().enumerate() {
+        labels[row * k + p as usize] = 1.0;
+    }
+    let labels = Tensor::from_vec(labels, (n, k), logits.device())?.to_dtype(logits.dtype())?;
     Ok((log_sigmoid(&(labels * logits)?)?.sum_all()? / -(n as f64))?)
 }
 
@@ -223,17 +235,7 @@ impl Trainable {
         loss: Loss,
         freeze: crate::finetune::Freeze,
     ) -> Result<Tensor> {
-        use crate::finetune::Freeze;
-        let (mut images, mut texts) = match &self.encoder.model {
-            Model::Clip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
-            Model::Siglip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
-        };
-        if freeze == Freeze::Vision {
-            images = images.detach();
-        }
-        if freeze == Freeze::Text {
-            texts = texts.detach();
-        }
+        let (images, texts) = self.features(pixels, ids, freeze)?;
         let scale = self.variable("logit_scale")?;
         let bias = match loss {
             Loss::Sigmoid => Some(self.variable("logit_bias")?),
@@ -246,6 +248,103 @@ impl Trainable {
             scale.as_tensor(),
             bias.as_ref().map(Var::as_tensor),
         )
+    }
+
+    /// The image and text embeddings of one micro-batch, with their graphs (a frozen tower's
+    /// detached).
+    fn features(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+        freeze: crate::finetune::Freeze,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::finetune::Freeze;
+        let (mut images, mut texts) = match &self.encoder.model {
+            Model::Clip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
+            Model::Siglip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
+        };
+        if freeze == Freeze::Vision {
+            images = images.detach();
+        }
+        if freeze == Freeze::Text {
+            texts = texts.detach();
+        }
+        Ok((images, texts))
+    }
+
+    /// The contrastive loss of a batch given as micro-batches `(pixels, token ids)`, and its
+    /// gradients: those of the whole batch, every pair a negative of every other, while only
+    /// one micro-batch's activations are alive at a time. Gradient caching (Gao et al., 2021):
+    /// embed every micro-batch without keeping its graph, take the loss and its gradients with
+    /// respect to the embeddings, then embed each micro-batch again with its graph and
+    /// back-propagate those gradients. Costs one forward pass more than the plain step when
+    /// there are several micro-batches.
+    pub fn batch_gradients(
+        &self,
+        chunks: &[(Tensor, Vec<Vec<u32>>)],
+        loss: Loss,
+        freeze: crate::finetune::Freeze,
+    ) -> Result<(Tensor, GradStore)> {
+        use crate::finetune::Freeze;
+        let scale = self.variable("logit_scale")?;
+        let bias = match loss {
+            Loss::Sigmoid => Some(self.variable("logit_bias")?),
+            Loss::InfoNce => None,
+        };
+        let batch_loss = |images: &Tensor, texts: &Tensor| {
+            contrastive_loss(
+                loss,
+                images,
+                texts,
+                scale.as_tensor(),
+                bias.as_ref().map(Var::as_tensor),
+            )
+        };
+        if let [(pixels, ids)] = chunks {
+            let (images, texts) = self.features(pixels, ids, freeze)?;
+            let l = batch_loss(&images, &texts)?;
+            let grads = l.backward()?;
+            return Ok((l, grads));
+        }
+        let (mut images, mut texts) = (Vec::new(), Vec::new());
+        for (pixels, ids) in chunks {
+            let (i, t) = self.features(pixels, ids, freeze)?;
+            images.push(i.detach());
+            texts.push(t.detach());
+        }
+        let images = Var::from_tensor(&Tensor::cat(&images, 0)?)?;
+        let texts = Var::from_tensor(&Tensor::cat(&texts, 0)?)?;
+        let l = batch_loss(images.as_tensor(), texts.as_tensor())?;
+        let mut grads = l.backward()?;
+        let cached = |var: &Var, grads: &GradStore| {
+            grads.get(var).cloned().ok_or_else(|| {
+                Error::InvalidArgument("the loss does not depend on the embeddings".into())
+            })
+        };
+        let (image_grads, text_grads) = (cached(&images, &grads)?, cached(&texts, &grads)?);
+        grads.remove(&images);
+        grads.remove(&texts);
+        let vars = self.varmap.all_vars();
+        let mut total = Some(grads);
+        let mut offset = 0;
+        for (pixels, ids) in chunks {
+            let n = ids.len();
+            let (i, t) = self.features(pixels, ids, freeze)?;
+            // The surrogate's gradient with respect to each embedding is the cached one.
+            let mut surrogate = Tensor::zeros((), i.dtype(), i.device())?;
+            if freeze != Freeze::Vision {
+                let g = image_grads.narrow(0, offset, n)?.to_dtype(i.dtype())?;
+                surrogate = (surrogate + (i * g)?.sum_all()?)?;
+            }
+            if freeze != Freeze::Text {
+                let g = text_grads.narrow(0, offset, n)?.to_dtype(t.dtype())?;
+                surrogate = (surrogate + (t * g)?.sum_all()?)?;
+            }
+            crate::finetune::accumulate(&mut total, surrogate.backward()?, &vars)?;
+            offset += n;
+        }
+        let grads = total.ok_or_else(|| Error::InvalidArgument("no gradients".into()))?;
+        Ok((l, grads))
     }
 }
 

@@ -7,7 +7,8 @@
 use candle_core::{D, Device, Tensor};
 use mirante_training::DualEncoder;
 use mirante_training::elip::{
-    ElipConfig, ElipMapper, backbone_logits, batch_loss, prompted_image_features, rerank_scores,
+    ElipConfig, ElipMapper, backbone_logits, batch_loss, candidate_loss, prompted_image_features,
+    rerank_scores,
 };
 
 mod common;
@@ -80,6 +81,25 @@ fn matches_pytorch(backbone: &str, fixture: &str) {
     assert!(
         (value - reference).abs() <= 1e-4 * reference.abs().max(1.0),
         "{fixture}: loss {value} vs PyTorch {reference}"
+    );
+    // The same batch as candidate lists, each text's in reverse order with its own image
+    // marked where it landed: the loss is the batch loss.
+    let b = pixels.dim(0).unwrap() as u32;
+    let reversed: Vec<Vec<u32>> = (0..b).map(|_| (0..b).rev().collect()).collect();
+    let positions: Vec<u32> = (0..b).map(|t| b - 1 - t).collect();
+    let listed = candidate_loss(
+        &enc.model,
+        &mapper,
+        (pixels, &reversed, &positions),
+        texts,
+        backbone_logits(&enc).unwrap(),
+        None,
+    )
+    .unwrap();
+    let listed = f64::from(listed.to_scalar::<f32>().unwrap());
+    assert!(
+        (listed - value).abs() <= 1e-5 * value.abs().max(1.0),
+        "{fixture}: loss over reordered candidates {listed} vs {value}"
     );
     let grads = loss.backward().unwrap();
     let vars = mapper.varmap.data().lock().unwrap().clone();
@@ -170,6 +190,18 @@ fn a_saved_mapper_reloads_and_refuses_another_backbone() {
 
 #[test]
 fn training_the_mapper_lowers_the_loss_and_moves_its_pairs_up() {
+    train_and_check_ranks(false);
+}
+
+#[test]
+fn training_on_retrieved_negatives_lowers_the_loss_and_moves_its_pairs_up() {
+    train_and_check_ranks(true);
+}
+
+/// Trains a mapper on the tiny fixture's pairs, each caption against the whole batch or
+/// (`retrieved`) against two other images of its own, and checks the loss and the ranks.
+fn train_and_check_ranks(retrieved: bool) {
+    use mirante_training::elip::Negatives;
     use mirante_training::finetune::{FinetuneConfig, PairData, TrainImage};
     use mirante_training::train::AdamWConfig;
     let enc = DualEncoder::load(&fixtures().join("clip-tiny"), &Device::Cpu).unwrap();
@@ -213,10 +245,16 @@ fn training_the_mapper_lowers_the_loss_and_moves_its_pairs_up() {
     let before: usize = rank_of_own(&mapper).iter().sum();
     let out = tempfile::tempdir().unwrap();
     let mut validations = 0;
+    let lists: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + 1) % n, (i + 2) % n]).collect();
+    let negatives = if retrieved {
+        Negatives::Retrieved(&lists)
+    } else {
+        Negatives::InBatch
+    };
     let report = mirante_training::elip::train(
         &enc,
         &mapper,
-        &data,
+        (&data, negatives),
         &FinetuneConfig {
             epochs: 100,
             batch_size: n,
