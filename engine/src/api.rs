@@ -118,6 +118,7 @@ impl Search<'_> {
         self.plan.rerank = Some(query::RerankPlan {
             elip: elip.to_string(),
             top: top as u64,
+            fusion: None,
         });
         self
     }

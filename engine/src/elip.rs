@@ -146,6 +146,11 @@ fn read(db: &Database, name: &str, path: &Path) -> Result<LoadedElip> {
 }
 
 impl LoadedElip {
+    /// The fusion weight a re-ranking uses: the statement's `FUSION`, else the model's.
+    pub fn fusion_for(&self, r: &mirante_query::RerankPlan) -> f64 {
+        r.fusion.unwrap_or(self.fusion)
+    }
+
     /// Refuses re-ranking vectors of another model than the backbone.
     pub fn check_backbone(&self, name: &str, fingerprint: &str, model: &str) -> Result<()> {
         if fingerprint == self.backbone_fingerprint {
@@ -189,12 +194,16 @@ pub(crate) fn explain(
              image-encoder passes per query (batches of {RERANK_BATCH})",
             r.top
         ),
-        if elip.fusion < 1.0 {
+        if elip.fusion_for(r) < 1.0 {
+            let w = elip.fusion_for(r);
             format!(
-                "  blended: {} x ELIP's score + {} x the first stage's (fusion weight tuned on \
-                 validation)",
-                elip.fusion,
-                round_weight(1.0 - elip.fusion)
+                "  blended: {w} x ELIP's score + {} x the first stage's ({})",
+                round_weight(1.0 - w),
+                if r.fusion.is_some() {
+                    "FUSION"
+                } else {
+                    "the model's fusion weight"
+                }
             )
         } else {
             "  ELIP's score alone orders the candidates".to_string()

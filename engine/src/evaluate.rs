@@ -573,7 +573,7 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
                 &elip.mapper,
                 &problem,
                 &ranks.text_to_image,
-                (r.top as usize, &[elip.fusion]),
+                (r.top as usize, &[elip.fusion_for(r)]),
                 pixels,
                 db.options.progress,
             )?

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirante_query::{Predicate, SearchPlan, SearchQuery, Target};
+use mirante_query::{Predicate, RerankPlan, SearchPlan, SearchQuery, Target};
 use mirante_storage::{self as storage, Modality, RowRef, Snapshot, SpaceId, Value};
 
 use crate::db::{Database, RowValues};
@@ -297,7 +297,7 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
     let searched = Instant::now();
     // (hit, first-stage rank when re-ranked), in result order.
     let (hits, rerank_decoded): (Vec<RankedHit>, usize) = match &plan.rerank {
-        Some(r) => rerank(db, &snap, plan, &resolved, &query, &r.elip, hits)?,
+        Some(r) => rerank(db, &snap, plan, &resolved, &query, r, hits)?,
         None => (hits.into_iter().map(|h| (h, None)).collect(), 0),
     };
     let reranked = Instant::now();
@@ -362,7 +362,7 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, with_bytes: bool) -> Result<
 type RankedHit = (storage::Hit, Option<usize>);
 
 /// `RERANK WITH ELIP`: re-scores the first stage's hits (images of a text query) with ELIP
-/// model `elip` and keeps the best `plan.limit`, each with its first-stage rank; also how many
+/// model `r.elip` and keeps the best `plan.limit`, each with its first-stage rank; also how many
 /// candidates were decoded.
 fn rerank(
     db: &Database,
@@ -370,7 +370,7 @@ fn rerank(
     plan: &SearchPlan,
     resolved: &Resolved,
     query: &[f32],
-    elip: &str,
+    r: &RerankPlan,
     hits: Vec<storage::Hit>,
 ) -> Result<(Vec<RankedHit>, usize)> {
     use rayon::prelude::*;
@@ -381,8 +381,8 @@ fn rerank(
             "RERANK WITH ELIP re-ranks images for a text query".into(),
         ));
     };
-    let loaded = crate::elip::load(db, elip)?;
-    loaded.check_backbone(elip, &model.fingerprint, &model.key)?;
+    let loaded = crate::elip::load(db, &r.elip)?;
+    loaded.check_backbone(&r.elip, &model.fingerprint, &model.key)?;
     let pixels: Vec<(std::sync::Arc<Vec<f32>>, bool)> = hits
         .par_iter()
         .map(|h| {
@@ -398,7 +398,7 @@ fn rerank(
     let scores: Vec<f32> = hits
         .iter()
         .zip(elip_scores)
-        .map(|(h, e)| crate::elip::fused(h.score, e, loaded.fusion))
+        .map(|(h, e)| crate::elip::fused(h.score, e, loaded.fusion_for(r)))
         .collect();
     let mut order: Vec<usize> = (0..hits.len()).collect();
     // Stable: equal ELIP scores keep the first stage's order.

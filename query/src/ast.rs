@@ -199,6 +199,8 @@ pub struct Search {
 pub struct Rerank {
     pub elip: String,
     pub top: Option<u64>,
+    /// The weight of ELIP's score against the first stage's; `None`: the model's own.
+    pub fusion: Option<f64>,
     /// Where the clause starts, for errors about it.
     pub pos: Pos,
 }

@@ -198,6 +198,8 @@ pub struct SearchPlan {
 pub struct RerankPlan {
     pub elip: String,
     pub top: u64,
+    /// Overrides the model's fusion weight (1: ELIP's score alone).
+    pub fusion: Option<f64>,
 }
 
 /// A bound `EVALUATE`.
@@ -275,7 +277,11 @@ fn rerank_plan(r: Rerank) -> Result<RerankPlan> {
             r.pos,
         ));
     }
-    Ok(RerankPlan { elip: r.elip, top })
+    Ok(RerankPlan {
+        elip: r.elip,
+        top,
+        fusion: r.fusion,
+    })
 }
 
 /// Binds one statement.

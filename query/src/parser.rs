@@ -100,6 +100,7 @@ pub const KEYWORDS: &[&str] = &[
     "TEXTS",
     "TO",
     "TOP",
+    "FUSION",
     "TRAIN",
     "USING",
     "VALIDATE",
@@ -707,7 +708,7 @@ impl StatementParser<'_> {
         Ok(Statement::Search(s))
     }
 
-    /// `RERANK WITH ELIP '<name>' [TOP k]`.
+    /// `RERANK WITH ELIP '<name>' [TOP k] [FUSION w]`.
     fn rerank(&mut self) -> Result<Rerank> {
         let pos = self.here();
         self.expect_word("RERANK")?;
@@ -719,7 +720,34 @@ impl StatementParser<'_> {
         } else {
             None
         };
-        Ok(Rerank { elip, top, pos })
+        let fusion = if self.word("FUSION") {
+            let next = self.p.peek_token();
+            match &next.token {
+                Token::Number(n, _) => match n.parse::<f64>() {
+                    Ok(w) if (0.0..=1.0).contains(&w) => {
+                        self.p.next_token();
+                        Some(w)
+                    }
+                    _ => {
+                        return Err(Error::syntax(
+                            format!(
+                                "FUSION expects a weight in [0, 1] (1: ELIP's score alone), got {n}"
+                            ),
+                            self.here(),
+                        ));
+                    }
+                },
+                _ => return Err(self.unexpected("a fusion weight in [0, 1]", &next)),
+            }
+        } else {
+            None
+        };
+        Ok(Rerank {
+            elip,
+            top,
+            fusion,
+            pos,
+        })
     }
 
     /// The clauses after `ON <collection>` of `FINETUNE` and `TRAIN ELIP`, in any order, each
@@ -1347,7 +1375,14 @@ mod tests {
             panic!("not a search");
         };
         let r = s.rerank.unwrap();
-        assert_eq!((r.elip.as_str(), r.top), ("e", Some(50)));
+        assert_eq!((r.elip.as_str(), r.top, r.fusion), ("e", Some(50), None));
+        let Statement::Search(fused) =
+            one("SEARCH shapes BY TEXT 'x' RERANK WITH ELIP 'e' TOP 20 FUSION 0.25 LIMIT 5")
+        else {
+            panic!("not a search");
+        };
+        assert_eq!(fused.rerank.unwrap().fusion, Some(0.25));
+        assert!(parse("SEARCH shapes BY TEXT 'x' RERANK WITH ELIP 'e' FUSION 1.5").is_err());
         assert_eq!(s.limit, Some(5));
         assert!(s.filter.is_some(), "WHERE stops before RERANK");
         let Statement::Evaluate(e) =
