@@ -579,7 +579,13 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan) -> Result<Evaluation> {
             )?
             .remove(0);
             models.push(ModelEvaluation {
-                model: format!("{} + ELIP '{}' (top {})", m.label, r.elip, r.top),
+                model: match elip.fusion_for(r) {
+                    1.0 => format!("{} + ELIP '{}' (top {})", m.label, r.elip, r.top),
+                    w => format!(
+                        "{} + ELIP '{}' (top {}, fusion {w})",
+                        m.label, r.elip, r.top
+                    ),
+                },
                 fingerprint: m.fingerprint.clone(),
                 directions: vec![direction_result(
                     Direction::TextToImage,

@@ -185,7 +185,7 @@ fn train_elip_then_rerank_searches_and_evaluations() {
         })
         .unwrap();
     let elip_rows: Vec<usize> = (0..eval.rows.len())
-        .filter(|&r| labels[r].contains("+ ELIP 'elip' (top 10)"))
+        .filter(|&r| labels[r].contains("+ ELIP 'elip' (top 10"))
         .collect();
     assert_eq!(elip_rows.len(), 1, "{labels:?}");
     let e = elip_rows[0];
