@@ -24,8 +24,10 @@ fn apply(act: Option<Activation>, v: f32) -> f32 {
         None => v,
         Some(Activation::QuickGelu) => v / (1.0 + (-1.702 * v).exp()),
         Some(Activation::GeluTanh) => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-            0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh())
+            // 0.5 v (1 + tanh(u)) is v sigmoid(2u): one `exp` instead of libm's `tanhf`, whose
+            // scalar `expm1f` was 16% of the encoder benchmark's profile.
+            const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
+            v / (1.0 + (-TWO_SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).exp())
         }
         Some(Activation::Gelu) => {
             0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
