@@ -106,5 +106,12 @@ mod tests {
         }
         assert!(cache.cache.weight() <= 64 * 4 * 10);
         assert!(cache.cache.len() <= 10);
+        // A zero budget keeps nothing: every request preprocesses.
+        let off = PixelCache::new(0);
+        for _ in 0..2 {
+            let (pixels, made) = off.get_or_make("m", b"png", || Ok(vec![1.0; 8])).unwrap();
+            assert!(made);
+            assert_eq!(pixels.len(), 8);
+        }
     }
 }
