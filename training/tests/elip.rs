@@ -279,7 +279,10 @@ fn train_and_check_ranks(retrieved: bool) {
     );
     let first = report.epochs[0].mean_loss;
     let last = report.epochs.last().unwrap().mean_loss;
-    assert!(last < 0.6 * first, "loss {first} -> {last}");
+    // The retrieved negatives are batch images too: each counts twice among a caption's
+    // candidates, which raises the loss's floor.
+    let drop = if retrieved { 0.7 } else { 0.6 };
+    assert!(last < drop * first, "loss {first} -> {last}");
     // Re-ranking the training pairs improves: their images move up (the tiny random CLIP's
     // class token barely responds to prompts, so not all reach the top).
     let after = rank_of_own(&mapper);
