@@ -335,7 +335,7 @@ impl Validation {
             .collect::<Result<_>>()?;
         let mut images = Vec::with_capacity(pixels.len());
         for chunk in pixels.chunks(EMBED_BATCH) {
-            let chunk: Vec<Vec<f32>> = chunk.iter().map(|p| p.to_vec()).collect();
+            let chunk: Vec<&[f32]> = chunk.iter().map(|p| p.as_slice()).collect();
             images.extend(encoder.embed_pixels(&chunk)?);
         }
         let gold = data.gold();

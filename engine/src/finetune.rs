@@ -227,7 +227,7 @@ pub(crate) fn embed_images(encoder: &DualEncoder, data: &PairData) -> Result<Vec
     let per = 3 * encoder.model.image_size().pow(2);
     for chunk in indices.chunks(VALIDATION_BATCH) {
         let flat = data.batch_pixels(chunk, encoder)?;
-        let pixels: Vec<Vec<f32>> = flat.chunks(per).map(<[f32]>::to_vec).collect();
+        let pixels: Vec<&[f32]> = flat.chunks(per).collect();
         images.extend(encoder.embed_pixels(&pixels)?);
     }
     Ok(images)

@@ -406,9 +406,9 @@ impl DualEncoder {
     }
 
     /// L2-normalised embeddings of preprocessed images (each `3 * S * S` values).
-    pub fn embed_pixels(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_pixels(&self, pixels: &[impl AsRef<[f32]>]) -> Result<Vec<Vec<f32>>> {
         let s = self.model.image_size();
-        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let flat: Vec<f32> = pixels.iter().flat_map(AsRef::as_ref).copied().collect();
         let t = Tensor::from_vec(flat, (pixels.len(), 3, s, s), &self.device)?;
         let out = match &self.model {
             Model::Clip(m) => m.image_features(&t)?,

@@ -236,6 +236,11 @@ impl Trainable {
         freeze: crate::finetune::Freeze,
     ) -> Result<Tensor> {
         let (images, texts) = self.features(pixels, ids, freeze)?;
+        self.embedding_loss(&images, &texts, loss)
+    }
+
+    /// `loss` of a batch's embeddings with the model's logit scale (and bias).
+    fn embedding_loss(&self, images: &Tensor, texts: &Tensor, loss: Loss) -> Result<Tensor> {
         let scale = self.variable("logit_scale")?;
         let bias = match loss {
             Loss::Sigmoid => Some(self.variable("logit_bias")?),
@@ -243,8 +248,8 @@ impl Trainable {
         };
         contrastive_loss(
             loss,
-            &images,
-            &texts,
+            images,
+            texts,
             scale.as_tensor(),
             bias.as_ref().map(Var::as_tensor),
         )
@@ -286,23 +291,8 @@ impl Trainable {
         freeze: crate::finetune::Freeze,
     ) -> Result<(Tensor, GradStore)> {
         use crate::finetune::Freeze;
-        let scale = self.variable("logit_scale")?;
-        let bias = match loss {
-            Loss::Sigmoid => Some(self.variable("logit_bias")?),
-            Loss::InfoNce => None,
-        };
-        let batch_loss = |images: &Tensor, texts: &Tensor| {
-            contrastive_loss(
-                loss,
-                images,
-                texts,
-                scale.as_tensor(),
-                bias.as_ref().map(Var::as_tensor),
-            )
-        };
         if let [(pixels, ids)] = chunks {
-            let (images, texts) = self.features(pixels, ids, freeze)?;
-            let l = batch_loss(&images, &texts)?;
+            let l = self.batch_loss_with(pixels, ids, loss, freeze)?;
             let grads = l.backward()?;
             return Ok((l, grads));
         }
@@ -314,7 +304,7 @@ impl Trainable {
         }
         let images = Var::from_tensor(&Tensor::cat(&images, 0)?)?;
         let texts = Var::from_tensor(&Tensor::cat(&texts, 0)?)?;
-        let l = batch_loss(images.as_tensor(), texts.as_tensor())?;
+        let l = self.embedding_loss(images.as_tensor(), texts.as_tensor(), loss)?;
         let mut grads = l.backward()?;
         let cached = |var: &Var, grads: &GradStore| {
             grads.get(var).cloned().ok_or_else(|| {
