@@ -18,8 +18,8 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::finetune::{
     LINEAGE, check_name, commit_model, embed_captions, embed_images, epochs_result,
-    mutual_neighbours, new_model_path, pairs, partial_folder, registry_path, run_lineage,
-    training_config,
+    mutual_neighbours, new_model_path, option_flag, pairs, partial_folder, registry_path,
+    run_lineage, training_config,
 };
 use crate::metrics::rank_metric;
 use crate::ranking::{Problem, exact_ranks, exact_top_k, scored_top_k};
@@ -396,16 +396,6 @@ fn queries(ranks: &[Option<u32>]) -> Vec<&[u32]> {
     ranks.iter().flatten().map(std::slice::from_ref).collect()
 }
 
-fn option_flag(opts: &std::collections::BTreeMap<String, Literal>, key: &str) -> Result<bool> {
-    match opts.get(key) {
-        None => Ok(false),
-        Some(Literal::Bool(b)) => Ok(*b),
-        Some(other) => Err(Error::Invalid(format!(
-            "option {key} expects true or false, got {other}"
-        ))),
-    }
-}
-
 fn option_count(
     opts: &std::collections::BTreeMap<String, Literal>,
     key: &str,
@@ -507,7 +497,8 @@ pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> 
     let sql = |p: &Option<mirante_query::Predicate>| {
         p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
     };
-    let (mut train, train_ids) = pairs(db, &plan.collection, plan.filter.as_ref(), encoder)?;
+    let (mut train, train_ids) =
+        pairs(db, (&plan.collection, plan.filter.as_ref()), encoder, None)?;
     if train.images.len() < 2 {
         return Err(Error::Invalid(format!(
             "{} training rows with an image and captions in {}; ELIP needs at least 2",
@@ -531,7 +522,7 @@ pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> 
     let validation = match &plan.validate {
         Some(p) => Some(Validation::new(
             encoder,
-            &pairs(db, &plan.collection, Some(p), encoder)?.0,
+            &pairs(db, (&plan.collection, Some(p)), encoder, None)?.0,
         )?),
         None => None,
     };

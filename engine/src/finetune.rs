@@ -11,7 +11,9 @@ use mirante_training::DualEncoder;
 use mirante_training::finetune::{
     FinetuneConfig, Freeze, PairData, Precision, TrainImage, finetune,
 };
+use mirante_training::negatives::word_swaps;
 use mirante_training::train::{AdamWConfig, Loss, Trainable};
+use rand::SeedableRng;
 use rayon::prelude::*;
 
 use crate::db::{Database, row_filter};
@@ -62,6 +64,20 @@ fn number(opts: &std::collections::BTreeMap<String, Literal>, key: &str) -> Resu
     }
 }
 
+/// A `true`/`false` option, false when absent.
+pub(crate) fn option_flag(
+    opts: &std::collections::BTreeMap<String, Literal>,
+    key: &str,
+) -> Result<bool> {
+    match opts.get(key) {
+        None => Ok(false),
+        Some(Literal::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::Invalid(format!(
+            "option {key} expects true or false, got {other}"
+        ))),
+    }
+}
+
 fn count(
     opts: &std::collections::BTreeMap<String, Literal>,
     key: &str,
@@ -77,7 +93,7 @@ fn count(
 }
 
 /// The options FINETUNE takes.
-const FINETUNE_OPTIONS: [&str; 14] = [
+const FINETUNE_OPTIONS: [&str; 15] = [
     "epochs",
     "batch_size",
     "lr",
@@ -91,6 +107,7 @@ const FINETUNE_OPTIONS: [&str; 14] = [
     "patience",
     "metric",
     "hard_negatives",
+    "text_negatives",
     "precision",
 ];
 
@@ -158,15 +175,7 @@ pub(crate) fn training_config(
             ))
         })?);
     }
-    let hard_negatives = match opts.get("hard_negatives") {
-        None => false,
-        Some(Literal::Bool(b)) => *b,
-        Some(other) => {
-            return Err(Error::Invalid(format!(
-                "option hard_negatives expects true or false, got {other}"
-            )));
-        }
-    };
+    let hard_negatives = option_flag(&opts, "hard_negatives")?;
     let metric = match opts.get("metric") {
         Some(v) => string_option(v, "metric")?
             .parse::<EvalMetric>()
@@ -176,13 +185,19 @@ pub(crate) fn training_config(
     Ok((c, metric, hard_negatives, opts))
 }
 
+/// How many word-swapped copies of each caption [`pairs`] prepares as negative texts when
+/// asked to: each step draws one of them per pair.
+const SWAPS_PER_CAPTION: usize = 8;
+
 /// The pairs of the rows that pass `filter` and have an image and captions, preprocessed for
-/// `model` (images decoded in parallel), with the ids of those rows in the same order.
+/// `model` (images decoded in parallel), with the ids of those rows in the same order. With
+/// `swap_seed`, each caption also gets word-swapped copies of itself as negative texts
+/// (NegCLIP), drawn with that seed.
 pub(crate) fn pairs(
     db: &Database,
-    collection: &str,
-    filter: Option<&mirante_query::Predicate>,
+    (collection, filter): (&str, Option<&mirante_query::Predicate>),
     encoder: &DualEncoder,
+    swap_seed: Option<u64>,
 ) -> Result<(PairData, Vec<u64>)> {
     let snap = db.snapshot()?;
     let mut ids = Vec::new();
@@ -208,12 +223,20 @@ pub(crate) fn pairs(
     rows.par_iter()
         .try_for_each(|(source, bytes, _)| encoder.pixels(bytes, source).map(drop))?;
     let mut data = PairData::default();
+    let mut swap_rng = swap_seed.map(rand::rngs::StdRng::seed_from_u64);
     for (source, bytes, texts) in rows {
         data.images.push(TrainImage::Encoded { bytes, source });
         let mut mine = Vec::with_capacity(texts.len());
         for t in &texts {
             mine.push(data.captions.len());
             data.captions.push(encoder.tokenizer.encode(t)?.ids);
+            if let Some(rng) = swap_rng.as_mut() {
+                let swaps = word_swaps(t, SWAPS_PER_CAPTION, rng)
+                    .iter()
+                    .map(|s| Ok(encoder.tokenizer.encode(s)?.ids))
+                    .collect::<Result<Vec<_>>>()?;
+                data.text_negatives.push(swaps);
+            }
         }
         data.pairs.push(mine);
     }
@@ -350,8 +373,9 @@ pub(crate) fn new_model_path(db: &Database, name: &str) -> Result<std::path::Pat
 /// `name`.
 pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultSet> {
     let target = new_model_path(db, &plan.name)?;
-    let (config, metric, hard_negatives, _) =
+    let (config, metric, hard_negatives, opts) =
         training_config(&plan.options, &FINETUNE_OPTIONS, db.options.progress)?;
+    let swap_seed = option_flag(&opts, "text_negatives")?.then_some(config.seed);
     let key = db.models.key(base)?;
     let folder = crate::models::model_folder(&key)?;
     let model = Trainable::load(&folder, &db.options.device)?;
@@ -363,7 +387,12 @@ pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultS
         p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
     };
     let (train_filter, validate_filter) = (sql(&plan.filter), sql(&plan.validate));
-    let (mut train, train_ids) = pairs(db, &plan.collection, plan.filter.as_ref(), &model.encoder)?;
+    let (mut train, train_ids) = pairs(
+        db,
+        (&plan.collection, plan.filter.as_ref()),
+        &model.encoder,
+        swap_seed,
+    )?;
     let mut mining = None;
     if hard_negatives {
         let (pairs, how) = mutual_neighbours(
@@ -385,7 +414,7 @@ pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultS
         )));
     }
     let validation = match &plan.validate {
-        Some(p) => Some(pairs(db, &plan.collection, Some(p), &model.encoder)?.0),
+        Some(p) => Some(pairs(db, (&plan.collection, Some(p)), &model.encoder, None)?.0),
         None => None,
     };
     let partial = partial_folder(db, &plan.name)?;
@@ -466,6 +495,8 @@ pub(crate) fn run_lineage(
         "train_captions": train.captions.len(),
         "hard_negative_pairs": mining.map(|_| train.hard_pairs.len()),
         "hard_negative_mining": mining,
+        "text_negative_captions": (!train.text_negatives.is_empty())
+            .then(|| train.text_negatives.iter().map(Vec::len).sum::<usize>()),
         "validation_rows": validation_rows,
         "options": options.0.iter().map(|(k, v)| (k.value.clone(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
         "metric": metric.to_string(),

@@ -612,6 +612,36 @@ fn finetune_registers_a_model_that_beats_its_base() {
     assert_eq!(exact["hard_negative_pairs"], lineage["hard_negative_pairs"]);
     one(&db, &format!("ALTER COLLECTION images SET MODEL '{base}'"));
 
+    // Word-swapped captions as negative texts: every caption of two or more swappable words
+    // gets some, and training with them runs.
+    one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 1, batch_size = 4, \
+             text_negatives = true) AS 'clip-swaps'"
+        ),
+    );
+    let swaps: Json = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("db/models/clip-swaps/mirante_model.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        swaps["text_negative_captions"].as_u64().unwrap() >= 6,
+        "{swaps}"
+    );
+    assert!(lineage["text_negative_captions"].is_null(), "{lineage}");
+    let flag = db
+        .sql(&format!(
+            "FINETUNE MODEL '{base}' ON images WITH (text_negatives = 'yes') AS 'x'"
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        flag.contains("text_negatives expects true or false"),
+        "{flag}"
+    );
+
     // Names are unique; a model can be dropped while no collection embeds with it.
     let again = db
         .sql(&format!(

@@ -11,11 +11,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::encoder::DualEncoder;
 use crate::error::{Error, Result};
-use crate::train::{AdamWConfig, Loss, Optimizer, Trainable};
+use crate::train::{AdamWConfig, Loss, MicroBatch, Optimizer, Trainable};
 
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,10 @@ pub struct PairData {
     /// Hard negatives: pairs of images that are each other's nearest neighbour. Each epoch puts
     /// the two next to each other, so they land in one batch as each other's negatives.
     pub hard_pairs: Vec<(usize, usize)>,
+    /// Per caption, token ids of captions that describe no image of the data (such as
+    /// [`crate::negatives::word_swaps`] of it); each step adds one, drawn at random, per pair
+    /// as a negative text. Empty: none.
+    pub text_negatives: Vec<Vec<Vec<u32>>>,
 }
 
 impl PairData {
@@ -316,6 +320,8 @@ pub fn finetune(
     let loss_kind = config.loss.unwrap_or(model.loss);
     let device = model.encoder.device().clone();
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
+    // Its own stream, so that turning negatives on leaves the epochs' order unchanged.
+    let mut negative_rng = StdRng::seed_from_u64(config.seed.wrapping_add(1));
     let report = train_pairs(
         &mut optimiser,
         data,
@@ -328,11 +334,20 @@ pub fn finetune(
             let chunks = batch
                 .chunks(micro)
                 .map(|part| {
-                    let ids: Vec<Vec<u32>> = part
+                    let texts = part
                         .iter()
                         .map(|&(_, c)| data.captions[c].clone())
                         .collect();
-                    Ok((data.pixel_batch(part, &model.encoder)?, ids))
+                    let negative_texts = part
+                        .iter()
+                        .filter_map(|&(_, c)| data.text_negatives.get(c)?.choose(&mut negative_rng))
+                        .cloned()
+                        .collect();
+                    Ok(MicroBatch {
+                        pixels: data.pixel_batch(part, &model.encoder)?,
+                        texts,
+                        negative_texts,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let (loss, grads) = model.batch_gradients(&chunks, loss_kind, config.freeze)?;

@@ -11,6 +11,7 @@ pub mod finetune;
 mod fused;
 mod hub;
 mod layers;
+pub mod negatives;
 mod pipeline;
 pub mod preprocess;
 pub mod scratch;
@@ -32,7 +33,7 @@ pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images
 pub use preprocess::ImageProcessor;
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
-pub use train::{AdamWConfig, Loss, Optimizer, Trainable, contrastive_loss};
+pub use train::{AdamWConfig, Loss, MicroBatch, Optimizer, Trainable, contrastive_loss};
 
 /// Re-exported so callers can pick a device without depending on candle directly.
 pub use candle_core::{DType, Device};

@@ -121,31 +121,48 @@ fn log_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// The loss of a batch of L2-normalised embeddings whose row `i` in `images` and `texts` is a
-/// matching pair. `logit_scale` is the log of the temperature's inverse (as checkpoints store
-/// it); `logit_bias` is SigLIP's bias.
+/// matching pair. `negatives` are extra texts that match no image (word-swapped captions): each
+/// image must also rank its caption above them (InfoNCE's image-to-text direction, as NegCLIP
+/// does), and each is a negative pair with every image (sigmoid). `logit_scale` is the log of
+/// the temperature's inverse (as checkpoints store it); `logit_bias` is SigLIP's bias.
 pub fn contrastive_loss(
     loss: Loss,
-    images: &Tensor,
-    texts: &Tensor,
+    (images, texts, negatives): (&Tensor, &Tensor, Option<&Tensor>),
     logit_scale: &Tensor,
     logit_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let n = images.dim(0)?;
-    let logits = texts
-        .matmul(&images.t()?)?
-        .broadcast_mul(&logit_scale.exp()?)?;
+    let scale = logit_scale.exp()?;
+    let logits = texts.matmul(&images.t()?)?.broadcast_mul(&scale)?;
+    let negative_logits = match negatives {
+        Some(neg) if neg.dim(0)? > 0 => Some(neg.matmul(&images.t()?)?.broadcast_mul(&scale)?),
+        _ => None,
+    };
     Ok(match loss {
         Loss::InfoNce => {
             let labels = Tensor::arange(0u32, n as u32, images.device())?;
             let per_text = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let per_image = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
+            let texts_per_image = match &negative_logits {
+                Some(neg) => Tensor::cat(&[&logits, neg], 0)?,
+                None => logits,
+            };
+            let per_image =
+                candle_nn::loss::cross_entropy(&texts_per_image.t()?.contiguous()?, &labels)?;
             ((per_text + per_image)? / 2.0)?
         }
         Loss::Sigmoid => {
             let bias = logit_bias.ok_or_else(|| {
                 Error::InvalidArgument("the sigmoid loss needs a logit bias".into())
             })?;
-            sigmoid_loss(&logits.broadcast_add(bias)?)?
+            let pairs = sigmoid_loss(&logits.broadcast_add(bias)?)?;
+            match &negative_logits {
+                // Every label -1: -sum(log sigmoid(-logit)) / n, n the batch's pairs.
+                Some(neg) => {
+                    let neg = neg.broadcast_add(bias)?.neg()?;
+                    (pairs + (log_sigmoid(&neg)?.sum_all()? / -(n as f64))?)?
+                }
+                None => pairs,
+            }
         }
     })
 }
@@ -235,12 +252,22 @@ impl Trainable {
         loss: Loss,
         freeze: crate::finetune::Freeze,
     ) -> Result<Tensor> {
-        let (images, texts) = self.features(pixels, ids, freeze)?;
-        self.embedding_loss(&images, &texts, loss)
+        let batch = MicroBatch {
+            pixels: pixels.clone(),
+            texts: ids.to_vec(),
+            negative_texts: Vec::new(),
+        };
+        let (images, texts, _) = self.features(&batch, freeze)?;
+        self.embedding_loss((&images, &texts, None), loss)
     }
 
-    /// `loss` of a batch's embeddings with the model's logit scale (and bias).
-    fn embedding_loss(&self, images: &Tensor, texts: &Tensor, loss: Loss) -> Result<Tensor> {
+    /// `loss` of a batch's embeddings (images, their texts, negative texts) with the model's
+    /// logit scale (and bias).
+    fn embedding_loss(
+        &self,
+        embeddings: (&Tensor, &Tensor, Option<&Tensor>),
+        loss: Loss,
+    ) -> Result<Tensor> {
         let scale = self.variable("logit_scale")?;
         let bias = match loss {
             Loss::Sigmoid => Some(self.variable("logit_bias")?),
@@ -248,25 +275,31 @@ impl Trainable {
         };
         contrastive_loss(
             loss,
-            images,
-            texts,
+            embeddings,
             scale.as_tensor(),
             bias.as_ref().map(Var::as_tensor),
         )
     }
 
-    /// The image and text embeddings of one micro-batch, with their graphs (a frozen tower's
-    /// detached).
+    /// The image, text and negative-text embeddings of one micro-batch, with their graphs (a
+    /// frozen tower's detached; no negatives when the batch has none).
     fn features(
         &self,
-        pixels: &Tensor,
-        ids: &[Vec<u32>],
+        batch: &MicroBatch,
         freeze: crate::finetune::Freeze,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         use crate::finetune::Freeze;
+        let n = batch.texts.len();
+        let all_texts: Vec<Vec<u32>>;
+        let ids = if batch.negative_texts.is_empty() {
+            &batch.texts
+        } else {
+            all_texts = [batch.texts.as_slice(), &batch.negative_texts].concat();
+            &all_texts
+        };
         let (mut images, mut texts) = match &self.encoder.model {
-            Model::Clip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
-            Model::Siglip(m) => (m.image_features(pixels)?, m.text_features(ids)?),
+            Model::Clip(m) => (m.image_features(&batch.pixels)?, m.text_features(ids)?),
+            Model::Siglip(m) => (m.image_features(&batch.pixels)?, m.text_features(ids)?),
         };
         if freeze == Freeze::Vision {
             images = images.detach();
@@ -274,68 +307,105 @@ impl Trainable {
         if freeze == Freeze::Text {
             texts = texts.detach();
         }
-        Ok((images, texts))
+        if batch.negative_texts.is_empty() {
+            return Ok((images, texts, None));
+        }
+        let negatives = texts.narrow(0, n, batch.negative_texts.len())?;
+        Ok((images, texts.narrow(0, 0, n)?, Some(negatives)))
     }
 
-    /// The contrastive loss of a batch given as micro-batches `(pixels, token ids)`, and its
-    /// gradients: those of the whole batch, every pair a negative of every other, while only
-    /// one micro-batch's activations are alive at a time. Gradient caching (Gao et al., 2021):
-    /// embed every micro-batch without keeping its graph, take the loss and its gradients with
-    /// respect to the embeddings, then embed each micro-batch again with its graph and
-    /// back-propagate those gradients. Costs one forward pass more than the plain step when
-    /// there are several micro-batches.
+    /// The contrastive loss of a batch given as micro-batches, and its gradients: those of the
+    /// whole batch, every pair a negative of every other and every negative text one of every
+    /// image, while only one micro-batch's activations are alive at a time. Gradient caching
+    /// (Gao et al., 2021): embed every micro-batch without keeping its graph, take the loss and
+    /// its gradients with respect to the embeddings, then embed each micro-batch again with its
+    /// graph and back-propagate those gradients. Costs one forward pass more than the plain
+    /// step when there are several micro-batches.
     pub fn batch_gradients(
         &self,
-        chunks: &[(Tensor, Vec<Vec<u32>>)],
+        chunks: &[MicroBatch],
         loss: Loss,
         freeze: crate::finetune::Freeze,
     ) -> Result<(Tensor, GradStore)> {
         use crate::finetune::Freeze;
-        if let [(pixels, ids)] = chunks {
-            let l = self.batch_loss_with(pixels, ids, loss, freeze)?;
+        if let [batch] = chunks {
+            let (images, texts, negatives) = self.features(batch, freeze)?;
+            let l = self.embedding_loss((&images, &texts, negatives.as_ref()), loss)?;
             let grads = l.backward()?;
             return Ok((l, grads));
         }
-        let (mut images, mut texts) = (Vec::new(), Vec::new());
-        for (pixels, ids) in chunks {
-            let (i, t) = self.features(pixels, ids, freeze)?;
+        let (mut images, mut texts, mut negatives) = (Vec::new(), Vec::new(), Vec::new());
+        for batch in chunks {
+            let (i, t, neg) = self.features(batch, freeze)?;
             images.push(i.detach());
             texts.push(t.detach());
+            negatives.extend(neg.map(|n| n.detach()));
         }
         let images = Var::from_tensor(&Tensor::cat(&images, 0)?)?;
         let texts = Var::from_tensor(&Tensor::cat(&texts, 0)?)?;
-        let l = self.embedding_loss(images.as_tensor(), texts.as_tensor(), loss)?;
+        let negatives = if negatives.is_empty() {
+            None
+        } else {
+            Some(Var::from_tensor(&Tensor::cat(&negatives, 0)?)?)
+        };
+        let l = self.embedding_loss(
+            (
+                images.as_tensor(),
+                texts.as_tensor(),
+                negatives.as_ref().map(Var::as_tensor),
+            ),
+            loss,
+        )?;
         let mut grads = l.backward()?;
-        let cached = |var: &Var, grads: &GradStore| {
-            grads.get(var).cloned().ok_or_else(|| {
+        let mut cached = |var: &Var| {
+            grads.remove(var).ok_or_else(|| {
                 Error::InvalidArgument("the loss does not depend on the embeddings".into())
             })
         };
-        let (image_grads, text_grads) = (cached(&images, &grads)?, cached(&texts, &grads)?);
-        grads.remove(&images);
-        grads.remove(&texts);
+        let image_grads = cached(&images)?;
+        let text_grads = cached(&texts)?;
+        let negative_grads = negatives.as_ref().map(&mut cached).transpose()?;
         let vars = self.varmap.all_vars();
         let mut total = Some(grads);
-        let mut offset = 0;
-        for (pixels, ids) in chunks {
-            let n = ids.len();
-            let (i, t) = self.features(pixels, ids, freeze)?;
+        let (mut offset, mut negative_offset) = (0, 0);
+        for batch in chunks {
+            let (n, m) = (batch.texts.len(), batch.negative_texts.len());
+            let (i, t, neg) = self.features(batch, freeze)?;
             // The surrogate's gradient with respect to each embedding is the cached one.
             let mut surrogate = Tensor::zeros((), i.dtype(), i.device())?;
+            let mut add = |e: &Tensor, cached: &Tensor, at: usize, len: usize| -> Result<()> {
+                let g = cached.narrow(0, at, len)?.to_dtype(e.dtype())?;
+                surrogate = (&surrogate + (e * g)?.sum_all()?)?;
+                Ok(())
+            };
             if freeze != Freeze::Vision {
-                let g = image_grads.narrow(0, offset, n)?.to_dtype(i.dtype())?;
-                surrogate = (surrogate + (i * g)?.sum_all()?)?;
+                add(&i, &image_grads, offset, n)?;
             }
             if freeze != Freeze::Text {
-                let g = text_grads.narrow(0, offset, n)?.to_dtype(t.dtype())?;
-                surrogate = (surrogate + (t * g)?.sum_all()?)?;
+                add(&t, &text_grads, offset, n)?;
+                if let (Some(e), Some(g)) = (&neg, &negative_grads) {
+                    add(e, g, negative_offset, m)?;
+                }
             }
             crate::finetune::accumulate(&mut total, surrogate.backward()?, &vars)?;
             offset += n;
+            negative_offset += m;
         }
         let grads = total.ok_or_else(|| Error::InvalidArgument("no gradients".into()))?;
         Ok((l, grads))
     }
+}
+
+/// One micro-batch of a training step.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    /// `[n, 3, S, S]` pixel values.
+    pub pixels: Tensor,
+    /// The n captions' token ids, caption `i` describing image `i`.
+    pub texts: Vec<Vec<u32>>,
+    /// Token ids of captions that describe none of the images (hard negatives, such as
+    /// word-swapped copies of `texts`).
+    pub negative_texts: Vec<Vec<u32>>,
 }
 
 /// AdamW settings.
@@ -579,6 +649,77 @@ impl Optimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Row-normalised pseudo-random `[rows, 4]` embeddings.
+    fn unit_rows(rows: usize, k: f64) -> Vec<Vec<f64>> {
+        (0..rows)
+            .map(|r| {
+                let v: Vec<f64> = (0..4).map(|c| ((r * 4 + c) as f64 * k).sin()).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| x / norm).collect()
+            })
+            .collect()
+    }
+
+    fn tensor(rows: &[Vec<f64>]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
+        Tensor::from_vec(flat, (rows.len(), 4), &Device::Cpu).unwrap()
+    }
+
+    /// The losses with negative texts, written out term by term in f64.
+    #[test]
+    fn negative_texts_enter_the_losses_as_written() {
+        let (images, texts, negatives) = (unit_rows(3, 0.9), unit_rows(3, 1.7), unit_rows(2, 2.3));
+        let (scale, bias) = (2.5f64, -1.5f64);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let logit = |t: &[f64], i: &[f64]| scale.exp() * dot(t, i);
+        // InfoNCE: text -> image over the batch; image -> text over the batch and negatives.
+        let mut per_text = 0.0;
+        let mut per_image = 0.0;
+        for i in 0..3 {
+            let row: Vec<f64> = images.iter().map(|im| logit(&texts[i], im)).collect();
+            per_text += row.iter().map(|x| x.exp()).sum::<f64>().ln() - row[i];
+            let col: Vec<f64> = texts
+                .iter()
+                .chain(&negatives)
+                .map(|t| logit(t, &images[i]))
+                .collect();
+            per_image += col.iter().map(|x| x.exp()).sum::<f64>().ln() - col[i];
+        }
+        let infonce = (per_text / 3.0 + per_image / 3.0) / 2.0;
+        // Sigmoid: +1 on the diagonal, -1 elsewhere and for every negative, over n = 3.
+        let log_sigmoid = |x: f64| -(1.0 + (-x).exp()).ln();
+        let mut sigmoid = 0.0;
+        for (t, text) in texts.iter().chain(&negatives).enumerate() {
+            for (i, image) in images.iter().enumerate() {
+                let label = if t == i { 1.0 } else { -1.0 };
+                sigmoid -= log_sigmoid(label * (logit(text, image) + bias));
+            }
+        }
+        sigmoid /= 3.0;
+
+        let (im, tx, neg) = (tensor(&images), tensor(&texts), tensor(&negatives));
+        let scale_t = Tensor::new(scale as f32, &Device::Cpu).unwrap();
+        let bias_t = Tensor::new(bias as f32, &Device::Cpu).unwrap();
+        for (loss, expected, b) in [
+            (Loss::InfoNce, infonce, None),
+            (Loss::Sigmoid, sigmoid, Some(&bias_t)),
+        ] {
+            let got = contrastive_loss(loss, (&im, &tx, Some(&neg)), &scale_t, b)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                (f64::from(got) - expected).abs() < 1e-4 * expected.abs().max(1.0),
+                "{loss:?}: {got} vs {expected}"
+            );
+            let without = contrastive_loss(loss, (&im, &tx, None), &scale_t, b)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(got > without, "{loss:?}: negatives must add to the loss");
+        }
+    }
 
     /// A variable map with a matrix (decayed), a vector (not decayed) and CLIP's logit scale
     /// (clamped), the same values every call.

@@ -229,7 +229,7 @@ fn train_and_check_ranks(retrieved: bool) {
         images: images.iter().cloned().map(TrainImage::Pixels).collect(),
         captions: ids,
         pairs: (0..n).map(|i| vec![i]).collect(),
-        hard_pairs: Vec::new(),
+        ..PairData::default()
     };
     let config = mirante_training::elip::ElipConfig::for_model(&enc.model, 4, 16, false).unwrap();
     let mapper = ElipMapper::new(config, 0, &Device::Cpu).unwrap();

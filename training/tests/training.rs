@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use mirante_training::DualEncoder;
 use mirante_training::finetune::{FinetuneConfig, PairData, TrainImage, finetune};
-use mirante_training::train::{AdamWConfig, Optimizer, Trainable};
+use mirante_training::train::{AdamWConfig, MicroBatch, Optimizer, Trainable};
 
 mod common;
 use common::fixtures;
@@ -37,6 +37,8 @@ struct StepFixture {
     tensors: HashMap<String, Tensor>,
     loss: f64,
     optimiser: AdamWConfig,
+    /// The batch's captions.
+    captions: Vec<String>,
 }
 
 impl StepFixture {
@@ -67,6 +69,7 @@ fn fixture(model: &str) -> StepFixture {
     StepFixture {
         tensors,
         loss: json["loss"].as_f64().unwrap(),
+        captions: serde_json::from_value(json["captions"].clone()).unwrap(),
         optimiser: AdamWConfig {
             lr: f("lr"),
             beta1: f("beta1"),
@@ -224,16 +227,7 @@ fn gradient_cache_matches_the_full_batch(model: &str) {
     let (ids, rows) = fx.ids_and_rows();
     let n = ids.len();
     assert!(n >= 4, "{model}: the fixture batch has {n} pairs");
-    let chunks: Vec<(Tensor, Vec<Vec<u32>>)> = (0..n)
-        .step_by(2)
-        .map(|at| {
-            let len = 2.min(n - at);
-            (
-                pixels.narrow(0, at, len).unwrap(),
-                ids[at..at + len].to_vec(),
-            )
-        })
-        .collect();
+    let chunks = micro_batches(pixels, &ids, &[], 2);
     let (loss, grads) = t.batch_gradients(&chunks, t.loss, Freeze::None).unwrap();
     let value = f64::from(loss.to_scalar::<f32>().unwrap());
     assert!(
@@ -292,6 +286,99 @@ fn clip_loss_gradients_and_adamw_step_match_pytorch() {
 #[test]
 fn siglip_loss_gradients_and_adamw_step_match_pytorch() {
     one_step_matches_pytorch("siglip-tiny");
+}
+
+/// `pixels` and `ids` (with `negatives`, dealt out in order) cut into micro-batches of `size`
+/// pairs.
+fn micro_batches(
+    pixels: &Tensor,
+    ids: &[Vec<u32>],
+    negatives: &[Vec<u32>],
+    size: usize,
+) -> Vec<MicroBatch> {
+    (0..ids.len())
+        .step_by(size)
+        .map(|at| {
+            let len = size.min(ids.len() - at);
+            let negative_texts = negatives.get(at..(at + len).min(negatives.len()));
+            MicroBatch {
+                pixels: pixels.narrow(0, at, len).unwrap(),
+                texts: ids[at..at + len].to_vec(),
+                negative_texts: negative_texts.unwrap_or_default().to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// With negative texts (word-swapped captions), the gradient-cached step over micro-batches
+/// equals the one-batch step, and the negatives change the loss and reach the text tower.
+fn negative_texts_cache_like_the_full_batch(model: &str) {
+    use mirante_training::finetune::Freeze;
+    let fx = fixture(model);
+    let t = Trainable::load(&fixtures().join(model), &Device::Cpu).unwrap();
+    let pixels = &fx.tensors["pixel_values"];
+    let (ids, _) = fx.ids_and_rows();
+    let n = ids.len();
+    let negatives: Vec<Vec<u32>> = fx.captions[..n]
+        .iter()
+        .map(|c| {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+            let swapped = mirante_training::negatives::word_swaps(c, 1, &mut rng)
+                .pop()
+                .unwrap_or_else(|| format!("not {c}"));
+            t.encoder.tokenizer.encode(&swapped).unwrap().ids
+        })
+        .collect();
+    let whole = micro_batches(pixels, &ids, &negatives, n);
+    let (loss, grads) = t.batch_gradients(&whole, t.loss, Freeze::None).unwrap();
+    let cached = micro_batches(pixels, &ids, &negatives, 2);
+    let (cached_loss, cached_grads) = t.batch_gradients(&cached, t.loss, Freeze::None).unwrap();
+    let (value, cached_value) = (
+        loss.to_scalar::<f32>().unwrap(),
+        cached_loss.to_scalar::<f32>().unwrap(),
+    );
+    assert!(
+        (value - cached_value).abs() <= 1e-5 * value.abs().max(1.0),
+        "{model}: loss {value} vs cached {cached_value}"
+    );
+    let plain = micro_batches(pixels, &ids, &[], n);
+    let (plain_loss, _) = t.batch_gradients(&plain, t.loss, Freeze::None).unwrap();
+    let plain_value = plain_loss.to_scalar::<f32>().unwrap();
+    assert!(
+        value > plain_value + 1e-4,
+        "{model}: negatives should add to the loss ({value} vs {plain_value})"
+    );
+    let vars = t.varmap.data().lock().unwrap().clone();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        if name.ends_with("k_proj.bias") {
+            continue; // zero in exact arithmetic: see one_step_matches_pytorch
+        }
+        let (Some(a), Some(b)) = (grads.get(var), cached_grads.get(var)) else {
+            assert!(
+                grads.get(var).is_none() && cached_grads.get(var).is_none(),
+                "{model}: {name} has a gradient in one path only"
+            );
+            continue;
+        };
+        let err = relative_error(b, a);
+        assert!(
+            err <= 1e-4,
+            "{model}: cached gradient of {name} off by {err:.2e}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{model}: only {checked} gradients compared");
+}
+
+#[test]
+fn clip_negative_texts_cache_like_the_full_batch() {
+    negative_texts_cache_like_the_full_batch("clip-tiny");
+}
+
+#[test]
+fn siglip_negative_texts_cache_like_the_full_batch() {
+    negative_texts_cache_like_the_full_batch("siglip-tiny");
 }
 
 /// The fixture photographs with two captions each, preprocessed for `t`'s model.

@@ -101,6 +101,6 @@ fn candle_core_batch(dir: &std::path::Path) -> PairData {
             .map(|r| r.into_iter().map(|x| x as u32).collect())
             .collect(),
         pairs: (0..n).map(|i| vec![i]).collect(),
-        hard_pairs: Vec::new(),
+        ..PairData::default()
     }
 }
