@@ -1,9 +1,12 @@
 //! Custom kernels where candle's composed operations cost too much:
 //! - `act(x + bias)` over the rows of a matrix product's output: one parallel CPU pass instead
 //!   of candle's three to four single-threaded ones (bias add, scale, sigmoid or tanh,
-//!   multiply), which profiles showed to be a tenth of an encoder's time. Inference only: when
-//!   an input tracks gradients the unfused ops run.
-//! - multi-head attention with one single-threaded CPU task per (batch, head), inference only;
+//!   multiply), which profiles showed to be a tenth of an encoder's time;
+//! - layer normalisation (candle's fused kernel has no backward pass);
+//! - multi-head attention with one single-threaded CPU task per (batch, head);
+//!
+//! each with a fused backward pass, so that training on the CPU runs them too instead of
+//! candle's composed operations (a graph node and a pass over the activations per operation);
 //! - a matrix product with a frozen right operand, whose backward pass skips that operand's
 //!   gradient (CPU and CUDA).
 
@@ -35,9 +38,99 @@ fn apply(act: Option<Activation>, v: f32) -> f32 {
     }
 }
 
+/// `d act(v) / dv`, matching [`apply`].
+fn derivative(act: Option<Activation>, v: f32) -> f32 {
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+    match act {
+        None => 1.0,
+        Some(Activation::QuickGelu) => {
+            let s = sigmoid(1.702 * v);
+            s + 1.702 * v * s * (1.0 - s)
+        }
+        Some(Activation::GeluTanh) => {
+            // d/dv [v sigmoid(2u)] with u = c (v + 0.044715 v^3).
+            const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
+            let s = sigmoid(TWO_SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v));
+            s + v * s * (1.0 - s) * TWO_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v)
+        }
+        Some(Activation::Gelu) => {
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            let cdf =
+                0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            cdf + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
+        }
+    }
+}
+
+/// The contiguous f32 values of a CPU storage, or an error naming the op.
+fn values<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 tensors only")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous tensors only")
+    };
+    Ok(&v[start..end])
+}
+
+/// The gradient of `act(x + bias)` with respect to `x` (and, summed over rows, `bias`): inputs
+/// `x`, `bias` and the output's gradient.
+#[derive(Debug, Clone, Copy)]
+struct BiasActGrad(Option<Activation>);
+
+impl candle_core::CustomOp3 for BiasActGrad {
+    fn name(&self) -> &'static str {
+        "bias-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values("bias-act-grad", s1, l1)?;
+        let b = values("bias-act-grad", s2, l2)?;
+        let g = values("bias-act-grad", s3, l3)?;
+        let n = b.len();
+        if n == 0 || x.len() % n != 0 || g.len() != x.len() {
+            candle_core::bail!("bias-act-grad: shapes do not match")
+        }
+        let act = self.0;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .zip(g.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|((o, xi), gi)| {
+                for ((orow, xrow), grow) in o.chunks_mut(n).zip(xi.chunks(n)).zip(gi.chunks(n)) {
+                    for (((o, &v), &g), &bias) in orow.iter_mut().zip(xrow).zip(grow).zip(b) {
+                        *o = g * derivative(act, v + bias);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 impl CustomOp2 for BiasAct {
     fn name(&self) -> &'static str {
         "bias-act"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasActGrad(self.0))?;
+        let n = bias.dim(0)?;
+        let dbias = dx.reshape((dx.elem_count() / n, n))?.sum(0)?;
+        Ok((Some(dx), Some(dbias)))
     }
 
     fn cpu_fwd(
@@ -47,14 +140,7 @@ impl CustomOp2 for BiasAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("bias-act: f32 tensors only")
-        };
-        let (Some((xs, xe)), Some((bs, be))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-act: contiguous tensors only")
-        };
-        let (x, b) = (&x[xs..xe], &b[bs..be]);
+        let (x, b) = (values("bias-act", s1, l1)?, values("bias-act", s2, l2)?);
         let n = b.len();
         if n == 0 || x.len() % n != 0 {
             candle_core::bail!("bias-act: {} values do not split into rows of {n}", x.len())
@@ -74,12 +160,11 @@ impl CustomOp2 for BiasAct {
     }
 }
 
-/// `act(x + bias)`: fused on CPU for contiguous f32 inputs that need no gradient, candle's ops
-/// elsewhere (GPU, other dtypes, training), so results are the same everywhere up to rounding.
+/// `act(x + bias)`: fused on CPU for contiguous f32 inputs (with a fused backward pass when
+/// they track gradients), candle's ops elsewhere (GPU, other dtypes), so results are the same
+/// everywhere up to rounding.
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-    let fusable = !x.track_op()
-        && !bias.track_op()
-        && x.device().is_cpu()
+    let fusable = x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
         && bias.dtype() == candle_core::DType::F32
         && x.is_contiguous()
@@ -87,13 +172,178 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Te
         && bias.rank() == 1
         && x.dims().last() == Some(&bias.dim(0)?);
     if fusable {
-        return x.apply_op2_no_bwd(bias, &BiasAct(act));
+        return if x.track_op() || bias.track_op() {
+            x.apply_op2(bias, BiasAct(act))
+        } else {
+            x.apply_op2_no_bwd(bias, &BiasAct(act))
+        };
     }
     let y = x.broadcast_add(bias)?;
     match act {
         None => Ok(y),
         Some(a) => a.apply(&y),
     }
+}
+
+/// Layer normalisation over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`
+/// (inputs `x`, `weight`, `bias`), with a fused backward pass: candle's own fused kernel has
+/// none, and its composed form is eight graph nodes, each a pass over the activations.
+#[derive(Debug, Clone, Copy)]
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Mean and `1 / sqrt(var + eps)` of one row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values("layer-norm", s1, l1)?;
+        let (w, b) = (values("layer-norm", s2, l2)?, values("layer-norm", s3, l3)?);
+        let n = w.len();
+        if n == 0 || b.len() != n || x.len() % n != 0 {
+            candle_core::bail!("layer-norm: rows of {n} do not fit")
+        }
+        let eps = self.eps;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .for_each(|(o, xi)| {
+                for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
+                    let (mean, rstd) = row_stats(xrow, eps);
+                    for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * w + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let (total, n) = (x.elem_count(), weight.dim(0)?);
+        let dx = packed.narrow(0, 0, total)?.reshape(x.shape())?;
+        let dweight = packed.narrow(0, total, n)?;
+        let dbias = packed.narrow(0, total + n, n)?;
+        Ok((Some(dx), Some(dweight), Some(dbias)))
+    }
+}
+
+/// The gradients of [`LayerNorm`] from `x`, `weight` and the output's gradient, packed into one
+/// vector: `dx` (as many values as `x`), then `dweight` and `dbias`.
+#[derive(Debug, Clone, Copy)]
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = values("layer-norm-grad", s1, l1)?;
+        let w = values("layer-norm-grad", s2, l2)?;
+        let g = values("layer-norm-grad", s3, l3)?;
+        let n = w.len();
+        if n == 0 || x.len() % n != 0 || g.len() != x.len() {
+            candle_core::bail!("layer-norm-grad: shapes do not match")
+        }
+        let eps = self.eps;
+        let mut dx = vec![0f32; x.len()];
+        let (dw, db) = dx
+            .par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(x.par_chunks(n * ROWS_PER_TASK))
+            .zip(g.par_chunks(n * ROWS_PER_TASK))
+            .map(|((dxc, xc), gc)| {
+                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                let mut dxhat = vec![0f32; n];
+                for ((dxrow, xrow), grow) in dxc.chunks_mut(n).zip(xc.chunks(n)).zip(gc.chunks(n)) {
+                    let (mean, rstd) = row_stats(xrow, eps);
+                    // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = g w.
+                    let (mut sum, mut sum_xhat) = (0f32, 0f32);
+                    for i in 0..n {
+                        let xhat = (xrow[i] - mean) * rstd;
+                        dxhat[i] = grow[i] * w[i];
+                        sum += dxhat[i];
+                        sum_xhat += dxhat[i] * xhat;
+                        dw[i] += grow[i] * xhat;
+                        db[i] += grow[i];
+                    }
+                    let (a, c) = (sum / n as f32, sum_xhat / n as f32);
+                    for i in 0..n {
+                        let xhat = (xrow[i] - mean) * rstd;
+                        dxrow[i] = rstd * (dxhat[i] - a - xhat * c);
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f32; n], vec![0f32; n]),
+                |(mut dw, mut db), (w2, b2)| {
+                    dw.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+                    db.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
+                    (dw, db)
+                },
+            );
+        dx.extend_from_slice(&dw);
+        dx.extend_from_slice(&db);
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+/// Layer normalisation of `x` over its last dimension through the fused CPU op (with its
+/// backward pass); `None` when the inputs cannot take it (the caller then runs candle's ops).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(x) && f32_cpu(weight) && f32_cpu(bias))
+        || weight.rank() != 1
+        || x.dims().last() != Some(&weight.dim(0)?)
+        || bias.dims() != weight.dims()
+    {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (weight, bias) = (weight.contiguous()?, bias.contiguous()?);
+    x.apply_op3(&weight, &bias, LayerNorm { eps: eps as f32 })
+        .map(Some)
 }
 
 /// Multi-head self-attention over the fused `[B, L, 3 * H * D]` output of the QKV projection,
@@ -109,20 +359,17 @@ struct FusedAttention {
     mask: Option<Vec<f32>>,
 }
 
-/// `C = scale * A B` for row-major `A` (m x k, row stride `a_rs`), `B` given by its strides,
-/// into a packed row-major `C` (row stride `c_rs`), on the calling thread.
-#[allow(clippy::too_many_arguments)]
+/// `C = scale * A B` for `A` (m x k) and `B` (k x n) given by their (row, column) strides, into
+/// a packed row-major `C` (row stride `c_rs`), on the calling thread.
 fn small_gemm(
     (m, n, k): (usize, usize, usize),
-    c: &mut [f32],
-    c_rs: usize,
-    a: &[f32],
-    a_rs: usize,
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
+    (c, c_rs): (&mut [f32], usize),
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
     scale: f32,
 ) {
-    assert!(c.len() >= (m - 1) * c_rs + n && a.len() >= (m - 1) * a_rs + k);
+    assert!(c.len() >= (m - 1) * c_rs + n);
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     // SAFETY: the asserts above keep every element gemm reads or writes inside the slices
     // (indices i * rs + j * cs with i < rows, j < cols), and `c` is exclusively borrowed.
@@ -136,7 +383,7 @@ fn small_gemm(
             c_rs as isize,
             false,
             a.as_ptr(),
-            1,
+            a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
             b_cs as isize,
@@ -151,19 +398,44 @@ fn small_gemm(
     }
 }
 
-impl candle_core::CustomOp1 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
+/// The attention probabilities of one (batch, head): `softmax(scale q k^T + mask)` row by row,
+/// `q` and `k` read in place from the QKV block (rows `stride` apart).
+fn attention_probs(
+    (q, k, stride): (&[f32], &[f32], usize),
+    (l, d): (usize, usize),
+    mask: Option<&[f32]>,
+) -> Vec<f32> {
+    let scale = (d as f32).powf(-0.5);
+    let mut scores = vec![0f32; l * l];
+    // scores = scale * q k^T: k^T's row stride is 1, its column stride a token.
+    small_gemm(
+        (l, l, d),
+        (&mut scores, l),
+        (q, stride, 1),
+        (k, 1, stride),
+        scale,
+    );
+    for (row, s) in scores.chunks_mut(l).enumerate() {
+        if let Some(mask) = mask {
+            for (x, m) in s.iter_mut().zip(&mask[row * l..(row + 1) * l]) {
+                *x += m;
+            }
+        }
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|x| *x *= inv);
     }
+    scores
+}
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(all) = storage else {
-            candle_core::bail!("fused-attention: f32 only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fused-attention: contiguous input only")
-        };
-        let qkv = &all[start..end];
+impl FusedAttention {
+    /// Checks a `[B, L, 3 * H * D]` QKV layout and returns `(B, L)`.
+    fn dims(&self, layout: &Layout) -> Result<(usize, usize)> {
         let (b, l, three_hd) = layout.shape().dims3()?;
         let (h, d) = (self.heads, self.head_dim);
         if three_hd != 3 * h * d || l == 0 || d == 0 {
@@ -172,45 +444,35 @@ impl candle_core::CustomOp1 for FusedAttention {
         if self.mask.as_ref().is_some_and(|m| m.len() != l * l) {
             candle_core::bail!("fused-attention: mask is not {l} x {l}")
         }
-        let hd = h * d;
-        let scale = (d as f32).powf(-0.5);
+        Ok((b, l))
+    }
+}
+
+impl candle_core::CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = values("fused-attention", storage, layout)?;
+        let (b, l) = self.dims(layout)?;
+        let (h, d) = (self.heads, self.head_dim);
+        let (hd, three_hd) = (h * d, 3 * h * d);
         let contexts: Vec<Vec<f32>> = (0..b * h)
             .into_par_iter()
             .map(|task| {
                 let (bi, hi) = (task / h, task % h);
                 let base = bi * l * three_hd + hi * d;
-                let q = &qkv[base..];
-                let k = &qkv[base + hd..];
-                let v = &qkv[base + 2 * hd..];
-                let mut scores = vec![0f32; l * l];
-                // scores = scale * q k^T: k^T's row stride is 1, its column stride a token.
-                small_gemm(
-                    (l, l, d),
-                    &mut scores,
-                    l,
-                    q,
-                    three_hd,
-                    k,
-                    (1, three_hd),
-                    scale,
-                );
-                for (row, s) in scores.chunks_mut(l).enumerate() {
-                    if let Some(mask) = &self.mask {
-                        for (x, m) in s.iter_mut().zip(&mask[row * l..(row + 1) * l]) {
-                            *x += m;
-                        }
-                    }
-                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for x in s.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    s.iter_mut().for_each(|x| *x *= inv);
-                }
+                let (q, k, v) = (&qkv[base..], &qkv[base + hd..], &qkv[base + 2 * hd..]);
+                let probs = attention_probs((q, k, three_hd), (l, d), self.mask.as_deref());
                 let mut ctx = vec![0f32; l * d];
-                small_gemm((l, d, l), &mut ctx, d, &scores, l, v, (three_hd, 1), 1.0);
+                small_gemm(
+                    (l, d, l),
+                    (&mut ctx, d),
+                    (&probs, l, 1),
+                    (v, three_hd, 1),
+                    1.0,
+                );
                 ctx
             })
             .collect();
@@ -223,6 +485,93 @@ impl candle_core::CustomOp1 for FusedAttention {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, l, hd))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad_op = FusedAttentionGrad(self.clone());
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &grad_op)?))
+    }
+}
+
+/// The gradient of [`FusedAttention`] with respect to its QKV input, from that input and the
+/// context's gradient `[B, L, H * D]`. Per (batch, head), the probabilities are recomputed
+/// (as FlashAttention's backward does) rather than kept from the forward pass:
+/// `dv = P^T dctx`, `dP = dctx v^T`, `dS = P * (dP - rowsum(dP * P))`, `dq = scale dS k`,
+/// `dk = scale dS^T q`.
+#[derive(Debug, Clone)]
+struct FusedAttentionGrad(FusedAttention);
+
+impl CustomOp2 for FusedAttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = values("fused-attention-grad", s1, l1)?;
+        let dctx = values("fused-attention-grad", s2, l2)?;
+        let attention = &self.0;
+        let (b, l) = attention.dims(l1)?;
+        let (h, d) = (attention.heads, attention.head_dim);
+        let (hd, three_hd) = (h * d, 3 * h * d);
+        if dctx.len() != b * l * hd {
+            candle_core::bail!("fused-attention-grad: the gradient is not [{b}, {l}, {hd}]")
+        }
+        let scale = (d as f32).powf(-0.5);
+        // Per task: dq, dk, dv, each L x D.
+        let parts: Vec<[Vec<f32>; 3]> = (0..b * h)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, hi) = (task / h, task % h);
+                let base = bi * l * three_hd + hi * d;
+                let (q, k, v) = (&qkv[base..], &qkv[base + hd..], &qkv[base + 2 * hd..]);
+                let g = &dctx[bi * l * hd + hi * d..];
+                let probs = attention_probs((q, k, three_hd), (l, d), attention.mask.as_deref());
+                let mut dv = vec![0f32; l * d];
+                small_gemm((l, d, l), (&mut dv, d), (&probs, 1, l), (g, hd, 1), 1.0);
+                let mut ds = vec![0f32; l * l];
+                small_gemm((l, l, d), (&mut ds, l), (g, hd, 1), (v, 1, three_hd), 1.0);
+                for (dsrow, prow) in ds.chunks_mut(l).zip(probs.chunks(l)) {
+                    let dot: f32 = dsrow.iter().zip(prow).map(|(a, p)| a * p).sum();
+                    for (x, p) in dsrow.iter_mut().zip(prow) {
+                        *x = p * (*x - dot);
+                    }
+                }
+                let mut dq = vec![0f32; l * d];
+                small_gemm(
+                    (l, d, l),
+                    (&mut dq, d),
+                    (&ds, l, 1),
+                    (k, three_hd, 1),
+                    scale,
+                );
+                let mut dk = vec![0f32; l * d];
+                small_gemm(
+                    (l, d, l),
+                    (&mut dk, d),
+                    (&ds, 1, l),
+                    (q, three_hd, 1),
+                    scale,
+                );
+                [dq, dk, dv]
+            })
+            .collect();
+        let mut out = vec![0f32; qkv.len()];
+        for (task, grads) in parts.iter().enumerate() {
+            let (bi, hi) = (task / h, task % h);
+            for (which, part) in grads.iter().enumerate() {
+                for (t, row) in part.chunks(d).enumerate() {
+                    let at = (bi * l + t) * three_hd + which * hd + hi * d;
+                    out[at..at + d].copy_from_slice(row);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -303,8 +652,7 @@ pub fn attention(
     head_dim: usize,
     mask: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    if qkv.track_op()
-        || !qkv.device().is_cpu()
+    if !qkv.device().is_cpu()
         || qkv.dtype() != candle_core::DType::F32
         || !qkv.is_contiguous()
         || qkv.rank() != 3
@@ -319,12 +667,16 @@ pub fn attention(
         }
         Some(_) => return Ok(None),
     };
-    qkv.apply_op1_no_bwd(&FusedAttention {
+    let op = FusedAttention {
         heads,
         head_dim,
         mask,
-    })
-    .map(Some)
+    };
+    if qkv.track_op() {
+        qkv.apply_op1(op).map(Some)
+    } else {
+        qkv.apply_op1_no_bwd(&op).map(Some)
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +798,147 @@ mod tests {
             for (f, w) in fused.iter().zip(&want) {
                 assert!((f - w).abs() < 1e-5, "{f} vs {w}");
             }
+        }
+    }
+
+    /// The largest absolute difference between two tensors.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Gradients of `sum(f(inputs) * weights)` with respect to each input, for random weights
+    /// (the same for both functions compared).
+    fn gradients(
+        inputs: &[candle_core::Var],
+        weights: &Tensor,
+        f: impl Fn(&[Tensor]) -> Tensor,
+    ) -> Vec<Tensor> {
+        let tensors: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let loss = (f(&tensors) * weights).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        inputs
+            .iter()
+            .map(|v| grads.get(v).unwrap().clone())
+            .collect()
+    }
+
+    fn var(shape: &[usize], std: f32) -> candle_core::Var {
+        candle_core::Var::randn(0f32, std, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn bias_act_backward_equals_candle_ops() {
+        let (x, b) = (var(&[37, 24], 2.0), var(&[24], 1.0));
+        let weights = Tensor::randn(0f32, 1.0, (37, 24), &Device::Cpu).unwrap();
+        for act in [
+            None,
+            Some(Activation::QuickGelu),
+            Some(Activation::GeluTanh),
+            Some(Activation::Gelu),
+        ] {
+            let fused = gradients(&[x.clone(), b.clone()], &weights, |t| {
+                let y = bias_act(&t[0], &t[1], act).unwrap();
+                assert!(y.track_op(), "the output tracks the inputs");
+                y
+            });
+            let plain = gradients(&[x.clone(), b.clone()], &weights, |t| {
+                let y = t[0].broadcast_add(&t[1]).unwrap();
+                act.map_or(y.clone(), |a| a.apply(&y).unwrap())
+            });
+            for (f, p) in fused.iter().zip(&plain) {
+                let scale = p
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(max_diff(f, p) <= 1e-4 * scale.max(1.0), "{act:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_and_its_backward_equal_candle_ops() {
+        let (x, w, b) = (var(&[2, 9, 16], 3.0), var(&[16], 1.0), var(&[16], 1.0));
+        let weights = Tensor::randn(0f32, 1.0, (2, 9, 16), &Device::Cpu).unwrap();
+        let eps = 1e-5;
+        let composed = |t: &[Tensor]| {
+            let mean = t[0].mean_keepdim(candle_core::D::Minus1).unwrap();
+            let centred = t[0].broadcast_sub(&mean).unwrap();
+            let var = centred
+                .sqr()
+                .unwrap()
+                .mean_keepdim(candle_core::D::Minus1)
+                .unwrap();
+            let normed = centred
+                .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+                .unwrap();
+            normed
+                .broadcast_mul(&t[1])
+                .unwrap()
+                .broadcast_add(&t[2])
+                .unwrap()
+        };
+        let fused_fn = |t: &[Tensor]| layer_norm(&t[0], &t[1], &t[2], eps).unwrap().unwrap();
+        let inputs = [x.clone(), w.clone(), b.clone()];
+        let tensors: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        assert!(max_diff(&fused_fn(&tensors), &composed(&tensors)) < 1e-5);
+        let fused = gradients(&inputs, &weights, fused_fn);
+        let plain = gradients(&inputs, &weights, composed);
+        for (name, (f, p)) in ["x", "weight", "bias"].iter().zip(fused.iter().zip(&plain)) {
+            assert_eq!(f.dims(), p.dims(), "{name}");
+            assert!(max_diff(f, p) < 1e-4, "{name}: {}", max_diff(f, p));
+        }
+    }
+
+    #[test]
+    fn fused_attention_backward_equals_candle_ops() {
+        let (b, l, h, d) = (2, 6, 3, 4);
+        let qkv = var(&[b, l, 3 * h * d], 1.0);
+        let weights = Tensor::randn(0f32, 1.0, (b, l, h * d), &Device::Cpu).unwrap();
+        let causal: Vec<f32> = (0..l * l)
+            .map(|i| if i % l > i / l { -1e9 } else { 0.0 })
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, l, l), &Device::Cpu).unwrap();
+        for mask in [None, Some(&causal)] {
+            let fused = gradients(std::slice::from_ref(&qkv), &weights, |t| {
+                attention(&t[0], h, d, mask).unwrap().unwrap()
+            });
+            let plain = gradients(std::slice::from_ref(&qkv), &weights, |t| {
+                let qkv = t[0].reshape((b, l, 3, h, d)).unwrap();
+                let take = |i: usize| {
+                    qkv.narrow(2, i, 1)
+                        .unwrap()
+                        .squeeze(2)
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                let q = (take(0) * (d as f64).powf(-0.5)).unwrap();
+                let mut scores = q.matmul(&take(1).t().unwrap()).unwrap();
+                if let Some(m) = mask {
+                    scores = scores.broadcast_add(m).unwrap();
+                }
+                let p = candle_nn::ops::softmax(&scores, candle_core::D::Minus1).unwrap();
+                p.matmul(&take(2))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b, l, h * d))
+                    .unwrap()
+            });
+            let diff = max_diff(&fused[0], &plain[0]);
+            assert!(diff < 1e-4, "mask {}: {diff}", mask.is_some());
         }
     }
 }

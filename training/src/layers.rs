@@ -86,8 +86,9 @@ impl Activation {
     }
 }
 
-/// Layer normalisation: candle's fused kernel for inference, the composed form when gradients
-/// are tracked (the fused kernel has no backward pass, so gradients would stop there).
+/// Layer normalisation: candle's fused kernel for inference; when gradients are tracked (candle's
+/// kernel has no backward pass), Mirante's fused op with one on the CPU in f32, the composed
+/// form elsewhere.
 #[derive(Debug, Clone)]
 pub struct Norm {
     inner: LayerNorm,
@@ -107,6 +108,11 @@ impl Norm {
         let weight = self.inner.weight();
         if !x.track_op() && !weight.track_op() {
             return self.inner.forward(x);
+        }
+        if let Some(bias) = self.inner.bias()
+            && let Some(y) = crate::fused::layer_norm(x, weight, bias, self.eps)?
+        {
+            return Ok(y);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
