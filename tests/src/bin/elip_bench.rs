@@ -38,6 +38,7 @@ fn normalised(rng: &mut rand::rngs::StdRng, d: usize) -> Vec<f32> {
 }
 
 fn main() {
+    mirante_tests::keep_freed_memory();
     let backbone = Models::new(Device::Cpu).load(DEFAULT_MODEL).unwrap();
     let enc = &backbone.encoder;
     let (width, _) = enc.model.vision_shape();

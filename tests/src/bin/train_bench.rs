@@ -21,6 +21,7 @@ use mirante::training::finetune::{FinetuneConfig, PairData, Precision, TrainImag
 use mirante::training::train::{AdamWConfig, Trainable};
 
 fn main() {
+    mirante_tests::keep_freed_memory();
     let dir = tempfile::tempdir().unwrap();
     eprintln!("writing the checkpoint and timing PyTorch...");
     let torch = mirante_tests::python_peer("bench_training.py", &[dir.path().as_os_str()])
