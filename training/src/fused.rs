@@ -287,7 +287,7 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         }
         let eps = self.eps;
         let mut dx = vec![0f32; x.len()];
-        let (dw, db) = dx
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(n * ROWS_PER_TASK)
             .zip(x.par_chunks(n * ROWS_PER_TASK))
             .zip(g.par_chunks(n * ROWS_PER_TASK))
@@ -314,14 +314,14 @@ impl candle_core::CustomOp3 for LayerNormGrad {
                 }
                 (dw, db)
             })
-            .reduce(
-                || (vec![0f32; n], vec![0f32; n]),
-                |(mut dw, mut db), (w2, b2)| {
-                    dw.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                    db.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                    (dw, db)
-                },
-            );
+            .collect();
+        // Summed in chunk order, not in rayon's reduction order, so that every run (and every
+        // thread count) gives the same bits: training is deterministic with a seed.
+        let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+        for (w2, b2) in &partials {
+            dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+        }
         dx.extend_from_slice(&dw);
         dx.extend_from_slice(&db);
         let len = dx.len();
@@ -896,6 +896,33 @@ mod tests {
         for (name, (f, p)) in ["x", "weight", "bias"].iter().zip(fused.iter().zip(&plain)) {
             assert_eq!(f.dims(), p.dims(), "{name}");
             assert!(max_diff(f, p) < 1e-4, "{name}: {}", max_diff(f, p));
+        }
+    }
+
+    /// The weight gradient sums per-row terms across tasks: the same bits whatever the number
+    /// of threads (fine-tuning with a seed must write the same weights every run).
+    #[test]
+    fn layer_norm_gradients_do_not_depend_on_the_thread_count() {
+        let x = var(&[1024, 64], 3.0);
+        let (w, b) = (var(&[64], 1.0), var(&[64], 1.0));
+        let weights = Tensor::randn(0f32, 1.0, (1024, 64), &Device::Cpu).unwrap();
+        let run = |threads: usize| -> Vec<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                gradients(&[x.clone(), w.clone(), b.clone()], &weights, |t| {
+                    layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap().unwrap()
+                })
+                .iter()
+                .map(|g| g.flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 7] {
+            assert!(one == run(threads), "{threads} threads give other gradients");
         }
     }
 
