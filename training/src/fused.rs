@@ -922,7 +922,10 @@ mod tests {
         };
         let one = run(1);
         for threads in [2, 3, 7] {
-            assert!(one == run(threads), "{threads} threads give other gradients");
+            assert!(
+                one == run(threads),
+                "{threads} threads give other gradients"
+            );
         }
     }
 
