@@ -73,6 +73,26 @@ fn values<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     Ok(&v[start..end])
 }
 
+/// The operands of a backward kernel over rows: `x` (rows of `n`), a vector of `n` (bias or
+/// weight) and the output's gradient (as many values as `x`).
+fn row_operands<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    let (x, v, g) = (
+        values(op, s1, l1)?,
+        values(op, s2, l2)?,
+        values(op, s3, l3)?,
+    );
+    let n = v.len();
+    if n == 0 || x.len() % n != 0 || g.len() != x.len() {
+        candle_core::bail!("{op}: shapes do not match")
+    }
+    Ok((x, v, g))
+}
+
 /// The gradient of `act(x + bias)` with respect to `x` (and, summed over rows, `bias`): inputs
 /// `x`, `bias` and the output's gradient.
 #[derive(Debug, Clone, Copy)]
@@ -92,13 +112,8 @@ impl candle_core::CustomOp3 for BiasActGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = values("bias-act-grad", s1, l1)?;
-        let b = values("bias-act-grad", s2, l2)?;
-        let g = values("bias-act-grad", s3, l3)?;
+        let (x, b, g) = row_operands("bias-act-grad", (s1, l1), (s2, l2), (s3, l3))?;
         let n = b.len();
-        if n == 0 || x.len() % n != 0 || g.len() != x.len() {
-            candle_core::bail!("bias-act-grad: shapes do not match")
-        }
         let act = self.0;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n * ROWS_PER_TASK)
@@ -278,13 +293,8 @@ impl candle_core::CustomOp3 for LayerNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = values("layer-norm-grad", s1, l1)?;
-        let w = values("layer-norm-grad", s2, l2)?;
-        let g = values("layer-norm-grad", s3, l3)?;
+        let (x, w, g) = row_operands("layer-norm-grad", (s1, l1), (s2, l2), (s3, l3))?;
         let n = w.len();
-        if n == 0 || x.len() % n != 0 || g.len() != x.len() {
-            candle_core::bail!("layer-norm-grad: shapes do not match")
-        }
         let eps = self.eps;
         let mut dx = vec![0f32; x.len()];
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
@@ -740,7 +750,8 @@ mod tests {
         assert!(bias_act(&xt, &bt, Some(Activation::QuickGelu)).is_ok());
     }
 
-    /// candle's ops, as `Attention::attend` ran them before fusing.
+    /// candle's ops, as `Attention::attend` ran them before fusing (with the differentiable
+    /// softmax, so gradients flow through it).
     fn reference_attention(qkv: &Tensor, h: usize, d: usize, mask: Option<&Tensor>) -> Tensor {
         let (b, l, _) = qkv.dims3().unwrap();
         let qkv = qkv.reshape((b, l, 3, h, d)).unwrap();
@@ -759,7 +770,7 @@ mod tests {
         if let Some(m) = mask {
             scores = scores.broadcast_add(m).unwrap();
         }
-        let p = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let p = candle_nn::ops::softmax(&scores, candle_core::D::Minus1).unwrap();
         p.matmul(&take(2))
             .unwrap()
             .transpose(1, 2)
@@ -943,29 +954,7 @@ mod tests {
                 attention(&t[0], h, d, mask).unwrap().unwrap()
             });
             let plain = gradients(std::slice::from_ref(&qkv), &weights, |t| {
-                let qkv = t[0].reshape((b, l, 3, h, d)).unwrap();
-                let take = |i: usize| {
-                    qkv.narrow(2, i, 1)
-                        .unwrap()
-                        .squeeze(2)
-                        .unwrap()
-                        .transpose(1, 2)
-                        .unwrap()
-                        .contiguous()
-                        .unwrap()
-                };
-                let q = (take(0) * (d as f64).powf(-0.5)).unwrap();
-                let mut scores = q.matmul(&take(1).t().unwrap()).unwrap();
-                if let Some(m) = mask {
-                    scores = scores.broadcast_add(m).unwrap();
-                }
-                let p = candle_nn::ops::softmax(&scores, candle_core::D::Minus1).unwrap();
-                p.matmul(&take(2))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .reshape((b, l, h * d))
-                    .unwrap()
+                reference_attention(&t[0], h, d, mask)
             });
             let diff = max_diff(&fused[0], &plain[0]);
             assert!(diff < 1e-4, "mask {}: {diff}", mask.is_some());
