@@ -38,6 +38,24 @@ fn apply(act: Option<Activation>, v: f32) -> f32 {
     }
 }
 
+/// `f(out_row, input_rows)` over every row of `n` values of `out` and the same rows of each
+/// input (as long as `out`), `ROWS_PER_TASK` rows per parallel task.
+fn par_rows<const K: usize>(
+    out: &mut [f32],
+    n: usize,
+    inputs: [&[f32]; K],
+    f: impl Fn(&mut [f32], [&[f32]; K]) + Sync,
+) {
+    out.par_chunks_mut(n * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (r, row) in chunk.chunks_mut(n).enumerate() {
+                let at = (task * ROWS_PER_TASK + r) * n;
+                f(row, inputs.map(|x| &x[at..at + n]));
+            }
+        });
+}
+
 /// `d act(v) / dv`, matching [`apply`].
 fn derivative(act: Option<Activation>, v: f32) -> f32 {
     let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
@@ -116,16 +134,11 @@ impl candle_core::CustomOp3 for BiasActGrad {
         let n = b.len();
         let act = self.0;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(x.par_chunks(n * ROWS_PER_TASK))
-            .zip(g.par_chunks(n * ROWS_PER_TASK))
-            .for_each(|((o, xi), gi)| {
-                for ((orow, xrow), grow) in o.chunks_mut(n).zip(xi.chunks(n)).zip(gi.chunks(n)) {
-                    for (((o, &v), &g), &bias) in orow.iter_mut().zip(xrow).zip(grow).zip(b) {
-                        *o = g * derivative(act, v + bias);
-                    }
-                }
-            });
+        par_rows(&mut out, n, [x, g], |orow, [xrow, grow]| {
+            for (((o, &v), &g), &bias) in orow.iter_mut().zip(xrow).zip(grow).zip(b) {
+                *o = g * derivative(act, v + bias);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -143,9 +156,14 @@ impl CustomOp2 for BiasAct {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &BiasActGrad(self.0))?;
-        let n = bias.dim(0)?;
-        let dbias = dx.reshape((dx.elem_count() / n, n))?.sum(0)?;
-        Ok((Some(dx), Some(dbias)))
+        // A frozen bias (ELIP's backbone, frozen towers) needs no column sums.
+        let dbias = if bias.track_op() {
+            let n = bias.dim(0)?;
+            Some(dx.reshape((dx.elem_count() / n, n))?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dbias))
     }
 
     fn cpu_fwd(
@@ -162,15 +180,11 @@ impl CustomOp2 for BiasAct {
         }
         let act = self.0;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(x.par_chunks(n * ROWS_PER_TASK))
-            .for_each(|(o, xi)| {
-                for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
-                    for ((o, &v), &bias) in orow.iter_mut().zip(xrow).zip(b) {
-                        *o = apply(act, v + bias);
-                    }
-                }
-            });
+        par_rows(&mut out, n, [x], |orow, [xrow]| {
+            for ((o, &v), &bias) in orow.iter_mut().zip(xrow).zip(b) {
+                *o = apply(act, v + bias);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -238,16 +252,12 @@ impl candle_core::CustomOp3 for LayerNorm {
         }
         let eps = self.eps;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(x.par_chunks(n * ROWS_PER_TASK))
-            .for_each(|(o, xi)| {
-                for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
-                    let (mean, rstd) = row_stats(xrow, eps);
-                    for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
-                        *o = (v - mean) * rstd * w + b;
-                    }
-                }
-            });
+        par_rows(&mut out, n, [x], |orow, [xrow]| {
+            let (mean, rstd) = row_stats(xrow, eps);
+            for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+                *o = (v - mean) * rstd * w + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
