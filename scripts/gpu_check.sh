@@ -18,13 +18,7 @@ OUT=$(realpath "$2")
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
-# The CUDA libraries candle links to, from the system or from PyTorch's wheels.
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
-  found=$(find /opt /usr /lib -name "$lib" 2>/dev/null | head -1)
-  if [ -z "$found" ]; then echo "missing $lib"; exit 1; fi
-  export LD_LIBRARY_PATH="$(dirname "$found"):${LD_LIBRARY_PATH:-}"
-done
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+source "$(dirname "$0")/gpu_env.sh"
 
 step() { echo; echo "=== $* ($(date +%T))"; }
 

@@ -442,7 +442,7 @@ fn retrieved_negatives(
 /// best one as `name`.
 pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> Result<ResultSet> {
     let target = new_model_path(db, &plan.name)?;
-    let (mut config, metric, _, opts) =
+    let (mut config, metric, opts) =
         training_config(&plan.options, &ELIP_OPTIONS, db.options.progress)?;
     if metric == EvalMetric::MeanSimilarity {
         return Err(Error::Invalid(

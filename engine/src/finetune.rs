@@ -112,7 +112,7 @@ const FINETUNE_OPTIONS: [&str; 15] = [
 ];
 
 /// A training run's settings from `WITH (...)` (the keys `allowed` lists), with the validation
-/// metric, whether to mine hard negatives, and the options map for the caller's own keys.
+/// metric and the options map for the caller's own keys.
 pub(crate) fn training_config(
     options: &mirante_query::ast::Options,
     allowed: &[&str],
@@ -120,7 +120,6 @@ pub(crate) fn training_config(
 ) -> Result<(
     FinetuneConfig,
     EvalMetric,
-    bool,
     std::collections::BTreeMap<String, Literal>,
 )> {
     let opts = options_map(options, allowed)?;
@@ -175,14 +174,37 @@ pub(crate) fn training_config(
             ))
         })?);
     }
-    let hard_negatives = option_flag(&opts, "hard_negatives")?;
     let metric = match opts.get("metric") {
         Some(v) => string_option(v, "metric")?
             .parse::<EvalMetric>()
             .map_err(Error::Invalid)?,
         None => EvalMetric::Recall(1),
     };
-    Ok((c, metric, hard_negatives, opts))
+    Ok((c, metric, opts))
+}
+
+/// When FINETUNE mines hard-negative pairs (`hard_negatives = false | true | 'epoch'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mining {
+    Off,
+    /// Once, with the base model (through the collection's index when it holds its vectors).
+    Once,
+    /// Once with the base model, then again before every later epoch with the weights being
+    /// trained, so the pairs stay confusable as the model learns to tell the first ones apart.
+    EveryEpoch,
+}
+
+fn mining_option(opts: &std::collections::BTreeMap<String, Literal>) -> Result<Mining> {
+    match opts.get("hard_negatives") {
+        None | Some(Literal::Bool(false)) => Ok(Mining::Off),
+        Some(Literal::Bool(true)) => Ok(Mining::Once),
+        Some(Literal::String(s)) if s == "epoch" => Ok(Mining::EveryEpoch),
+        Some(other) => Err(Error::Invalid(format!(
+            "option hard_negatives expects true (mined once with the base model), 'epoch' \
+             (mined again before every epoch with the weights being trained) or false, got \
+             {other}"
+        ))),
+    }
 }
 
 /// How many word-swapped copies of each caption [`pairs`] prepares as negative texts when
@@ -277,27 +299,35 @@ pub(crate) fn mutual_neighbours(
     data: &PairData,
     ids: &[u64],
 ) -> Result<(Vec<(usize, usize)>, &'static str)> {
-    let nearest = match index_neighbours(db, (collection, filter), base_fingerprint, ids)? {
-        Some(nearest) => (nearest, "index"),
-        None => {
-            let images = embed_images(encoder, data)?;
-            let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
-            let nearest = crate::ranking::exact_top_k(&refs, &refs, 2)
-                .into_iter()
-                .enumerate()
-                .map(|(i, top)| top.into_iter().map(|j| j as usize).find(|&j| j != i))
-                .collect();
-            (nearest, "exact")
-        }
-    };
-    let (nearest, how) = nearest;
-    let pairs = (0..nearest.len())
+    Ok(
+        match index_neighbours(db, (collection, filter), base_fingerprint, ids)? {
+            Some(nearest) => (mutual_pairs(&nearest), "index"),
+            None => (exact_mutual_neighbours(encoder, data)?, "exact"),
+        },
+    )
+}
+
+/// Pairs of the data's images that are each other's nearest neighbour under the encoder's
+/// current weights, by exact scores.
+fn exact_mutual_neighbours(encoder: &DualEncoder, data: &PairData) -> Result<Vec<(usize, usize)>> {
+    let images = embed_images(encoder, data)?;
+    let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+    let nearest: Vec<Option<usize>> = crate::ranking::exact_top_k(&refs, &refs, 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, top)| top.into_iter().map(|j| j as usize).find(|&j| j != i))
+        .collect();
+    Ok(mutual_pairs(&nearest))
+}
+
+/// `(i, j)`, `i < j`, for each i and j that are each other's `nearest`.
+fn mutual_pairs(nearest: &[Option<usize>]) -> Vec<(usize, usize)> {
+    (0..nearest.len())
         .filter_map(|i| {
             let j = nearest[i]?;
             (i < j && nearest[j] == Some(i)).then_some((i, j))
         })
-        .collect();
-    Ok((pairs, how))
+        .collect()
 }
 
 /// Each training row's nearest other training row by the collection's index over the base
@@ -373,8 +403,9 @@ pub(crate) fn new_model_path(db: &Database, name: &str) -> Result<std::path::Pat
 /// `name`.
 pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultSet> {
     let target = new_model_path(db, &plan.name)?;
-    let (config, metric, hard_negatives, opts) =
+    let (config, metric, opts) =
         training_config(&plan.options, &FINETUNE_OPTIONS, db.options.progress)?;
+    let mining_mode = mining_option(&opts)?;
     let swap_seed = option_flag(&opts, "text_negatives")?.then_some(config.seed);
     let key = db.models.key(base)?;
     let folder = crate::models::model_folder(&key)?;
@@ -394,7 +425,7 @@ pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultS
         swap_seed,
     )?;
     let mut mining = None;
-    if hard_negatives {
+    if mining_mode != Mining::Off {
         let (pairs, how) = mutual_neighbours(
             db,
             (&plan.collection, plan.filter.as_ref()),
@@ -418,12 +449,32 @@ pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultS
         None => None,
     };
     let partial = partial_folder(db, &plan.name)?;
-    let report = finetune(&model, &train, &config, &partial, |m| match &validation {
-        Some(v) => score(m, v, metric).map_err(|e| {
-            mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
-        }),
-        None => Ok(None),
-    })?;
+    // Pairs found before each later epoch, for the lineage.
+    let mut remined = Vec::new();
+    let report = finetune(
+        &model,
+        &train,
+        &config,
+        &partial,
+        |m| match &validation {
+            Some(v) => score(m, v, metric).map_err(|e| {
+                mirante_training::Error::InvalidArgument(format!("validation failed: {e}"))
+            }),
+            None => Ok(None),
+        },
+        |m| {
+            if mining_mode != Mining::EveryEpoch {
+                return Ok(None);
+            }
+            let pairs = exact_mutual_neighbours(&m.encoder, &train).map_err(|e| {
+                mirante_training::Error::InvalidArgument(format!(
+                    "hard-negative mining failed: {e}"
+                ))
+            })?;
+            remined.push(pairs.len());
+            Ok(Some(pairs))
+        },
+    )?;
     let lineage = run_lineage(
         serde_json::json!({
             "name": plan.name,
@@ -434,6 +485,8 @@ pub(crate) fn run(db: &Database, plan: &TrainPlan, base: &str) -> Result<ResultS
             "version": version,
             "filter": train_filter,
             "validate": validate_filter,
+            // With hard_negatives = 'epoch': the pairs found before each later epoch.
+            "hard_negative_pairs_remined": (mining_mode == Mining::EveryEpoch).then_some(&remined),
         }),
         &train,
         mining,

@@ -31,22 +31,28 @@ pub struct PretrainConfig {
     pub lr: f64,
     pub weight_decay: f64,
     pub warmup_steps: usize,
+    /// Re-mine hard-negative pairs before every epoch with the weights being trained
+    /// (`FINETUNE ... hard_negatives = 'epoch'`). Random scenes in a batch almost always differ
+    /// in colour, which alone then tells them apart; pairs the model confuses make it learn
+    /// shapes too.
+    pub hard_negatives: bool,
     pub progress: bool,
 }
 
 impl Default for PretrainConfig {
     fn default() -> Self {
         PretrainConfig {
-            rows: 12_000,
+            rows: 25_000,
             seed: 0,
             portuguese: 0.0,
             architecture: ClipArchitecture::default(),
             vocab_size: 1024,
-            epochs: 12,
-            batch_size: 128,
-            lr: 5e-4,
+            epochs: 15,
+            batch_size: 256,
+            lr: 1e-3,
             weight_decay: 0.1,
-            warmup_steps: 100,
+            warmup_steps: 200,
+            hard_negatives: true,
             progress: false,
         }
     }
@@ -108,7 +114,7 @@ pub fn pretrain(config: &PretrainConfig, out: &Path, work: &Path) -> Result<Pret
     let training = last(db.sql(&format!(
         "FINETUNE MODEL '{}' ON shapes WHERE split = 'train' VALIDATE WHERE split = 'validation' \
          WITH (epochs = {}, batch_size = {}, lr = {}, weight_decay = {}, warmup_steps = {}, \
-         seed = {}, patience = {}, metric = 'mrr') AS 'pretrained'",
+         seed = {}, patience = {}, metric = 'mrr', hard_negatives = {}) AS 'pretrained'",
         quote(&init),
         config.epochs,
         config.batch_size,
@@ -117,6 +123,11 @@ pub fn pretrain(config: &PretrainConfig, out: &Path, work: &Path) -> Result<Pret
         config.warmup_steps,
         config.seed,
         config.epochs,
+        if config.hard_negatives {
+            "'epoch'"
+        } else {
+            "false"
+        },
     ))?)?;
     db.sql(&format!("EXPORT MODEL 'pretrained' TO '{}'", quote(out)))?;
     // The registry's lineage file belongs to the database it was trained in.

@@ -539,6 +539,22 @@ fn finetune_registers_a_model_that_beats_its_base() {
     let registered = dir.path().join("db/models/clip-photos");
     assert!(registered.join("model.safetensors").is_file());
     assert!(registered.join("mirante_model.json").is_file());
+    // The error of a FINETUNE with these options.
+    let refused = |options: &str| {
+        db.sql(&format!(
+            "FINETUNE MODEL '{base}' ON images WITH ({options}) AS 'x'"
+        ))
+        .unwrap_err()
+        .to_string()
+    };
+    let lineage_of = |name: &str| -> Json {
+        let path = dir
+            .path()
+            .join("db/models")
+            .join(name)
+            .join("mirante_model.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
 
     // The registry: listed with its lineage, usable by name, exported in Hugging Face layout.
     let models = one(&db, "SHOW MODELS");
@@ -579,11 +595,7 @@ fn finetune_registers_a_model_that_beats_its_base() {
         ),
     );
     assert_eq!(hard.rows.len(), 2);
-    let lineage: Json = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("db/models/clip-hard/mirante_model.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let lineage = lineage_of("clip-hard");
     // Six photos: at least one mutual nearest pair exists (the closest two images). The
     // collection embeds with the base model, so its own index found them.
     assert!(
@@ -600,16 +612,32 @@ fn finetune_registers_a_model_that_beats_its_base() {
              hard_negatives = true) AS 'clip-hard-exact'"
         ),
     );
-    let exact: Json = serde_json::from_str(
-        &std::fs::read_to_string(
-            dir.path()
-                .join("db/models/clip-hard-exact/mirante_model.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let exact = lineage_of("clip-hard-exact");
     assert_eq!(exact["hard_negative_mining"], "exact");
     assert_eq!(exact["hard_negative_pairs"], lineage["hard_negative_pairs"]);
+    assert!(exact["hard_negative_pairs_remined"].is_null(), "{exact}");
+    // Re-mined before each later epoch with the weights being trained: the closest two images
+    // are always each other's nearest, so every mining finds a pair.
+    one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{base}' ON images WITH (epochs = 3, batch_size = 2, \
+             hard_negatives = 'epoch', patience = 3) AS 'clip-hard-epoch'"
+        ),
+    );
+    let remined = lineage_of("clip-hard-epoch");
+    assert_eq!(remined["hard_negative_pairs"], exact["hard_negative_pairs"]);
+    let per_epoch = remined["hard_negative_pairs_remined"].as_array().unwrap();
+    assert_eq!(per_epoch.len(), 2, "{remined}");
+    assert!(
+        per_epoch.iter().all(|n| n.as_u64().unwrap() >= 1),
+        "{remined}"
+    );
+    let mode = refused("hard_negatives = 'always'");
+    assert!(
+        mode.contains("hard_negatives expects true") && mode.contains("'epoch'"),
+        "{mode}"
+    );
     one(&db, &format!("ALTER COLLECTION images SET MODEL '{base}'"));
 
     // Word-swapped captions as negative texts: every caption of two or more swappable words
@@ -621,22 +649,13 @@ fn finetune_registers_a_model_that_beats_its_base() {
              text_negatives = true) AS 'clip-swaps'"
         ),
     );
-    let swaps: Json = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("db/models/clip-swaps/mirante_model.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let swaps = lineage_of("clip-swaps");
     assert!(
         swaps["text_negative_captions"].as_u64().unwrap() >= 6,
         "{swaps}"
     );
     assert!(lineage["text_negative_captions"].is_null(), "{lineage}");
-    let flag = db
-        .sql(&format!(
-            "FINETUNE MODEL '{base}' ON images WITH (text_negatives = 'yes') AS 'x'"
-        ))
-        .unwrap_err()
-        .to_string();
+    let flag = refused("text_negatives = 'yes'");
     assert!(
         flag.contains("text_negatives expects true or false"),
         "{flag}"
@@ -650,12 +669,7 @@ fn finetune_registers_a_model_that_beats_its_base() {
         .unwrap_err()
         .to_string();
     assert!(again.contains("already exists"), "{again}");
-    let bad = db
-        .sql(&format!(
-            "FINETUNE MODEL '{base}' ON images WITH (epochs = 0) AS 'x'"
-        ))
-        .unwrap_err()
-        .to_string();
+    let bad = refused("epochs = 0");
     assert!(bad.contains("epochs"), "{bad}");
     one(&db, "DROP MODEL 'clip-photos'");
     assert!(!registered.exists());

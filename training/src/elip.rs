@@ -497,7 +497,6 @@ pub fn train(
         &mut optimiser,
         data,
         config,
-        &device,
         |batch, micro, vars| {
             crate::finetune::accumulated(batch, micro, vars, |part| {
                 let captions: Vec<u32> = part.iter().map(|&(_, c)| c as u32).collect();
@@ -547,6 +546,8 @@ pub fn train(
                 }
             })
         },
+        // The backbone is frozen: its neighbours never change.
+        |_| Ok(None),
         || validate(mapper),
         || mapper.save(out),
     )?;

@@ -309,16 +309,19 @@ pub(crate) fn accumulate(
 
 /// Fine-tunes `model` on `data`. After each epoch `validate` scores the current weights (higher
 /// is better; `None` skips validation); the best weights are written to `out` as a checkpoint
-/// in the base's Hugging Face layout (the last ones when nothing validates).
+/// in the base's Hugging Face layout (the last ones when nothing validates). Before each epoch
+/// after the first, `remine` may return new hard pairs found with the current weights (dynamic
+/// hard-negative mining, as ANCE re-mines with the model being trained); `None` keeps the
+/// previous ones (at first `data.hard_pairs`).
 pub fn finetune(
     model: &Trainable,
     data: &PairData,
     config: &FinetuneConfig,
     out: &Path,
     mut validate: impl FnMut(&Trainable) -> Result<Option<f64>>,
+    mut remine: impl FnMut(&Trainable) -> Result<Option<Vec<(usize, usize)>>>,
 ) -> Result<FinetuneReport> {
     let loss_kind = config.loss.unwrap_or(model.loss);
-    let device = model.encoder.device().clone();
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
     // Its own stream, so that turning negatives on leaves the epochs' order unchanged.
     let mut negative_rng = StdRng::seed_from_u64(config.seed.wrapping_add(1));
@@ -326,7 +329,6 @@ pub fn finetune(
         &mut optimiser,
         data,
         config,
-        &device,
         |batch, micro, _| {
             if batch.len() < 2 {
                 return Ok(None);
@@ -356,6 +358,7 @@ pub fn finetune(
                 grads,
             )))
         },
+        |epoch| if epoch > 1 { remine(model) } else { Ok(None) },
         || validate(model),
         || save_checkpoint(model, out),
     )?;
@@ -389,18 +392,19 @@ pub(crate) fn accumulated(
 /// batches (hard pairs kept together), one caption per image per epoch, `batch_gradients` of
 /// each batch of `(image, caption)` pairs (given the micro-batch size that accumulation allows
 /// and the trained variables) under the precision's autocast, clipped and applied by
-/// `optimiser` with warmup and cosine decay; `validate` after each epoch (and once before),
+/// `optimiser` with warmup and cosine decay; `hard_pairs_for(epoch)` before each epoch (new
+/// hard pairs, or `None` to keep the last), `validate` after each epoch (and once before),
 /// `save_best` when it improves, early stopping.
 pub(crate) fn train_pairs(
     optimiser: &mut Optimizer,
     data: &PairData,
     config: &FinetuneConfig,
-    device: &candle_core::Device,
     mut batch_gradients: impl FnMut(
         &[(usize, usize)],
         usize,
         &[candle_core::Var],
     ) -> Result<Option<(f64, GradStore)>>,
+    mut hard_pairs_for: impl FnMut(usize) -> Result<Option<Vec<(usize, usize)>>>,
     mut validate: impl FnMut() -> Result<Option<f64>>,
     mut save_best: impl FnMut() -> Result<()>,
 ) -> Result<FinetuneReport> {
@@ -416,7 +420,7 @@ pub(crate) fn train_pairs(
     }
     let precision = config
         .precision
-        .unwrap_or_else(|| Precision::default_for(device));
+        .unwrap_or_else(|| Precision::default_for(&optimiser.device()));
     let vars = optimiser.variables();
     let usable: Vec<usize> = (0..data.images.len())
         .filter(|&i| !data.pairs[i].is_empty())
@@ -450,9 +454,13 @@ pub(crate) fn train_pairs(
     };
     let mut step = 0;
     let mut since_best = 0;
+    let mut hard_pairs = std::borrow::Cow::Borrowed(data.hard_pairs.as_slice());
     for epoch in 1..=config.epochs {
+        if let Some(mined) = hard_pairs_for(epoch)? {
+            hard_pairs = std::borrow::Cow::Owned(mined);
+        }
         let started = Instant::now();
-        let order = epoch_order(&usable, &data.hard_pairs, &mut rng);
+        let order = epoch_order(&usable, &hard_pairs, &mut rng);
         // One caption per image this epoch.
         let chosen: Vec<(usize, usize)> = order
             .iter()
@@ -613,6 +621,64 @@ mod tests {
             let at = |x: usize| order.iter().position(|&y| y == x).unwrap();
             assert_eq!(at(2).abs_diff(at(7)), 1);
             assert_eq!(at(4).abs_diff(at(5)), 1);
+        }
+    }
+
+    #[test]
+    fn pairs_mined_before_an_epoch_are_that_epochs_hard_pairs() {
+        let data = PairData {
+            images: vec![TrainImage::Pixels(Vec::new()); 10],
+            captions: vec![Vec::new(); 10],
+            pairs: (0..10).map(|i| vec![i]).collect(),
+            hard_pairs: vec![(3, 4)],
+            text_negatives: Vec::new(),
+        };
+        let varmap = candle_nn::VarMap::new();
+        varmap
+            .get(
+                1,
+                "w",
+                candle_nn::Init::Const(0.0),
+                DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+        let mut optimiser =
+            Optimizer::over(&varmap, AdamWConfig::default(), |_| true, false).unwrap();
+        let config = FinetuneConfig {
+            epochs: 4,
+            batch_size: 10,
+            patience: 4,
+            ..FinetuneConfig::default()
+        };
+        let (mut orders, mut asked) = (Vec::new(), Vec::new());
+        train_pairs(
+            &mut optimiser,
+            &data,
+            &config,
+            |batch, _, _| {
+                orders.push(batch.iter().map(|&(i, _)| i).collect::<Vec<_>>());
+                Ok(None)
+            },
+            |epoch| {
+                asked.push(epoch);
+                Ok((epoch == 2).then(|| vec![(0, 9), (1, 8), (2, 7)]))
+            },
+            || Ok(None),
+            || Ok(()),
+        )
+        .unwrap();
+        assert_eq!(asked, [1, 2, 3, 4]);
+        let adjacent = |order: &[usize], a: usize, b: usize| {
+            let at = |x| order.iter().position(|&y| y == x).unwrap();
+            at(a).abs_diff(at(b)) == 1
+        };
+        assert!(adjacent(&orders[0], 3, 4), "{:?}", orders[0]);
+        // Mined before epoch 2 and kept until the next mining.
+        for order in &orders[1..] {
+            for (a, b) in [(0, 9), (1, 8), (2, 7)] {
+                assert!(adjacent(order, a, b), "{order:?}");
+            }
         }
     }
 }

@@ -559,6 +559,13 @@ impl Optimizer {
         self.slots.iter().map(|s| s.var.clone()).collect()
     }
 
+    /// Where the trained variables live (the CPU when there are none).
+    pub fn device(&self) -> candle_core::Device {
+        self.slots
+            .first()
+            .map_or(candle_core::Device::Cpu, |s| s.var.device().clone())
+    }
+
     /// The global L2 norm of the trained variables' gradients.
     pub fn gradient_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sum = 0f64;

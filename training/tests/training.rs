@@ -470,10 +470,17 @@ fn finetuning_learns_the_pairs_and_saves_a_loadable_checkpoint() {
             ..FinetuneConfig::default()
         };
         let mut validations = 0;
-        let report = finetune(&t, &data, &config, out.path(), |m| {
-            validations += 1;
-            Ok(Some(recall_at_1(m, &data)))
-        })
+        let report = finetune(
+            &t,
+            &data,
+            &config,
+            out.path(),
+            |m| {
+                validations += 1;
+                Ok(Some(recall_at_1(m, &data)))
+            },
+            |_| Ok(None),
+        )
         .unwrap();
         let first = report.epochs.first().unwrap().mean_loss;
         let last = report.epochs.last().unwrap().mean_loss;

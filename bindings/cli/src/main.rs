@@ -129,7 +129,8 @@ enum Command {
     /// model was made: dataset, BPE tokenizer on the training captions, random initialisation,
     /// FINETUNE with validation, export in Hugging Face layout (f16), and the test-split
     /// evaluation of the saved checkpoint. The default model came from
-    /// `mirante pretrain --out engine/assets/mirante-shapes-clip` (all defaults).
+    /// `mirante pretrain --out engine/assets/mirante-shapes-clip` (all defaults), on a GPU: 3 min
+    /// there, about 40 on 2 CPU cores (docs/default-model.md).
     Pretrain {
         /// Output folder for the checkpoint (created).
         #[arg(long)]
@@ -138,7 +139,7 @@ enum Command {
         #[arg(long)]
         work: Option<PathBuf>,
         /// Dataset rows (80% train, 10% validation, 10% test).
-        #[arg(long, default_value_t = 12_000)]
+        #[arg(long, default_value_t = 25_000)]
         rows: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -146,11 +147,11 @@ enum Command {
         /// either way). The default model saw English only, which the demo's fine-tuning fixes.
         #[arg(long, default_value_t = 0.0)]
         portuguese: f64,
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 15)]
         epochs: usize,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 256)]
         batch_size: usize,
-        #[arg(long, default_value_t = 5e-4)]
+        #[arg(long, default_value_t = 1e-3)]
         lr: f64,
         /// Layer width of both towers.
         #[arg(long, default_value_t = 128)]
@@ -164,6 +165,13 @@ enum Command {
         /// Tokenizer vocabulary size (bytes and special tokens included).
         #[arg(long, default_value_t = 1024)]
         vocab_size: usize,
+        /// Steps of linear learning-rate warmup.
+        #[arg(long, default_value_t = 200)]
+        warmup_steps: usize,
+        /// Re-mine hard-negative pairs before every epoch with the weights being trained, so
+        /// batches hold scenes the model still confuses (`hard_negatives = 'epoch'`).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        hard_negatives: bool,
     },
     /// Generates a benchmark dataset.
     Dataset {
@@ -231,6 +239,8 @@ fn main() -> Result<()> {
             vision_layers,
             text_layers,
             vocab_size,
+            warmup_steps,
+            hard_negatives,
         } => {
             let defaults = mirante::pretrain::PretrainConfig::default();
             let config = mirante::pretrain::PretrainConfig {
@@ -241,6 +251,8 @@ fn main() -> Result<()> {
                 batch_size,
                 lr,
                 vocab_size,
+                warmup_steps,
+                hard_negatives,
                 architecture: mirante::training::scratch::ClipArchitecture {
                     vision_width: width,
                     text_width: width,

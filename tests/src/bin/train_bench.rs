@@ -45,7 +45,15 @@ fn main() {
     };
     let out = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let report = finetune(&model, &batch, &config, out.path(), |_| Ok(None)).unwrap();
+    let report = finetune(
+        &model,
+        &batch,
+        &config,
+        out.path(),
+        |_| Ok(None),
+        |_| Ok(None),
+    )
+    .unwrap();
     let total = start.elapsed().as_secs_f64();
     // The first epoch is the warm-up, as in the peer; each epoch also saves a checkpoint, which
     // is not part of a step: take the fastest epochs' own throughput.
