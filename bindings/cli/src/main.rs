@@ -27,6 +27,7 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
 }
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use mirante::pretrain::PretrainConfig;
 use mirante::storage::{
     ColumnDef, ColumnType, Database, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
     ValueRef,
@@ -139,38 +140,38 @@ enum Command {
         #[arg(long)]
         work: Option<PathBuf>,
         /// Dataset rows (80% train, 10% validation, 10% test).
-        #[arg(long, default_value_t = 25_000)]
+        #[arg(long, default_value_t = PretrainConfig::default().rows)]
         rows: usize,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = PretrainConfig::default().seed)]
         seed: u64,
         /// Share of Portuguese rows in the training data (the tokenizer learns both languages
         /// either way). The default model saw English only, which the demo's fine-tuning fixes.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = PretrainConfig::default().portuguese)]
         portuguese: f64,
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = PretrainConfig::default().epochs)]
         epochs: usize,
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = PretrainConfig::default().batch_size)]
         batch_size: usize,
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, default_value_t = PretrainConfig::default().lr)]
         lr: f64,
         /// Layer width of both towers.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = PretrainConfig::default().architecture.vision_width)]
         width: usize,
         /// Transformer layers of the vision tower.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = PretrainConfig::default().architecture.vision_layers)]
         vision_layers: usize,
         /// Transformer layers of the text tower.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = PretrainConfig::default().architecture.text_layers)]
         text_layers: usize,
         /// Tokenizer vocabulary size (bytes and special tokens included).
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = PretrainConfig::default().vocab_size)]
         vocab_size: usize,
         /// Steps of linear learning-rate warmup.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = PretrainConfig::default().warmup_steps)]
         warmup_steps: usize,
         /// Re-mine hard-negative pairs before every epoch with the weights being trained, so
         /// batches hold scenes the model still confuses (`hard_negatives = 'epoch'`).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(long, default_value_t = PretrainConfig::default().hard_negatives, action = clap::ArgAction::Set)]
         hard_negatives: bool,
     },
     /// Generates a benchmark dataset.
@@ -242,8 +243,8 @@ fn main() -> Result<()> {
             warmup_steps,
             hard_negatives,
         } => {
-            let defaults = mirante::pretrain::PretrainConfig::default();
-            let config = mirante::pretrain::PretrainConfig {
+            let defaults = PretrainConfig::default();
+            let config = PretrainConfig {
                 rows,
                 seed,
                 portuguese,
