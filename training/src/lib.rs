@@ -38,6 +38,24 @@ pub use train::{AdamWConfig, Loss, MicroBatch, Optimizer, Trainable, contrastive
 /// Re-exported so callers can pick a device without depending on candle directly.
 pub use candle_core::{DType, Device};
 
+/// candle's setting for how long an idle CPU worker spins before it sleeps.
+const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// Lets candle's idle CPU worker threads sleep after 1,000 spins instead of candle's 25,000,
+/// unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set. Between element-wise operations its
+/// worker kept spinning while the matrix products' threads ran; on 2 cores that took a sixth of
+/// the processor from them, and training steps ran 15% faster with it asleep
+/// (docs/benchmarks.md). Binaries call it; a library cannot set the environment safely.
+///
+/// # Safety
+/// Sets an environment variable: call it first thing in `main`, before any other thread exists.
+pub unsafe fn park_idle_workers() {
+    if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
+        // SAFETY: the caller guarantees no other thread reads or writes the environment.
+        unsafe { std::env::set_var(SPIN_LIMIT_VAR, "1000") };
+    }
+}
+
 /// The device encoders run on: `MIRANTE_DEVICE` when set (see [`select_device`]), else the first
 /// CUDA GPU when built with the `cuda` feature and one is present, else the CPU. A value that
 /// cannot be honoured is reported on stderr and the CPU is used, so a library default never fails.

@@ -214,6 +214,8 @@ enum DatasetKind {
 
 fn main() -> Result<()> {
     keep_freed_memory();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { mirante::training::park_idle_workers() };
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {

@@ -39,6 +39,8 @@ fn normalised(rng: &mut rand::rngs::StdRng, d: usize) -> Vec<f32> {
 
 fn main() {
     mirante_tests::keep_freed_memory();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { mirante::training::park_idle_workers() };
     let backbone = Models::new(Device::Cpu).load(DEFAULT_MODEL).unwrap();
     let enc = &backbone.encoder;
     let (width, _) = enc.model.vision_shape();

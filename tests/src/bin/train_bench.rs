@@ -22,6 +22,8 @@ use mirante::training::train::{AdamWConfig, Trainable};
 
 fn main() {
     mirante_tests::keep_freed_memory();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { mirante::training::park_idle_workers() };
     let dir = tempfile::tempdir().unwrap();
     eprintln!("writing the checkpoint and timing PyTorch...");
     let torch = mirante_tests::python_peer("bench_training.py", &[dir.path().as_os_str()])
