@@ -492,24 +492,30 @@ struct Update {
 }
 
 impl Update {
-    /// PyTorch's AdamW formula over `p` with moments `m` and `v` and gradient `g`, in parallel.
+    /// PyTorch's AdamW formula over `p` with moments `m` and `v` and gradient `g`, in parallel,
+    /// in f32 and in PyTorch's order of operations (decay, then `p -= lr / c1 * m / (sqrt(v) /
+    /// sqrt(c2) + eps)`): vectorised, where f64 arithmetic made the update of the 12.6 M-value
+    /// token embedding compute-bound.
     fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         use rayon::prelude::*;
-        let u = *self;
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let scale = self.scale as f32;
+        let decay = self.decay as f32;
+        let step_size = (self.lr / self.correction1) as f32;
+        let root_c2 = self.correction2.sqrt() as f32;
+        let eps = self.eps as f32;
+        let clamped = self.clamped;
         p.par_chunks_mut(UPDATE_CHUNK)
             .zip(m.par_chunks_mut(UPDATE_CHUNK))
             .zip(v.par_chunks_mut(UPDATE_CHUNK))
             .zip(g.par_chunks(UPDATE_CHUNK))
             .for_each(|(((p, m), v), g)| {
                 for i in 0..p.len() {
-                    let g = f64::from(g[i]) * u.scale;
-                    let mi = u.beta1 * f64::from(m[i]) + (1.0 - u.beta1) * g;
-                    let vi = u.beta2 * f64::from(v[i]) + (1.0 - u.beta2) * g * g;
-                    m[i] = mi as f32;
-                    v[i] = vi as f32;
-                    let step = (mi / u.correction1) / ((vi / u.correction2).sqrt() + u.eps);
-                    let x = (f64::from(p[i]) * u.decay - u.lr * step) as f32;
-                    p[i] = if u.clamped {
+                    let g = g[i] * scale;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g;
+                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                    let x = p[i] * decay - step_size * m[i] / (v[i].sqrt() / root_c2 + eps);
+                    p[i] = if clamped {
                         x.clamp(0.0, 100f32.ln())
                     } else {
                         x
