@@ -17,8 +17,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// leave unnamed).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Lets mimalloc keep freed memory for 10 s (instead of 10 ms) before returning it to the
-/// system. A training step frees and reallocates the same large buffers (activations,
+/// Lets mimalloc keep freed memory for 10 s (instead of its default 1 s) before returning it to
+/// the system. A training step frees and reallocates the same large buffers (activations,
 /// gradients such as a 50 MB token-embedding gradient) a few hundred milliseconds apart; with
 /// the default every step faulted them in again and the kernel zeroed them (a sixth of a
 /// fine-tuning step's time, docs/benchmarks.md).
