@@ -25,6 +25,9 @@ fn timeit(iters: usize, mut f: impl FnMut()) -> f64 {
 /// With a folder argument, checkpoints and PyTorch timings are kept there and reused by later
 /// runs (to iterate on Mirante's side); without one, everything is measured afresh.
 fn main() {
+    // SAFETY: first thing in `main`, before any other thread exists. The `mirante` binary
+    // makes the same call, so the bench measures what the tool runs.
+    unsafe { mirante::training::park_idle_workers() };
     let tmp = tempfile::tempdir().unwrap();
     let dir = std::env::args()
         .nth(1)
