@@ -25,18 +25,19 @@ const ROWS_PER_TASK: usize = 16;
 /// `2 sqrt(2 / pi)`: GELU's tanh form `0.5 v (1 + tanh(u))` is `v sigmoid(2u)`.
 const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
 
-/// For the activations of the form `v sigmoid(z(v))` (QuickGELU, GELU's tanh form): `z(v)` and
-/// `z'(v)`. One `exp` per value instead of libm's `tanhf`, whose scalar `expm1f` was 16% of the
-/// encoder benchmark's profile.
-fn sigmoid_gate(act: Activation, v: f32) -> Option<(f32, f32)> {
-    match act {
-        Activation::QuickGelu => Some((1.702 * v, 1.702)),
-        Activation::GeluTanh => Some((
-            TWO_SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v),
-            TWO_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v),
-        )),
-        Activation::Gelu => None,
-    }
+/// QuickGELU is `v sigmoid(z(v))` with `z(v) = 1.702 v`: `z(v)` and `z'(v)`.
+fn quick_gelu_gate(v: f32) -> (f32, f32) {
+    (1.702 * v, 1.702)
+}
+
+/// GELU's tanh form is `v sigmoid(z(v))` with `z(v) = 2u`: `z(v)` and `z'(v)`. One `exp` per
+/// value instead of libm's `tanhf`, whose scalar `expm1f` was 16% of the encoder benchmark's
+/// profile.
+fn tanh_gelu_gate(v: f32) -> (f32, f32) {
+    (
+        TWO_SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v),
+        TWO_SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v),
+    )
 }
 
 /// `exp` of every value, eight lanes at a time with `wide`'s vectorised exp: libm's scalar
@@ -67,14 +68,19 @@ fn activate_row(act: Option<Activation>, out: &mut [f32], x: &[f32], bias: &[f32
     for ((o, &v), &b) in out.iter_mut().zip(x).zip(bias) {
         *o = v + b;
     }
-    let Some(act) = act else { return };
-    if act == Activation::Gelu {
-        out.iter_mut().for_each(|o| *o = gelu(*o));
-        return;
+    match act {
+        None => {}
+        Some(Activation::Gelu) => out.iter_mut().for_each(|o| *o = gelu(*o)),
+        Some(Activation::QuickGelu) => gated_row(out, x, bias, quick_gelu_gate),
+        Some(Activation::GeluTanh) => gated_row(out, x, bias, tanh_gelu_gate),
     }
-    // v sigmoid(z) = v / (1 + exp(-z)), the row's exponentials computed together.
+}
+
+/// `out = v sigmoid(z(v)) = v / (1 + exp(-z(v)))` for `v = x + bias` already in `out`, the
+/// row's exponentials computed together.
+fn gated_row(out: &mut [f32], x: &[f32], bias: &[f32], gate: impl Fn(f32) -> (f32, f32)) {
     for o in out.iter_mut() {
-        *o = -sigmoid_gate(act, *o).map_or(0.0, |(z, _)| z);
+        *o = -gate(*o).0;
     }
     exp_in_place(out);
     for ((o, &v), &b) in out.iter_mut().zip(x).zip(bias) {
@@ -84,26 +90,34 @@ fn activate_row(act: Option<Activation>, out: &mut [f32], x: &[f32], bias: &[f32
 
 /// `dx = g * act'(x + bias)` over one row.
 fn derivative_row(act: Option<Activation>, dx: &mut [f32], x: &[f32], g: &[f32], bias: &[f32]) {
-    let Some(act) = act else {
-        dx.copy_from_slice(g);
-        return;
-    };
-    if act == Activation::Gelu {
-        for (((d, &v), &g), &b) in dx.iter_mut().zip(x).zip(g).zip(bias) {
-            *d = g * gelu_derivative(v + b);
+    match act {
+        None => dx.copy_from_slice(g),
+        Some(Activation::Gelu) => {
+            for (((d, &v), &g), &b) in dx.iter_mut().zip(x).zip(g).zip(bias) {
+                *d = g * gelu_derivative(v + b);
+            }
         }
-        return;
+        Some(Activation::QuickGelu) => gated_derivative_row(dx, x, g, bias, quick_gelu_gate),
+        Some(Activation::GeluTanh) => gated_derivative_row(dx, x, g, bias, tanh_gelu_gate),
     }
+}
+
+/// `dx = g * d/dv [v sigmoid(z(v))] = g (s + v s (1 - s) z'(v))`, `s = 1 / (1 + exp(-z))`.
+fn gated_derivative_row(
+    dx: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    bias: &[f32],
+    gate: impl Fn(f32) -> (f32, f32),
+) {
     for ((d, &v), &b) in dx.iter_mut().zip(x).zip(bias) {
-        *d = -sigmoid_gate(act, v + b).map_or(0.0, |(z, _)| z);
+        *d = -gate(v + b).0;
     }
     exp_in_place(dx);
-    // d/dv [v sigmoid(z)] = s + v s (1 - s) z'(v), s = 1 / (1 + exp(-z)).
     for (((d, &v), &g), &b) in dx.iter_mut().zip(x).zip(g).zip(bias) {
         let v = v + b;
         let s = 1.0 / (1.0 + *d);
-        let dz = sigmoid_gate(act, v).map_or(0.0, |(_, dz)| dz);
-        *d = g * (s + v * s * (1.0 - s) * dz);
+        *d = g * (s + v * s * (1.0 - s) * gate(v).1);
     }
 }
 
