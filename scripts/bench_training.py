@@ -87,7 +87,6 @@ def main():
         "precision": "bf16" if BF16 else "fp32",
         "batch": BATCH,
         "samples_per_second": rates[len(rates) // 2],
-        "mean_samples_per_second": STEPS * BATCH / sum(times),
     }))
 
 

@@ -473,20 +473,20 @@ pub struct Optimizer {
 /// Elements per parallel task of the update.
 const UPDATE_CHUNK: usize = 1 << 16;
 
-/// The settings of one AdamW update of one variable.
+/// One AdamW update of one variable, in the f32 terms of PyTorch's formula.
 #[derive(Debug, Clone, Copy)]
 struct Update {
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
     /// `1 - lr * weight_decay`, or 1 where the variable does not decay.
-    decay: f64,
-    /// Bias corrections `1 - beta^t`.
-    correction1: f64,
-    correction2: f64,
+    decay: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    root_correction2: f32,
     /// The gradient's factor (clipping).
-    scale: f64,
+    scale: f32,
     /// Clamp the result to `[0, ln 100]` (CLIP's logit scale).
     clamped: bool,
 }
@@ -498,24 +498,19 @@ impl Update {
     /// token embedding compute-bound.
     fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         use rayon::prelude::*;
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let scale = self.scale as f32;
-        let decay = self.decay as f32;
-        let step_size = (self.lr / self.correction1) as f32;
-        let root_c2 = self.correction2.sqrt() as f32;
-        let eps = self.eps as f32;
-        let clamped = self.clamped;
+        let u = *self;
         p.par_chunks_mut(UPDATE_CHUNK)
             .zip(m.par_chunks_mut(UPDATE_CHUNK))
             .zip(v.par_chunks_mut(UPDATE_CHUNK))
             .zip(g.par_chunks(UPDATE_CHUNK))
             .for_each(|(((p, m), v), g)| {
                 for i in 0..p.len() {
-                    let g = g[i] * scale;
-                    m[i] = b1 * m[i] + (1.0 - b1) * g;
-                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                    let x = p[i] * decay - step_size * m[i] / (v[i].sqrt() / root_c2 + eps);
-                    p[i] = if clamped {
+                    let g = g[i] * u.scale;
+                    m[i] = u.beta1 * m[i] + (1.0 - u.beta1) * g;
+                    v[i] = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+                    let x = p[i] * u.decay
+                        - u.step_size * m[i] / (v[i].sqrt() / u.root_correction2 + u.eps);
+                    p[i] = if u.clamped {
                         x.clamp(0.0, 100f32.ln())
                     } else {
                         x
@@ -720,14 +715,13 @@ impl Optimizer {
             match &mut slot.state {
                 State::Host { m, v } => {
                     let update = Update {
-                        lr,
-                        beta1: b1,
-                        beta2: b2,
-                        eps: c.eps,
-                        decay,
-                        correction1,
-                        correction2,
-                        scale,
+                        beta1: b1 as f32,
+                        beta2: b2 as f32,
+                        eps: c.eps as f32,
+                        decay: decay as f32,
+                        step_size: (lr / correction1) as f32,
+                        root_correction2: correction2.sqrt() as f32,
+                        scale: scale as f32,
                         clamped: slot.clamped,
                     };
                     let op = HostUpdate {
