@@ -26,7 +26,7 @@ use crate::ranking::{Problem, exact_ranks, exact_top_k, scored_top_k};
 use crate::result::{Cell, ResultSet};
 
 /// The options `TRAIN ELIP` takes: fine-tuning's loop settings and the mapper's shape.
-const ELIP_OPTIONS: [&str; 19] = [
+const ELIP_OPTIONS: [&str; 20] = [
     "epochs",
     "batch_size",
     "lr",
@@ -42,6 +42,7 @@ const ELIP_OPTIONS: [&str; 19] = [
     "prompts",
     "hidden",
     "deep",
+    "prompt_init",
     "dropout",
     "top",
     "negatives",
@@ -493,6 +494,22 @@ pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> 
         };
     }
 
+    // 'patch': prompts start as a typical patch token, so the untrained mapper leaves the
+    // ranking nearly intact; 'zero': the reference's near-zero start.
+    let anchored = match opts.get("prompt_init") {
+        None => true,
+        Some(v) => match crate::exec::string_option(v, "prompt_init")?.as_str() {
+            "patch" => true,
+            "zero" => false,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "option prompt_init is 'patch' (prompts start as the mean patch token) or \
+                     'zero' (the reference's near-zero start), got '{other}'"
+                )));
+            }
+        },
+    };
+
     let schema = &c.schema;
     let sql = |p: &Option<mirante_query::Predicate>| {
         p.as_ref().map(|p| crate::db::predicate_sql(schema, p))
@@ -569,6 +586,9 @@ pub(crate) fn train(db: &Database, plan: &TrainPlan, backbone: Option<&str>) -> 
 
     let partial = partial_folder(db, &plan.name)?;
     let mapper = ElipMapper::new(elip, config.seed, &db.options.device)?;
+    if anchored {
+        mapper.anchor_prompts(encoder, &train)?;
+    }
     let report = training_elip::train(
         encoder,
         &mapper,

@@ -201,9 +201,15 @@ impl Clip {
         (v.hidden_size, v.num_hidden_layers)
     }
 
-    /// Image embeddings with ELIP's visual prompts inserted after the class token (see
-    /// [`crate::layers::Encoder::forward_prompted`]), after the pre-norm as the reference does.
-    pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
+    /// The mean patch token at the input of each vision layer (class token excluded).
+    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self
+            .vision_encoder
+            .token_means(&self.pre_ln.forward(&self.vision_tokens(pixels)?)?, 1)?)
+    }
+
+    /// The class token and patch embeddings with their positions, `[B, 1 + N, H]`.
+    fn vision_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self.patch_embedding.forward(pixels)?;
         let hidden = self.class_embedding.dim(0)?;
@@ -211,10 +217,15 @@ impl Clip {
             .class_embedding
             .reshape((1, 1, hidden))?
             .broadcast_as((b, 1, hidden))?;
-        let x = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.vision_position)?;
+        Ok(Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.vision_position)?)
+    }
+
+    /// Image embeddings with ELIP's visual prompts inserted after the class token (see
+    /// [`crate::layers::Encoder::forward_prompted`]), after the pre-norm as the reference does.
+    pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
         let x = self
             .vision_encoder
-            .forward_prompted(&self.pre_ln.forward(&x)?, prompts)?;
+            .forward_prompted(&self.pre_ln.forward(&self.vision_tokens(pixels)?)?, prompts)?;
         let pooled = self.post_ln.forward(&x.i((.., 0, ..))?)?;
         Ok(l2_normalize(&self.visual_projection.forward(&pooled)?)?)
     }

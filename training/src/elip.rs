@@ -34,6 +34,8 @@ use crate::train::{Loss, Optimizer};
 
 pub const CONFIG_FILE: &str = "elip_config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Training images whose mean patch token starts the prompts ([`ElipMapper::anchor_prompts`]).
+pub const ANCHOR_SAMPLE: usize = 256;
 
 /// The mapper's shape and the backbone it was made for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +234,40 @@ impl ElipMapper {
             varmap,
             generators,
         })
+    }
+
+    /// Starts each generator's prompts at the mean patch token of the layer they enter, over
+    /// the first [`ANCHOR_SAMPLE`] images of `data`: the last linear layer's bias becomes that
+    /// token for every prompt. With the reference's near-zero start, the frozen tower meets
+    /// `m` tokens unlike any it was trained on, which disrupts a small backbone badly before
+    /// training; tokens like a typical patch leave its ranking nearly as it was.
+    pub fn anchor_prompts(&self, encoder: &DualEncoder, data: &PairData) -> Result<()> {
+        let sample: Vec<usize> = (0..data.images.len().min(ANCHOR_SAMPLE)).collect();
+        let size = encoder.model.image_size();
+        let pixels = Tensor::from_vec(
+            data.batch_pixels(&sample, encoder)?,
+            (sample.len(), 3, size, size),
+            encoder.device(),
+        )?;
+        let means = encoder.model.vision_token_means(&pixels)?;
+        let vars = variables(&self.varmap)?;
+        for g in 0..self.generators.len() {
+            let layer = if self.config.deep { g } else { 0 };
+            let mean = means.get(layer).ok_or_else(|| {
+                Error::InvalidArgument(format!("the backbone has no vision layer {layer}"))
+            })?;
+            let key = format!("generators.{g}.4.bias");
+            let bias = vars
+                .get(&key)
+                .ok_or_else(|| Error::InvalidArgument(format!("no variable '{key}'")))?;
+            let tiled = mean
+                .to_dtype(DType::F32)?
+                .unsqueeze(0)?
+                .broadcast_as((self.config.prompts, self.config.vision_width))?
+                .flatten_all()?;
+            bias.set(&tiled)?;
+        }
+        Ok(())
     }
 
     /// Writes `elip_config.json` and `model.safetensors` into `folder`.

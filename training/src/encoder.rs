@@ -47,6 +47,14 @@ impl Model {
         }
     }
 
+    /// The mean patch token at the input of each vision layer, `[width]` each.
+    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Model::Clip(m) => m.vision_token_means(pixels),
+            Model::Siglip(m) => m.vision_token_means(pixels),
+        }
+    }
+
     /// L2-normalised image embeddings with ELIP's visual prompts (`[B, m, width]` per
     /// prompted layer; none: the plain embeddings).
     pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {

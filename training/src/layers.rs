@@ -358,6 +358,19 @@ impl Encoder {
         Ok(x)
     }
 
+    /// The mean of tokens `skip..` over the batch at the input of every layer, `[H]` each: what
+    /// a typical patch looks like to each layer (ELIP starts its prompts there).
+    pub fn token_means(&self, x: &Tensor, skip: usize) -> Result<Vec<Tensor>> {
+        let mut x = x.clone();
+        let mut means = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let tokens = x.dim(1)? - skip;
+            means.push(x.narrow(1, skip, tokens)?.mean((0, 1))?);
+            x = layer.forward(&x, None)?;
+        }
+        Ok(means)
+    }
+
     /// The forward pass with visual prompts (ELIP): `prompts[0]`, `[B, m, H]`, is inserted
     /// after the first token before layer 0; `prompts[i]` for `i >= 1` (the deep variant)
     /// replaces those `m` tokens before layer `i`. No prompts: the plain forward pass.

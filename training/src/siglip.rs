@@ -271,16 +271,29 @@ impl Siglip {
         (v.hidden_size, v.num_hidden_layers)
     }
 
+    /// The mean patch token at the input of each vision layer.
+    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self
+            .vision_encoder
+            .token_means(&self.vision_tokens(pixels)?, 0)?)
+    }
+
+    /// Patch embeddings with their positions, `[B, N, H]`.
+    fn vision_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .patch_embedding
+            .forward(pixels)?
+            .broadcast_add(&self.vision_position)?)
+    }
+
     /// Image embeddings with ELIP's visual prompts. SigLIP has no class token: the prompts go
     /// among the patch tokens, after the first one, and the attention-pooling head sees them.
     pub fn image_features_prompted(&self, pixels: &Tensor, prompts: &[Tensor]) -> Result<Tensor> {
-        let x = self
-            .patch_embedding
-            .forward(pixels)?
-            .broadcast_add(&self.vision_position)?;
-        let x = self
-            .post_ln
-            .forward(&self.vision_encoder.forward_prompted(&x, prompts)?)?;
+        let x = self.post_ln.forward(
+            &self
+                .vision_encoder
+                .forward_prompted(&self.vision_tokens(pixels)?, prompts)?,
+        )?;
         Ok(l2_normalize(&self.map_head.forward(&x)?)?)
     }
 

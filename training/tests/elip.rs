@@ -294,3 +294,59 @@ fn train_and_check_ranks(retrieved: bool) {
     let saved = ElipMapper::load(out.path(), &Device::Cpu).unwrap();
     assert_eq!(rank_of_own(&saved), after);
 }
+
+/// `anchor_prompts` starts every prompt at the mean patch token of the layer it enters (the
+/// input layer, or each layer for deep prompts), whatever the query.
+fn anchored_prompts_start_at_the_mean_patch_token(backbone: &str, fixture: &str, deep: bool) {
+    use mirante_training::finetune::{PairData, TrainImage};
+    let enc = DualEncoder::load(&fixtures().join(backbone), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        fixtures().join(fixture).join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let pixels = &r["pixel_values"];
+    let s = enc.model.image_size();
+    let flat: Vec<f32> = pixels.flatten_all().unwrap().to_vec1().unwrap();
+    let data = PairData {
+        images: flat
+            .chunks(3 * s * s)
+            .map(|c| TrainImage::Pixels(c.to_vec()))
+            .collect(),
+        ..PairData::default()
+    };
+    let config = ElipConfig::for_model(&enc.model, 3, 8, deep).unwrap();
+    let mapper = ElipMapper::new(config.clone(), 0, &Device::Cpu).unwrap();
+    let texts = &r["texts"];
+    let before = mapper.prompts(texts, None).unwrap();
+    mapper.anchor_prompts(&enc, &data).unwrap();
+    let after = mapper.prompts(texts, None).unwrap();
+    let means = enc.model.vision_token_means(pixels).unwrap();
+    assert_eq!(after.len(), if deep { config.vision_layers } else { 1 });
+    for (layer, (p, p0)) in after.iter().zip(&before).enumerate() {
+        let b = p.dim(0).unwrap();
+        let mean = means[layer]
+            .reshape((1, 1, config.vision_width))
+            .unwrap()
+            .broadcast_as((b, 3, config.vision_width))
+            .unwrap();
+        // The mapper's own output on top of the bias is small at initialisation.
+        let err = relative_error(p, &mean);
+        assert!(err < 0.05, "{fixture} layer {layer}: {err}");
+        assert!(
+            relative_error(p0, &mean) > 0.9,
+            "the plain start is near zero"
+        );
+    }
+}
+
+#[test]
+fn clip_prompts_can_start_at_the_mean_patch_token() {
+    anchored_prompts_start_at_the_mean_patch_token("clip-tiny", "elip-clip-tiny", false);
+    anchored_prompts_start_at_the_mean_patch_token("clip-tiny", "elip-clip-tiny-deep", true);
+}
+
+#[test]
+fn siglip_prompts_can_start_at_the_mean_patch_token() {
+    anchored_prompts_start_at_the_mean_patch_token("siglip-tiny", "elip-siglip-tiny", false);
+}
