@@ -36,25 +36,27 @@ fn float(c: &Cell) -> f64 {
     }
 }
 
-#[test]
-fn train_elip_then_rerank_searches_and_evaluations() {
+/// A new database whose collection `shapes` (default model) holds a rendered shapes dataset.
+fn shapes_db(config: ShapesConfig) -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    generate(
-        &ShapesConfig {
-            rows: 160,
-            seed: 11,
-            ..ShapesConfig::default()
-        },
-        &data,
-    )
-    .unwrap();
+    generate(&config, &data).unwrap();
     let db = Database::open(dir.path().join("db")).unwrap();
     one(&db, "CREATE COLLECTION shapes");
     one(
         &db,
         &format!("IMPORT INTO shapes FROM '{}'", data.display()),
     );
+    (dir, db)
+}
+
+#[test]
+fn train_elip_then_rerank_searches_and_evaluations() {
+    let (dir, db) = shapes_db(ShapesConfig {
+        rows: 160,
+        seed: 11,
+        ..ShapesConfig::default()
+    });
 
     let trained = one(
         &db,
@@ -258,24 +260,12 @@ fn train_elip_then_rerank_searches_and_evaluations() {
 /// against 0.32, the first stage 0.53).
 #[test]
 fn patch_initialised_prompts_keep_the_untrained_ranking() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    generate(
-        &ShapesConfig {
-            rows: 200,
-            seed: 5,
-            portuguese: 0.0,
-            ..ShapesConfig::default()
-        },
-        &data,
-    )
-    .unwrap();
-    let db = Database::open(dir.path().join("db")).unwrap();
-    one(&db, "CREATE COLLECTION shapes");
-    one(
-        &db,
-        &format!("IMPORT INTO shapes FROM '{}'", data.display()),
-    );
+    let (_dir, db) = shapes_db(ShapesConfig {
+        rows: 200,
+        seed: 5,
+        portuguese: 0.0,
+        ..ShapesConfig::default()
+    });
     // An update too small to move the mapper: the scores are the initialisation's.
     let untrained = |init: &str| -> (f64, f64) {
         let r = one(
