@@ -201,11 +201,13 @@ impl Clip {
         (v.hidden_size, v.num_hidden_layers)
     }
 
-    /// The mean patch token at the input of each vision layer (class token excluded).
-    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(self
-            .vision_encoder
-            .token_means(&self.pre_ln.forward(&self.vision_tokens(pixels)?)?, 1)?)
+    /// The mean patch token at the input of each of the first `layers` vision layers (class token excluded).
+    pub fn vision_token_means(&self, pixels: &Tensor, layers: usize) -> Result<Vec<Tensor>> {
+        Ok(self.vision_encoder.token_means(
+            &self.pre_ln.forward(&self.vision_tokens(pixels)?)?,
+            1,
+            layers,
+        )?)
     }
 
     /// The class token and patch embeddings with their positions, `[B, 1 + N, H]`.

@@ -243,13 +243,10 @@ impl ElipMapper {
     /// training; tokens like a typical patch leave its ranking nearly as it was.
     pub fn anchor_prompts(&self, encoder: &DualEncoder, data: &PairData) -> Result<()> {
         let sample: Vec<usize> = (0..data.images.len().min(ANCHOR_SAMPLE)).collect();
-        let size = encoder.model.image_size();
-        let pixels = Tensor::from_vec(
-            data.batch_pixels(&sample, encoder)?,
-            (sample.len(), 3, size, size),
-            encoder.device(),
-        )?;
-        let means = encoder.model.vision_token_means(&pixels)?;
+        let pixels = data.image_tensor(&sample, encoder)?;
+        let means = encoder
+            .model
+            .vision_token_means(&pixels, self.generators.len())?;
         let vars = variables(&self.varmap)?;
         for g in 0..self.generators.len() {
             let layer = if self.config.deep { g } else { 0 };
@@ -555,12 +552,7 @@ pub fn train(
                             .map(|&(i, _)| i)
                             .chain(part.iter().flat_map(|&(_, c)| lists[c].iter().copied()))
                             .collect();
-                        let size = encoder.model.image_size();
-                        let pool = Tensor::from_vec(
-                            data.batch_pixels(&images, encoder)?,
-                            (images.len(), 3, size, size),
-                            &device,
-                        )?;
+                        let pool = data.image_tensor(&images, encoder)?;
                         let rows: Vec<Vec<u32>> = (0..n)
                             .map(|r| {
                                 let own = n + r * extra;

@@ -47,11 +47,12 @@ impl Model {
         }
     }
 
-    /// The mean patch token at the input of each vision layer, `[width]` each.
-    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
+    /// The mean patch token at the input of each of the first `layers` vision layers,
+    /// `[width]` each.
+    pub fn vision_token_means(&self, pixels: &Tensor, layers: usize) -> Result<Vec<Tensor>> {
         match self {
-            Model::Clip(m) => m.vision_token_means(pixels),
-            Model::Siglip(m) => m.vision_token_means(pixels),
+            Model::Clip(m) => m.vision_token_means(pixels, layers),
+            Model::Siglip(m) => m.vision_token_means(pixels, layers),
         }
     }
 

@@ -202,11 +202,15 @@ impl PairData {
     /// device.
     pub fn pixel_batch(&self, part: &[(usize, usize)], encoder: &DualEncoder) -> Result<Tensor> {
         let indices: Vec<usize> = part.iter().map(|&(i, _)| i).collect();
+        self.image_tensor(&indices, encoder)
+    }
+
+    /// Images `indices` as a `[N, 3, S, S]` tensor on the encoder's device.
+    pub fn image_tensor(&self, indices: &[usize], encoder: &DualEncoder) -> Result<Tensor> {
         let size = encoder.model.image_size();
-        let flat = self.batch_pixels(&indices, encoder)?;
         Ok(Tensor::from_vec(
-            flat,
-            (part.len(), 3, size, size),
+            self.batch_pixels(indices, encoder)?,
+            (indices.len(), 3, size, size),
             encoder.device(),
         )?)
     }

@@ -358,15 +358,19 @@ impl Encoder {
         Ok(x)
     }
 
-    /// The mean of tokens `skip..` over the batch at the input of every layer, `[H]` each: what
-    /// a typical patch looks like to each layer (ELIP starts its prompts there).
-    pub fn token_means(&self, x: &Tensor, skip: usize) -> Result<Vec<Tensor>> {
+    /// The mean of tokens `skip..` over the batch at the input of the first `layers` layers,
+    /// `[H]` each: what a typical patch looks like to each layer (ELIP starts its prompts
+    /// there). Runs only the layers between them.
+    pub fn token_means(&self, x: &Tensor, skip: usize, layers: usize) -> Result<Vec<Tensor>> {
+        let layers = layers.min(self.layers.len());
         let mut x = x.clone();
-        let mut means = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        let mut means = Vec::with_capacity(layers);
+        for (i, layer) in self.layers.iter().enumerate().take(layers) {
             let tokens = x.dim(1)? - skip;
             means.push(x.narrow(1, skip, tokens)?.mean((0, 1))?);
-            x = layer.forward(&x, None)?;
+            if i + 1 < layers {
+                x = layer.forward(&x, None)?;
+            }
         }
         Ok(means)
     }

@@ -271,11 +271,11 @@ impl Siglip {
         (v.hidden_size, v.num_hidden_layers)
     }
 
-    /// The mean patch token at the input of each vision layer.
-    pub fn vision_token_means(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
+    /// The mean patch token at the input of each of the first `layers` vision layers.
+    pub fn vision_token_means(&self, pixels: &Tensor, layers: usize) -> Result<Vec<Tensor>> {
         Ok(self
             .vision_encoder
-            .token_means(&self.vision_tokens(pixels)?, 0)?)
+            .token_means(&self.vision_tokens(pixels)?, 0, layers)?)
     }
 
     /// Patch embeddings with their positions, `[B, N, H]`.

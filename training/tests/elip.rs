@@ -321,7 +321,10 @@ fn anchored_prompts_start_at_the_mean_patch_token(backbone: &str, fixture: &str,
     let before = mapper.prompts(texts, None).unwrap();
     mapper.anchor_prompts(&enc, &data).unwrap();
     let after = mapper.prompts(texts, None).unwrap();
-    let means = enc.model.vision_token_means(pixels).unwrap();
+    let means = enc
+        .model
+        .vision_token_means(pixels, config.vision_layers)
+        .unwrap();
     assert_eq!(after.len(), if deep { config.vision_layers } else { 1 });
     for (layer, (p, p0)) in after.iter().zip(&before).enumerate() {
         let b = p.dim(0).unwrap();
