@@ -77,6 +77,7 @@ pub fn pretrain(config: &PretrainConfig, out: &Path, work: &Path) -> Result<Pret
             out.display()
         )));
     }
+    config.architecture.validate()?;
     let data = work.join("data");
     let summary = generate(
         &ShapesConfig {

@@ -158,6 +158,24 @@ fn collections_without_a_model_use_the_default_one() {
 }
 
 #[test]
+fn pretrain_refuses_an_impossible_architecture_before_rendering_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = PretrainConfig {
+        architecture: ClipArchitecture {
+            patch_size: 5,
+            ..ClipArchitecture::default()
+        },
+        ..PretrainConfig::default()
+    };
+    let work = dir.path().join("work");
+    let err = pretrain(&config, &dir.path().join("model"), &work)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("multiple of the patch size"), "{err}");
+    assert!(!work.exists(), "the dataset was rendered before the check");
+}
+
+#[test]
 fn pretrain_makes_a_half_precision_checkpoint_that_learns() {
     let dir = tempfile::tempdir().unwrap();
     let config = PretrainConfig {

@@ -36,6 +36,37 @@ pub struct ClipArchitecture {
     pub mlp_ratio: usize,
 }
 
+impl ClipArchitecture {
+    /// Refuses shapes no CLIP checkpoint can have, so that a run fails before it spends time
+    /// on data.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            self.image_size,
+            self.patch_size,
+            self.vision_width,
+            self.vision_layers,
+            self.vision_heads,
+            self.text_width,
+            self.text_layers,
+            self.text_heads,
+            self.max_positions,
+            self.projection_dim,
+            self.mlp_ratio,
+        ];
+        if positive.contains(&0)
+            || !self.image_size.is_multiple_of(self.patch_size)
+            || !self.vision_width.is_multiple_of(self.vision_heads)
+            || !self.text_width.is_multiple_of(self.text_heads)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "inconsistent architecture {self:?}: every size must be positive, the image size \
+                 a multiple of the patch size and each width a multiple of its head count"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClipArchitecture {
     fn default() -> Self {
         ClipArchitecture {
@@ -222,15 +253,7 @@ pub fn initialize_clip(
     tokenizer_json: &str,
     seed: u64,
 ) -> Result<()> {
-    if !arch.image_size.is_multiple_of(arch.patch_size)
-        || !arch.vision_width.is_multiple_of(arch.vision_heads)
-        || !arch.text_width.is_multiple_of(arch.text_heads)
-    {
-        return Err(Error::InvalidArgument(format!(
-            "inconsistent architecture {arch:?}: the image size must be a multiple of the patch \
-             size and each width a multiple of its head count"
-        )));
-    }
+    arch.validate()?;
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
     let (bos, eos, vocab_size) = special_ids(tokenizer_json)?;
     let config = json!({
@@ -482,6 +505,37 @@ mod tests {
         let h = half.embed_texts(&["a red triangle"]).unwrap();
         let cos: f32 = e[0].iter().zip(&h[0]).map(|(a, b)| a * b).sum();
         assert!(cos > 0.999, "f16 copy drifted: cosine {cos}");
+    }
+
+    #[test]
+    fn impossible_architectures_are_refused() {
+        assert!(ClipArchitecture::default().validate().is_ok());
+        let smaller_patches = ClipArchitecture {
+            patch_size: 4,
+            ..ClipArchitecture::default()
+        };
+        assert!(smaller_patches.validate().is_ok());
+        for bad in [
+            ClipArchitecture {
+                patch_size: 5,
+                ..ClipArchitecture::default()
+            },
+            ClipArchitecture {
+                patch_size: 0,
+                ..ClipArchitecture::default()
+            },
+            ClipArchitecture {
+                vision_heads: 3,
+                ..ClipArchitecture::default()
+            },
+            ClipArchitecture {
+                text_layers: 0,
+                ..ClipArchitecture::default()
+            },
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("multiple of the patch size"), "{err}");
+        }
     }
 }
 

@@ -157,6 +157,10 @@ enum Command {
         /// Layer width of both towers.
         #[arg(long, default_value_t = PretrainConfig::default().architecture.vision_width)]
         width: usize,
+        /// Side of the vision tower's square patches in pixels; must divide the 64-pixel
+        /// images. Smaller patches show shapes in more detail at a quadratic cost in tokens.
+        #[arg(long, default_value_t = PretrainConfig::default().architecture.patch_size)]
+        patch_size: usize,
         /// Transformer layers of the vision tower.
         #[arg(long, default_value_t = PretrainConfig::default().architecture.vision_layers)]
         vision_layers: usize,
@@ -239,6 +243,7 @@ fn main() -> Result<()> {
             batch_size,
             lr,
             width,
+            patch_size,
             vision_layers,
             text_layers,
             vocab_size,
@@ -260,6 +265,7 @@ fn main() -> Result<()> {
                     vision_width: width,
                     text_width: width,
                     projection_dim: width,
+                    patch_size,
                     vision_layers,
                     text_layers,
                     ..defaults.architecture
