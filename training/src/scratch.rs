@@ -509,29 +509,18 @@ mod tests {
 
     #[test]
     fn impossible_architectures_are_refused() {
-        assert!(ClipArchitecture::default().validate().is_ok());
-        let smaller_patches = ClipArchitecture {
-            patch_size: 4,
-            ..ClipArchitecture::default()
+        let variant = |change: fn(&mut ClipArchitecture)| {
+            let mut arch = ClipArchitecture::default();
+            change(&mut arch);
+            arch
         };
-        assert!(smaller_patches.validate().is_ok());
+        assert!(ClipArchitecture::default().validate().is_ok());
+        assert!(variant(|a| a.patch_size = 4).validate().is_ok());
         for bad in [
-            ClipArchitecture {
-                patch_size: 5,
-                ..ClipArchitecture::default()
-            },
-            ClipArchitecture {
-                patch_size: 0,
-                ..ClipArchitecture::default()
-            },
-            ClipArchitecture {
-                vision_heads: 3,
-                ..ClipArchitecture::default()
-            },
-            ClipArchitecture {
-                text_layers: 0,
-                ..ClipArchitecture::default()
-            },
+            variant(|a| a.patch_size = 5),
+            variant(|a| a.patch_size = 0),
+            variant(|a| a.vision_heads = 3),
+            variant(|a| a.text_layers = 0),
         ] {
             let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains("multiple of the patch size"), "{err}");
