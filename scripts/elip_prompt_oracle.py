@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+from make_elip_fixtures import prompted as reference_prompted
+
 
 def load_split(data, split):
     with open(os.path.join(data, "metadata.jsonl")) as f:
@@ -58,21 +60,16 @@ def first_stage(model, tokenizer, processor, data, rows):
 
 
 def prompted(model, pixels, prompts):
-    """Embeddings of `pixels` (Q, K, C, H, W) under per-query prompts (Q, layers, m, width)."""
-    vision = model.vision_model
+    """Embeddings of `pixels` (Q, K, C, H, W) under per-query prompts (Q, layers, m, width),
+    injected by the ELIP parity reference (the one Mirante's prompted encoder is checked
+    against)."""
     q, k = pixels.shape[:2]
-    m = prompts.shape[2]
-    per_image = prompts[:, None].expand(q, k, *prompts.shape[1:]).reshape(q * k, *prompts.shape[1:])
-    h = vision.pre_layrnorm(vision.embeddings(pixels.flatten(0, 1)))
-    h = torch.cat([h[:, :1], per_image[:, 0], h[:, 1:]], dim=1)
-    for i, layer in enumerate(vision.encoder.layers):
-        if 0 < i < per_image.shape[1]:
-            h = torch.cat([h[:, :1], per_image[:, i], h[:, 1 + m:]], dim=1)
-        h = layer(h, attention_mask=None)
-        if isinstance(h, tuple):
-            h = h[0]
-    out = model.visual_projection(vision.post_layernorm(h[:, 0]))
-    return F.normalize(out, dim=-1).reshape(q, k, -1)
+    layers, m = prompts.shape[1:3]
+    per_image = prompts[:, None].expand(q, k, *prompts.shape[1:]).reshape(q * k, layers, -1)
+    # The reference makes each layer's prompts from the texts; here they are given directly.
+    generators = [lambda _, i=i: per_image[:, i] for i in range(layers)]
+    out = reference_prompted(model, "clip", generators, pixels.flatten(0, 1), per_image, m)
+    return out.reshape(q, k, -1)
 
 
 @torch.no_grad()
