@@ -4,9 +4,10 @@
 
 use mirante_query::{self as query, SearchPlan, SearchQuery, Target};
 
-use crate::db::{Database, SnapshotCatalog};
+use crate::catalog::SnapshotCatalog;
+use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result};
-use crate::search::{self, SearchResults};
+use crate::output::SearchResults;
 
 /// A collection of a [`Database`].
 #[derive(Debug, Clone)]
@@ -50,7 +51,7 @@ impl<'db> Collection<'db> {
                 rerank: None,
             },
             filter: None,
-            with_bytes: false,
+            exec: ExecOptions::default(),
         }
     }
 
@@ -76,7 +77,7 @@ pub struct Search<'db> {
     db: &'db Database,
     plan: SearchPlan,
     filter: Option<String>,
-    with_bytes: bool,
+    exec: ExecOptions,
 }
 
 impl Search<'_> {
@@ -109,7 +110,13 @@ impl Search<'_> {
 
     /// Hits carry the stored image bytes.
     pub fn with_image_bytes(mut self) -> Self {
-        self.with_bytes = true;
+        self.exec.image_bytes = true;
+        self
+    }
+
+    /// Stops the search (its re-ranking) when `cancel` is raised.
+    pub fn cancel_with(mut self, cancel: &crate::CancelToken) -> Self {
+        self.exec.cancel = cancel.clone();
         self
     }
 
@@ -146,7 +153,6 @@ impl Search<'_> {
                 &SnapshotCatalog(&snap),
             )?);
         }
-        let with_bytes = self.with_bytes || self.plan.into.is_some();
-        search::run(self.db, &self.plan, with_bytes)
+        crate::search::run(self.db, &self.plan, &self.exec)
     }
 }

@@ -1,8 +1,9 @@
 //! Mirante: an embedded image-text retrieval database engine.
 //!
-//! Open a [`Database`] and run statements with [`Database::sql`], or use the builder API
-//! ([`Database::collection`], [`Collection::search_text`]). Underneath: [`storage`] (files,
-//! commits, vector search), [`query`] (the language) and [`training`] (the encoders).
+//! Open a [`Database`] and run statements with [`Database::sql`] (typed [`Output`]s that convert
+//! to tables and Arrow record batches), or use the builder API ([`Database::collection`],
+//! [`Collection::search_text`]). Underneath: [`storage`] (files, commits, vector search),
+//! [`query`] (the language) and [`training`] (the encoders). `ARCHITECTURE.md` walks the rooms.
 //!
 //! ```no_run
 //! let db = mirante::Database::open("my.db")?;
@@ -15,30 +16,39 @@
 //! ```
 
 mod api;
-mod db;
-pub mod demo;
-mod elip;
+mod cancel;
+mod catalog;
+mod database;
 mod error;
-pub mod evaluate;
+mod evaluate;
 mod exec;
-mod finetune;
+mod fsio;
 pub mod ingest;
 pub mod metrics;
 mod models;
+pub mod output;
 mod pixel_cache;
-pub mod pretrain;
+mod progress;
 pub mod ranking;
+mod reembed;
+pub mod registry;
 pub mod report;
-mod result;
+mod rerank;
 mod search;
-pub mod shapes;
+mod spaces;
+mod train;
 
 pub use api::{Collection, Search};
-pub use db::{Database, Options, SnapshotCatalog};
-pub use error::{Error, Result, RowFailure};
+pub use cancel::CancelToken;
+pub use catalog::SnapshotCatalog;
+pub use database::{Database, ExecOptions, Options};
+pub use error::{Error, ErrorKind, Result, RowFailure};
 pub use mirante_query as query;
 pub use mirante_storage as storage;
 pub use mirante_training as training;
-pub use models::{DEFAULT_MODEL, LoadedModel, Models};
-pub use result::{Cell, ResultSet};
-pub use search::{SearchHit, SearchResults, SearchTimings};
+pub use models::{DEFAULT_MODEL, LoadedElip, LoadedModel, Models};
+pub use output::{
+    Cell, CellType, Column, Evaluation, Output, ResultSet, SearchHit, SearchResults,
+    SearchTimings, TableStyle, TrainingRun,
+};
+pub use registry::{Lineage, Registry};

@@ -8,9 +8,9 @@ use std::path::Path;
 use base64::Engine as _;
 use mirante_query::Target;
 
-use crate::error::{Error, Result};
-use crate::evaluate::{Evaluation, Failure, Item};
-use crate::search::SearchResults;
+use crate::error::Result;
+use crate::fsio;
+use crate::output::{Cell, Evaluation, Failure, Item, SearchResults};
 
 /// Longest side of a thumbnail, in pixels.
 const THUMBNAIL: u32 = 192;
@@ -45,7 +45,7 @@ pub fn thumbnail_data_uri(bytes: &[u8]) -> Option<String> {
     ))
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
 h1{font-size:1.3em}.meta{color:#666;margin-bottom:1.5em}\
 .hit{display:flex;gap:1em;align-items:flex-start;border-top:1px solid #ddd;padding:.8em 0}\
 .rank{font-size:1.4em;font-weight:bold;width:2.5em;text-align:right}\
@@ -57,7 +57,7 @@ table.md td{padding:0 .8em 0 0;color:#555;font-size:.9em}";
 
 /// Closes a report page: a script that lets a headless browser (and a curious reader) check that
 /// every thumbnail decoded.
-fn finish_page(html: &mut String) {
+pub fn finish_page(html: &mut String) {
     html.push_str(
         "<script>window.addEventListener('load',function(){var n=0;\
          document.querySelectorAll('img').forEach(function(i){if(i.complete&&i.naturalWidth>0)n++;});\
@@ -67,7 +67,7 @@ fn finish_page(html: &mut String) {
 }
 
 /// An `<img>` of the bytes, or a placeholder when they do not decode.
-fn thumbnail_tag(bytes: Option<&[u8]>, alt: &str) -> String {
+pub fn thumbnail_tag(bytes: Option<&[u8]>, alt: &str) -> String {
     bytes.and_then(thumbnail_data_uri).map_or_else(
         || "<span>no preview</span>".to_string(),
         |uri| format!("<img src=\"{uri}\" alt=\"{}\">", escape(alt)),
@@ -79,7 +79,7 @@ const PALETTE: [&str; 6] = [
     "#4a7bd0", "#e07b39", "#3d9a5b", "#b4469a", "#8a8a8a", "#c9a227",
 ];
 
-const EVAL_STYLE: &str = "table.metrics{border-collapse:collapse;margin:1em 0}\
+pub const EVAL_STYLE: &str = "table.metrics{border-collapse:collapse;margin:1em 0}\
 table.metrics td,table.metrics th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:right}\
 table.metrics th:first-child,table.metrics td:first-child{text-align:left}\
 .up{color:#2b8a3e}.down{color:#c92a2a}.charts{display:flex;flex-wrap:wrap;gap:1.5em}\
@@ -98,11 +98,11 @@ pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
     html.push_str(&evaluation_summary(e));
     html.push_str(&evaluation_failures(e));
     finish_page(&mut html);
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+    fsio::write(path, html)
 }
 
 /// The start of a report page, up to the opened `<body>`.
-fn page_head(title: &str, styles: &[&str]) -> String {
+pub fn page_head(title: &str, styles: &[&str]) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
          <style>{}</style></head><body>\n",
@@ -112,7 +112,7 @@ fn page_head(title: &str, styles: &[&str]) -> String {
 }
 
 /// An evaluation's heading, metrics table and bar charts.
-fn evaluation_summary(e: &Evaluation) -> String {
+pub fn evaluation_summary(e: &Evaluation) -> String {
     let mut html = String::new();
     html.push_str(&format!(
         "<h1>EVALUATE ON {}</h1><div class=\"meta\">version {} &middot; {} images, {} captions{} \
@@ -129,19 +129,19 @@ fn evaluation_summary(e: &Evaluation) -> String {
     let table = e.to_result_set();
     html.push_str("<table class=\"metrics\"><tr>");
     for c in &table.columns {
-        html.push_str(&format!("<th>{}</th>", escape(c)));
+        html.push_str(&format!("<th>{}</th>", escape(&c.name)));
     }
     html.push_str("</tr>\n");
     for row in &table.rows {
         html.push_str("<tr>");
-        for (c, cell) in table.columns.iter().zip(row) {
+        for (c, cell) in table.column_names().into_iter().zip(row) {
             let text = match cell {
-                crate::result::Cell::Float(v) if c.starts_with("delta_") => format!("{v:+.4}"),
-                crate::result::Cell::Float(v) => format!("{v:.4}"),
+                Cell::Float(v) if c.starts_with("delta_") => format!("{v:+.4}"),
+                Cell::Float(v) => format!("{v:.4}"),
                 other => other.display(),
             };
             let class = match cell {
-                crate::result::Cell::Float(v) if c.starts_with("delta_") && *v != 0.0 => {
+                Cell::Float(v) if c.starts_with("delta_") && *v != 0.0 => {
                     // A lower median rank is the better one.
                     let better = (*v > 0.0) != c.ends_with("median_rank");
                     if better {
@@ -174,7 +174,7 @@ fn evaluation_summary(e: &Evaluation) -> String {
 }
 
 /// The worst failures of each model and direction, with thumbnails.
-fn evaluation_failures(e: &Evaluation) -> String {
+pub fn evaluation_failures(e: &Evaluation) -> String {
     let mut html = String::new();
     for m in &e.models {
         for d in &m.directions {
@@ -331,7 +331,7 @@ pub fn write_search_report(path: &Path, results: &SearchResults) -> Result<()> {
     );
     html.push_str(&search_sections(results));
     finish_page(&mut html);
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
+    fsio::write(path, html)
 }
 
 /// A search's heading and hits (thumbnail, score bar, captions, metadata).
@@ -374,7 +374,7 @@ fn search_sections(results: &SearchResults) -> String {
             metadata.push(("split".into(), s.clone()));
         }
         for (k, v) in &h.metadata {
-            metadata.push((k.clone(), crate::result::Cell::from(v.clone()).display()));
+            metadata.push((k.clone(), Cell::from(v.clone()).display()));
         }
         let md: String = metadata
             .iter()
@@ -390,108 +390,6 @@ fn search_sections(results: &SearchResults) -> String {
         ));
     }
     html
-}
-
-const DEMO_STYLE: &str = ".pair{display:flex;gap:2em;flex-wrap:wrap}.side{flex:1;min-width:420px}\
-.strip{display:flex;gap:.5em;flex-wrap:wrap}.tile{width:104px;font-size:.75em}\
-.tile img{width:100px;height:100px;image-rendering:pixelated}\
-ol.captions{margin:.3em 0}code{background:#f4f4f4;padding:.1em .3em}\
-table.steps td{padding:.2em .8em .2em 0;vertical-align:top}table.steps td:first-child{white-space:nowrap}";
-
-/// A compact view of a search's hits: thumbnails with scores for images, a ranked list for
-/// captions (with their image's thumbnail).
-fn hits_strip(results: &SearchResults) -> String {
-    let mut html = format!("<div class=\"meta\">model {}</div>", escape(&results.model));
-    match results.target {
-        Target::Images => {
-            html.push_str("<div class=\"strip\">");
-            for h in &results.hits {
-                html.push_str(&format!(
-                    "<div class=\"tile\" data-rank=\"{}\">{}<div>#{} &middot; {:.3}</div>\
-                     <div>{}</div></div>",
-                    h.rank,
-                    thumbnail_tag(h.image_bytes.as_deref(), h.image.as_deref().unwrap_or("")),
-                    h.rank,
-                    h.score,
-                    escape(h.texts.first().map_or("", String::as_str))
-                ));
-            }
-            html.push_str("</div>");
-        }
-        Target::Texts => {
-            html.push_str("<ol class=\"captions\">");
-            for h in &results.hits {
-                html.push_str(&format!(
-                    "<li data-rank=\"{}\">{:.3} &middot; {}</li>",
-                    h.rank,
-                    h.score,
-                    escape(h.matched_text.as_deref().unwrap_or(""))
-                ));
-            }
-            html.push_str("</ol>");
-        }
-    }
-    html
-}
-
-/// Writes the demo's report: what ran and how long it took, the evaluation of both models on
-/// the test split (deltas, charts, failures), and each example query before and after
-/// fine-tuning.
-pub fn write_demo_report(path: &Path, demo: &crate::demo::DemoReport) -> Result<()> {
-    let mut html = page_head("Mirante demo", &[STYLE, EVAL_STYLE, DEMO_STYLE]);
-    let d = &demo.dataset;
-    html.push_str(&format!(
-        "<h1>Mirante demo: zero-shot, fine-tuned, compared</h1><div class=\"meta\">shapes dataset: \
-         {} rows ({} captions in English and Portuguese), train {}, validation {}, test {} \
-         &middot; default model <code>{}</code> fine-tuned as <code>{}</code></div>\n",
-        d.rows,
-        d.captions,
-        d.splits[0],
-        d.splits[1],
-        d.splits[2],
-        crate::models::DEFAULT_MODEL,
-        crate::demo::FINETUNED
-    ));
-    html.push_str("<h2>Evaluation on the test split</h2>\n");
-    html.push_str(&evaluation_summary(&demo.evaluation));
-    for (language, e) in &demo.by_language {
-        html.push_str(&format!("<h2>{} captions only</h2>\n", escape(language)));
-        html.push_str(&evaluation_summary(e));
-    }
-    html.push_str("<h2>Fine-tuning</h2><table class=\"metrics\"><tr>");
-    for c in &demo.finetune.columns {
-        html.push_str(&format!("<th>{}</th>", escape(c)));
-    }
-    html.push_str("</tr>");
-    for row in &demo.finetune.rows {
-        html.push_str("<tr>");
-        for cell in row {
-            html.push_str(&format!("<td>{}</td>", escape(&cell.display())));
-        }
-        html.push_str("</tr>");
-    }
-    html.push_str("</table>\n<h2>Example queries, before and after fine-tuning</h2>\n");
-    for q in &demo.queries {
-        html.push_str(&format!(
-            "<h3><code>{}</code></h3><div class=\"pair\"><div class=\"side\"><h4>zero-shot</h4>{}</div>\
-             <div class=\"side\"><h4>fine-tuned</h4>{}</div></div>\n",
-            escape(&q.sql),
-            hits_strip(&q.before),
-            hits_strip(&q.after)
-        ));
-    }
-    html.push_str(&evaluation_failures(&demo.evaluation));
-    html.push_str("<h2>Steps</h2><table class=\"steps\">");
-    for (statement, took) in &demo.steps {
-        html.push_str(&format!(
-            "<tr><td>{:.1} s</td><td><code>{}</code></td></tr>",
-            took.as_secs_f64(),
-            escape(statement)
-        ));
-    }
-    html.push_str("</table>\n");
-    finish_page(&mut html);
-    std::fs::write(path, html).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

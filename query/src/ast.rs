@@ -114,9 +114,19 @@ pub enum ColumnType {
     Bool,
 }
 
-/// `WITH (key = value, ...)`.
+/// `WITH (key = value, ...)`, as written; checked against the statement's table of
+/// [`crate::options::OptionSpec`]s by the binder.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Options(pub Vec<(Name, Literal)>);
+pub struct Options(pub Vec<OptionItem>);
+
+/// One `key = value` of `WITH (...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptionItem {
+    pub key: Name,
+    pub value: Literal,
+    /// Where the value starts.
+    pub pos: Pos,
+}
 
 /// What a `SEARCH` looks for.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,10 @@
 
 use crate::ast::*;
 use crate::error::{Error, Pos, Result, suggestion};
+use crate::options::{
+    self, BoundOptions, CollectionOptions, ElipOptions, FinetuneOptions, ImportOptions,
+    TrainingLoop,
+};
 
 /// Results a `SEARCH` returns when it names no `LIMIT`.
 pub const DEFAULT_SEARCH_LIMIT: u64 = 10;
@@ -221,17 +225,42 @@ pub struct EvaluatePlan {
     pub rerank: Option<RerankPlan>,
 }
 
+/// What a training statement trains, bound.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainKind {
+    /// `FINETUNE MODEL '<base>'`.
+    Finetune {
+        base: String,
+        options: FinetuneOptions,
+    },
+    /// `TRAIN ELIP [USING MODEL '<backbone>']` (`None`: the collection's active model).
+    Elip {
+        backbone: Option<String>,
+        options: ElipOptions,
+    },
+}
+
 /// A bound `FINETUNE` or `TRAIN ELIP`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainPlan {
-    pub kind: TrainingKind,
+    pub kind: TrainKind,
     pub collection: String,
     /// The training rows (all when `None`).
     pub filter: Option<Predicate>,
     /// The validation rows (no validation when `None`).
     pub validate: Option<Predicate>,
-    pub options: Options,
+    /// The new model's name in the registry.
     pub name: String,
+}
+
+impl TrainPlan {
+    /// The loop settings both kinds share.
+    pub fn training(&self) -> &TrainingLoop {
+        match &self.kind {
+            TrainKind::Finetune { options, .. } => &options.training,
+            TrainKind::Elip { options, .. } => &options.training,
+        }
+    }
 }
 
 /// What `SELECT` returns.
@@ -241,7 +270,16 @@ pub enum SelectList {
     CountStar,
 }
 
-/// A bound statement, ready for the engine.
+/// A metadata column of `CREATE COLLECTION`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnPlan {
+    pub name: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+}
+
+/// A bound statement, ready for the engine: names checked against the catalog, options typed,
+/// defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Search(SearchPlan),
@@ -263,9 +301,61 @@ pub enum Plan {
         columns: Vec<(String, ColumnRef)>,
         rows: Vec<Vec<Literal>>,
     },
+    Import {
+        collection: String,
+        source: String,
+        options: ImportOptions,
+        /// `ON ERROR SKIP`.
+        skip_errors: bool,
+    },
+    CreateCollection {
+        name: String,
+        /// `IF NOT EXISTS` and the collection exists: nothing to do.
+        exists: bool,
+        columns: Vec<ColumnPlan>,
+        options: CollectionOptions,
+    },
+    /// `DROP COLLECTION`; `exists` false only with `IF EXISTS`.
+    DropCollection {
+        name: String,
+        exists: bool,
+    },
+    ShowCollections,
+    ShowModels,
+    Describe {
+        collection: String,
+    },
+    DropModel {
+        name: String,
+    },
+    ExportModel {
+        name: String,
+        folder: String,
+    },
+    CreateIndex {
+        collection: String,
+        factory: String,
+    },
+    /// `EMBED` (`model` `None`: the collection's own).
+    Embed {
+        collection: String,
+        model: Option<String>,
+    },
+    Reembed {
+        collection: String,
+        model: String,
+    },
+    SetModel {
+        collection: String,
+        model: String,
+    },
+    Compact {
+        collection: String,
+    },
+    Vacuum {
+        keep_versions: u64,
+    },
     Explain(Box<Plan>),
-    /// Statements that need no planning beyond the name checks the binder did.
-    Other(Statement),
 }
 
 /// `TOP` defaulted and bounded.
@@ -370,12 +460,27 @@ impl Binder<'_> {
             }
             Statement::Train(t) => {
                 let columns = self.collection(&t.collection)?;
+                let kind = match t.kind {
+                    TrainingKind::Finetune { base } => TrainKind::Finetune {
+                        base,
+                        options: FinetuneOptions::from_bound(&BoundOptions::bind(
+                            &t.options,
+                            options::FINETUNE,
+                        )?),
+                    },
+                    TrainingKind::Elip { backbone } => TrainKind::Elip {
+                        backbone,
+                        options: ElipOptions::from_bound(&BoundOptions::bind(
+                            &t.options,
+                            options::TRAIN_ELIP,
+                        )?),
+                    },
+                };
                 Plan::Train(TrainPlan {
-                    kind: t.kind,
+                    kind,
                     collection: t.collection.value,
                     filter: t.filter.map(|f| predicate(&f, &columns)).transpose()?,
                     validate: t.validate.map(|f| predicate(&f, &columns)).transpose()?,
-                    options: t.options,
                     name: t.name,
                 })
             }
@@ -420,52 +525,101 @@ impl Binder<'_> {
                 rows,
             } => self.insert(collection, names, rows)?,
             Statement::Explain(inner) => Plan::Explain(Box::new(self.bind(*inner)?)),
-            Statement::Describe { ref name }
-            | Statement::Import {
-                collection: ref name,
-                ..
-            }
-            | Statement::CreateIndex {
-                collection: ref name,
-                ..
-            }
-            | Statement::Embed {
-                collection: ref name,
-                ..
-            }
-            | Statement::Reembed {
-                collection: ref name,
-                ..
-            }
-            | Statement::SetModel {
-                collection: ref name,
-                ..
-            }
-            | Statement::Compact {
-                collection: ref name,
-            }
-            | Statement::DropCollection {
-                ref name,
-                if_exists: false,
+            Statement::Import {
+                collection,
+                source,
+                options,
+                skip_errors,
             } => {
-                self.collection(name)?;
-                Plan::Other(stmt)
+                self.collection(&collection)?;
+                let bound = BoundOptions::bind(&options, options::IMPORT)?;
+                Plan::Import {
+                    source,
+                    options: ImportOptions::from_bound(&bound, collection.pos)?,
+                    collection: collection.value,
+                    skip_errors,
+                }
             }
             Statement::CreateCollection {
-                ref name,
-                if_not_exists: false,
-                ..
-            } if self.catalog.columns(&name.value).is_some() => {
-                return Err(Error::bind(
-                    format!(
-                        "collection '{}' already exists (use IF NOT EXISTS to accept that)",
-                        name.value
-                    ),
-                    name.pos,
-                ));
+                name,
+                if_not_exists,
+                columns,
+                options,
+            } => {
+                let exists = self.catalog.columns(&name.value).is_some();
+                if exists && !if_not_exists {
+                    return Err(Error::bind(
+                        format!(
+                            "collection '{}' already exists (use IF NOT EXISTS to accept that)",
+                            name.value
+                        ),
+                        name.pos,
+                    ));
+                }
+                let bound = BoundOptions::bind(&options, options::CREATE_COLLECTION)?;
+                Plan::CreateCollection {
+                    name: name.value,
+                    exists,
+                    columns: columns
+                        .into_iter()
+                        .map(|c| ColumnPlan {
+                            name: c.name.value,
+                            ty: c.ty,
+                            nullable: c.nullable,
+                        })
+                        .collect(),
+                    options: CollectionOptions::from_bound(&bound),
+                }
             }
-            other => Plan::Other(other),
+            Statement::DropCollection { name, if_exists } => {
+                let exists = self.catalog.columns(&name.value).is_some();
+                if !if_exists {
+                    self.collection(&name)?;
+                }
+                Plan::DropCollection {
+                    name: name.value,
+                    exists,
+                }
+            }
+            Statement::ShowCollections => Plan::ShowCollections,
+            Statement::ShowModels => Plan::ShowModels,
+            Statement::Describe { name } => Plan::Describe {
+                collection: self.existing(name)?,
+            },
+            Statement::DropModel { name } => Plan::DropModel { name },
+            Statement::ExportModel { name, folder } => Plan::ExportModel { name, folder },
+            Statement::CreateIndex {
+                collection,
+                factory,
+            } => Plan::CreateIndex {
+                collection: self.existing(collection)?,
+                factory,
+            },
+            Statement::Embed { collection, model } => Plan::Embed {
+                collection: self.existing(collection)?,
+                model,
+            },
+            Statement::Reembed { collection, model } => Plan::Reembed {
+                collection: self.existing(collection)?,
+                model,
+            },
+            Statement::SetModel { collection, model } => Plan::SetModel {
+                collection: self.existing(collection)?,
+                model,
+            },
+            Statement::Compact { collection } => Plan::Compact {
+                collection: self.existing(collection)?,
+            },
+            Statement::Vacuum { keep_versions } => Plan::Vacuum {
+                keep_versions: keep_versions.unwrap_or(1),
+            },
         })
+    }
+
+    /// The name of an existing collection.
+    fn existing(&self, name: Name) -> Result<String> {
+        self.collection(&name)?;
+        Ok(name.value)
     }
 
     fn collection(&self, name: &Name) -> Result<Vec<ColumnInfo>> {

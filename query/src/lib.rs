@@ -5,15 +5,16 @@ pub mod ast;
 mod binder;
 mod error;
 mod eval;
+pub mod options;
 mod parser;
 
 pub use ast::{
     Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target, Training, TrainingKind,
 };
 pub use binder::{
-    Catalog, ColumnInfo, ColumnKind, ColumnRef, DEFAULT_RERANK_TOP, DEFAULT_SEARCH_LIMIT,
-    EvaluatePlan, MAX_RERANK_TOP, MAX_SEARCH_LIMIT, Plan, Predicate, RerankPlan, SearchPlan,
-    SelectList, TrainPlan, bind, bind_predicate,
+    Catalog, ColumnInfo, ColumnKind, ColumnPlan, ColumnRef, DEFAULT_RERANK_TOP,
+    DEFAULT_SEARCH_LIMIT, EvaluatePlan, MAX_RERANK_TOP, MAX_SEARCH_LIMIT, Plan, Predicate,
+    RerankPlan, SearchPlan, SelectList, TrainKind, TrainPlan, bind, bind_predicate,
 };
 pub use error::{Error, Pos, Result, closest};
 pub use eval::{Datum, RowValues, like};

@@ -582,14 +582,18 @@ impl StatementParser<'_> {
             };
             if options
                 .iter()
-                .any(|(k, _): &(Name, Literal)| k.value.eq_ignore_ascii_case(&key.value))
+                .any(|o: &OptionItem| o.key.value.eq_ignore_ascii_case(&key.value))
             {
                 return Err(Error::syntax(
                     format!("option '{}' is given twice", key.value),
                     key.pos,
                 ));
             }
-            options.push((key, value));
+            options.push(OptionItem {
+                key,
+                value,
+                pos: at,
+            });
             if !self.p.consume_token(&Token::Comma) {
                 break;
             }

@@ -82,6 +82,11 @@ pub enum Error {
     /// FAISS refused an operation (bad factory string, training failure, ...).
     #[error("FAISS error while {context}: {detail}")]
     Faiss { context: String, detail: String },
+
+    /// The caller asked a long operation to stop (compaction between merges); what was
+    /// committed before stays committed.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -315,13 +315,14 @@ impl Writer {
     /// until the space is activated), so a job killed half-way keeps its finished segments and
     /// the next run resumes after them. With `activate`, a last commit makes the space active.
     /// Returns how many segments were embedded.
-    pub fn embed(
+    /// `embed` fails with the caller's error type, which this returns unchanged.
+    pub fn embed<E: From<Error>>(
         &mut self,
         collection: &str,
         space: SpaceId,
         activate: bool,
-        mut embed: impl FnMut(&SegmentView<'_>) -> Result<Vec<f32>>,
-    ) -> Result<usize> {
+        mut embed: impl FnMut(&SegmentView<'_>) -> std::result::Result<Vec<f32>, E>,
+    ) -> std::result::Result<usize, E> {
         let snap = self.snapshot();
         let c = snap.collection(collection)?;
         let spec = c.space(space)?.spec.clone();
@@ -353,6 +354,22 @@ impl Writer {
             self.activate_spaces(collection, &[space])?;
         }
         Ok(count)
+    }
+
+    /// Renames models in the specs of every collection's embedding spaces, `(from, to)` by
+    /// model id, in one commit (the engine's migration of stored model references). Vectors
+    /// and fingerprints are untouched.
+    pub fn rename_models(&mut self, renames: &[(String, String)]) -> Result<u64> {
+        let mut next = self.manifest.clone();
+        for c in &mut next.collections {
+            for s in &mut c.spaces {
+                if let Some((_, to)) = renames.iter().find(|(from, _)| *from == s.spec.model_id) {
+                    s.spec.model_id = to.clone();
+                }
+            }
+        }
+        let list: Vec<String> = renames.iter().map(|(f, t)| format!("{f} -> {t}")).collect();
+        self.commit(next, format!("rename models: {}", list.join(", ")))
     }
 
     /// Makes `spaces` the active spaces of their modalities in one commit (readers see all the
@@ -472,6 +489,18 @@ impl Writer {
     /// log base `merge_factor` of live rows) are merged, and a segment more than half deleted is
     /// rewritten. Indexes of merged segments are rebuilt.
     pub fn compact(&mut self, collection: &str, full: bool) -> Result<CompactReport> {
+        self.compact_until(collection, full, &|| false)
+    }
+
+    /// [`Writer::compact`], checking `stop` before each merge: once it returns true the
+    /// compaction ends with [`Error::Cancelled`] and commits nothing (the merged files written
+    /// so far are unreferenced, for [`Writer::vacuum`]).
+    pub fn compact_until(
+        &mut self,
+        collection: &str,
+        full: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<CompactReport> {
         let snap = self.snapshot();
         let c = snap.collection(collection)?;
         let groups = if full {
@@ -490,6 +519,9 @@ impl Writer {
         let mut next = self.manifest.clone();
         let mut replacements = Vec::new();
         for group in &groups {
+            if stop() {
+                return Err(Error::Cancelled);
+            }
             let sources: Vec<&SegmentMeta> = group.iter().map(|&i| &c.segments[i]).collect();
             report.rows_dropped += sources.iter().map(|s| s.deleted).sum::<u64>();
             let merged = self.merge(&snap, c, &sources, &mut next)?;

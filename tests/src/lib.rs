@@ -285,3 +285,29 @@ pub fn keep_freed_memory() {
     // SAFETY: sets a process-wide option; benchmarks call it first thing in `main`.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
 }
+
+/// The output of the last statement of `sql`, as a table; panics with the rendered error.
+pub fn one(db: &mirante::Database, sql: &str) -> mirante::ResultSet {
+    let mut r = db
+        .sql(sql)
+        .unwrap_or_else(|e| panic!("{}", e.render(sql)));
+    r.pop()
+        .unwrap_or_else(|| panic!("{sql}: no output"))
+        .into_result_set()
+}
+
+/// The error `sql` fails with; panics when it succeeds.
+pub fn error(db: &mirante::Database, sql: &str) -> String {
+    match db.sql(sql) {
+        Ok(r) => panic!("{sql} succeeded: {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The float in `column` of row `row`.
+pub fn float_at(r: &mirante::ResultSet, row: usize, column: &str) -> f64 {
+    match r.get(row, column) {
+        Some(mirante::Cell::Float(v)) => *v,
+        other => panic!("{column}: {other:?}"),
+    }
+}

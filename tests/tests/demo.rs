@@ -4,23 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use mirante::demo::{DemoConfig, FINETUNED};
-use mirante::pretrain::{PretrainConfig, pretrain};
-use mirante::shapes::{ShapesConfig, generate};
+use mirante_apps::demo::{DemoConfig, FINETUNED};
+use mirante_apps::pretrain::{PretrainConfig, pretrain};
+use mirante_apps::shapes::{ShapesConfig, generate};
 use mirante::training::scratch::ClipArchitecture;
-use mirante::{Cell, DEFAULT_MODEL, Database, ResultSet};
+use mirante::{Cell, DEFAULT_MODEL, Database};
 
-fn one(db: &Database, sql: &str) -> ResultSet {
-    db.sql(sql).unwrap().pop().unwrap()
-}
-
-fn float(rs: &ResultSet, row: usize, column: &str) -> f64 {
-    let c = rs.columns.iter().position(|n| n == column).unwrap();
-    match &rs.rows[row][c] {
-        Cell::Float(v) => *v,
-        other => panic!("{column}: {other:?}"),
-    }
-}
+use mirante_tests::{float_at as float, one};
 
 /// Fine-tuning the default model on the demo's train split must improve text-to-image recall@1
 /// on its test split by at least this much (absolute). The default model saw English captions
@@ -40,8 +30,8 @@ fn reduced_demo_fine_tuning_improves_test_recall() {
         ..DemoConfig::default()
     };
     let mut logged = Vec::new();
-    let report = mirante::demo::run(&config, &out, |event| {
-        if let mirante::demo::DemoEvent::Statement(s) = event {
+    let report = mirante_apps::demo::run(&config, &out, |event| {
+        if let mirante_apps::demo::DemoEvent::Statement(s) = event {
             logged.push(s.to_string());
         }
     })
@@ -89,7 +79,7 @@ fn reduced_demo_fine_tuning_improves_test_recall() {
     let stranger = dir.path().join("stranger");
     std::fs::create_dir_all(&stranger).unwrap();
     std::fs::write(stranger.join("keep.txt"), "mine").unwrap();
-    let err = mirante::demo::run(&config, &stranger, |_| {}).unwrap_err();
+    let err = mirante_apps::demo::run(&config, &stranger, |_| {}).unwrap_err();
     assert!(err.to_string().contains("not made by the demo"), "{err}");
     assert!(stranger.join("keep.txt").exists());
 }

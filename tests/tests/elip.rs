@@ -5,22 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use mirante::shapes::{ShapesConfig, generate};
-use mirante::{Cell, Database, ResultSet};
+use mirante_apps::shapes::{ShapesConfig, generate};
+use mirante::{Cell, Database};
 
-fn one(db: &Database, sql: &str) -> ResultSet {
-    db.sql(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .pop()
-        .unwrap()
-}
-
-fn error(db: &Database, sql: &str) -> String {
-    match db.sql(sql) {
-        Ok(r) => panic!("{sql} succeeded: {r:?}"),
-        Err(e) => e.to_string(),
-    }
-}
+use mirante_tests::{error, one};
 
 fn int(c: &Cell) -> i64 {
     match c {
@@ -76,7 +64,7 @@ fn train_elip_then_rerank_searches_and_evaluations() {
     // score alone beside it.
     assert!(status.contains("re-ranked (fusion "), "{status}");
     assert!(
-        trained.columns.contains(&"fusion".to_string()),
+        trained.column_names().contains(&"fusion"),
         "{trained:?}"
     );
     assert!(

@@ -98,17 +98,7 @@ fn metrics_equal_pytrec_eval_and_sklearn_on_the_fixtures() {
     }
 }
 
-fn one(db: &Database, sql: &str) -> ResultSet {
-    let mut r = db.sql(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
-    r.pop().unwrap()
-}
-
-fn float(r: &ResultSet, row: usize, column: &str) -> f64 {
-    match r.get(row, column) {
-        Some(Cell::Float(v)) => *v,
-        other => panic!("{column}: {other:?}"),
-    }
-}
+use mirante_tests::{float_at as float, one};
 
 fn int(r: &ResultSet, row: usize, column: &str) -> i64 {
     match r.get(row, column) {
@@ -186,7 +176,7 @@ fn filters_duplicates_models_and_the_system_table() {
     let all = one(&db, "EVALUATE ON images");
     assert_eq!(all.rows.len(), 2);
     assert_eq!(
-        all.columns,
+        all.column_names(),
         [
             "model",
             "direction",
@@ -262,7 +252,7 @@ fn filters_duplicates_models_and_the_system_table() {
         ),
     );
     assert_eq!(both.rows.len(), 4);
-    assert!(both.columns.contains(&"delta_mrr".to_string()));
+    assert!(both.column_names().contains(&"delta_mrr"));
     assert_eq!(float(&both, 3, "delta_mrr"), 0.0);
 
     // Unknown models are named, with the collection's own.
@@ -563,7 +553,7 @@ fn finetune_registers_a_model_that_beats_its_base() {
         .iter()
         .find(|r| matches!(&r[0], Cell::Str(m) if m.ends_with("clip-photos")))
         .unwrap();
-    let column = |name: &str| &row[models.columns.iter().position(|c| c == name).unwrap()];
+    let column = |name: &str| &row[models.column_names().iter().position(|c| *c == name).unwrap()];
     assert_eq!(column("base"), &Cell::Str(base.clone()));
     assert_eq!(column("family"), &Cell::Str("clip".into()));
     assert!(matches!(column("trained_on"), Cell::Str(t) if t.starts_with("images version")));

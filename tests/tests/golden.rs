@@ -143,7 +143,7 @@ fn run_file(path: &Path) -> Vec<String> {
             ("query", Ok(results)) => Some(
                 results
                     .iter()
-                    .map(|r| vars.abstract_result(r).to_table())
+                    .map(|r| vars.abstract_result(&r.to_result_set()).to_table())
                     .collect::<String>()
                     .trim_end()
                     .to_string(),

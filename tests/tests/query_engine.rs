@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use mirante::training::{DualEncoder, default_device};
-use mirante::{Cell, Database, Error, ResultSet};
+use mirante::{Cell, Database, Error};
 use mirante_tests::{check_in_browser, import_fixtures, repo_root, tiny_clip};
 
 /// Real photographs from the encoder fixtures, with captions.
@@ -29,10 +29,7 @@ fn open(dir: &Path) -> Database {
     Database::open(dir.join("db")).unwrap()
 }
 
-fn one(db: &Database, sql: &str) -> ResultSet {
-    let mut r = db.sql(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
-    r.pop().unwrap()
-}
+use mirante_tests::one;
 
 fn create(db: &Database) {
     one(

@@ -249,18 +249,29 @@ fn embedding_resumes_after_a_failure_and_activation_needs_every_segment() {
             .flat_map(|i| int_vector(seg.row(i).id(), 7, 4))
             .collect())
     };
-    // The job dies on the second segment: the first one's vectors are committed.
+    // The job dies on the second segment: the first one's vectors are committed, and the
+    // caller gets its own error back, not a string of storage's.
+    #[derive(Debug)]
+    enum JobError {
+        Killed,
+        Storage(#[allow(dead_code)] Error),
+    }
+    impl From<Error> for JobError {
+        fn from(e: Error) -> Self {
+            JobError::Storage(e)
+        }
+    }
     let mut calls = 0;
     let err = w
         .embed("c", space, true, |seg| {
             calls += 1;
             if calls == 2 {
-                return Err(Error::InvalidArgument("killed".into()));
+                return Err(JobError::Killed);
             }
-            vectors(seg)
+            Ok(vectors(seg)?)
         })
         .unwrap_err();
-    assert!(err.to_string().contains("killed"));
+    assert!(matches!(err, JobError::Killed), "{err:?}");
     let snap = db.snapshot().unwrap();
     let c = snap.collection("c").unwrap();
     assert_eq!(
@@ -320,7 +331,7 @@ fn embed_new_space_switch_active_reindex_and_drop() {
                     out.extend(int_vector(row.id(), 100 + t as u64, 4));
                 }
             }
-            Ok(out)
+            Ok::<_, Error>(out)
         })
         .unwrap();
     assert!(segments >= 1);
@@ -349,7 +360,7 @@ fn embed_new_space_switch_active_reindex_and_drop() {
     let third = w.add_space("c", space(Modality::Image, 4), false).unwrap();
     let v = w.version();
     let err = w
-        .embed("c", third, false, |_| Ok(vec![0.0; 3]))
+        .embed("c", third, false, |_| Ok::<_, Error>(vec![0.0; 3]))
         .unwrap_err();
     assert!(matches!(err, Error::DimensionMismatch { .. }), "{err}");
     assert_eq!(w.version(), v);

@@ -501,14 +501,14 @@ pub enum Negatives<'a> {
 /// and `loss` do not apply: the loss is the backbone family's). Each caption is scored against
 /// its `negatives`. After each epoch `validate` scores the mapper (higher is better); the best
 /// one is saved to `out`, or the last one when no epoch beat the untrained mapper.
-pub fn train(
+pub fn train<E: From<Error>>(
     encoder: &DualEncoder,
     mapper: &ElipMapper,
     (data, negatives): (&PairData, Negatives<'_>),
     config: &FinetuneConfig,
     out: &Path,
-    mut validate: impl FnMut(&ElipMapper) -> Result<Option<f64>>,
-) -> Result<FinetuneReport> {
+    mut validate: impl FnMut(&ElipMapper) -> Result<Option<f64>, E>,
+) -> Result<FinetuneReport, E> {
     mapper.config.check_backbone(&encoder.model)?;
     if let Negatives::Retrieved(lists) = negatives {
         let n = lists.first().map_or(0, Vec::len);
@@ -517,7 +517,8 @@ pub fn train(
                 "retrieved negatives need the same number (at least 1) for each of the {} \
                  captions",
                 data.captions.len()
-            )));
+            ))
+            .into());
         }
     }
     let device = encoder.device().clone();
@@ -577,7 +578,7 @@ pub fn train(
         // The backbone is frozen: its neighbours never change.
         |_| Ok(None),
         || validate(mapper),
-        || mapper.save(out),
+        || Ok(mapper.save(out)?),
     )?;
     if report.best_epoch == 0 {
         mapper.save(out)?;

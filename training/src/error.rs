@@ -48,6 +48,10 @@ pub enum Error {
     /// A tensor operation failed (a bug, or out of memory).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+
+    /// The caller's stop flag was raised ([`crate::Stop`]); checked between batches and steps.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -125,6 +125,8 @@ pub struct FinetuneConfig {
     pub patience: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// Checked before every step.
+    pub stop: crate::Stop,
 }
 
 impl Default for FinetuneConfig {
@@ -142,6 +144,7 @@ impl Default for FinetuneConfig {
             precision: None,
             patience: 2,
             progress: false,
+            stop: crate::Stop::default(),
         }
     }
 }
@@ -317,14 +320,14 @@ pub(crate) fn accumulate(
 /// after the first, `remine` may return new hard pairs found with the current weights (dynamic
 /// hard-negative mining, as ANCE re-mines with the model being trained); `None` keeps the
 /// previous ones (at first `data.hard_pairs`).
-pub fn finetune(
+pub fn finetune<E: From<Error>>(
     model: &Trainable,
     data: &PairData,
     config: &FinetuneConfig,
     out: &Path,
-    mut validate: impl FnMut(&Trainable) -> Result<Option<f64>>,
-    mut remine: impl FnMut(&Trainable) -> Result<Option<Vec<(usize, usize)>>>,
-) -> Result<FinetuneReport> {
+    mut validate: impl FnMut(&Trainable) -> Result<Option<f64>, E>,
+    mut remine: impl FnMut(&Trainable) -> Result<Option<Vec<(usize, usize)>>, E>,
+) -> Result<FinetuneReport, E> {
     let loss_kind = config.loss.unwrap_or(model.loss);
     let mut optimiser = Optimizer::new(model, config.optimiser, |n| config.freeze.trains(n))?;
     // Its own stream, so that turning negatives on leaves the epochs' order unchanged.
@@ -364,7 +367,7 @@ pub fn finetune(
         },
         |epoch| if epoch > 1 { remine(model) } else { Ok(None) },
         || validate(model),
-        || save_checkpoint(model, out),
+        || Ok(save_checkpoint(model, out)?),
     )?;
     if report.best_epoch == 0 {
         // Never better than the base: keep the base weights, so the result is no worse.
@@ -399,7 +402,8 @@ pub(crate) fn accumulated(
 /// `optimiser` with warmup and cosine decay; `hard_pairs_for(epoch)` before each epoch (new
 /// hard pairs, or `None` to keep the last), `validate` after each epoch (and once before),
 /// `save_best` when it improves, early stopping.
-pub(crate) fn train_pairs(
+/// The caller's callbacks fail with the caller's error type `E`, which this returns unchanged.
+pub(crate) fn train_pairs<E: From<Error>>(
     optimiser: &mut Optimizer,
     data: &PairData,
     config: &FinetuneConfig,
@@ -408,19 +412,18 @@ pub(crate) fn train_pairs(
         usize,
         &[candle_core::Var],
     ) -> Result<Option<(f64, GradStore)>>,
-    mut hard_pairs_for: impl FnMut(usize) -> Result<Option<Vec<(usize, usize)>>>,
-    mut validate: impl FnMut() -> Result<Option<f64>>,
-    mut save_best: impl FnMut() -> Result<()>,
-) -> Result<FinetuneReport> {
+    mut hard_pairs_for: impl FnMut(usize) -> Result<Option<Vec<(usize, usize)>>, E>,
+    mut validate: impl FnMut() -> Result<Option<f64>, E>,
+    mut save_best: impl FnMut() -> Result<(), E>,
+) -> Result<FinetuneReport, E> {
     if data.images.is_empty() || data.pairs.iter().all(Vec::is_empty) {
-        return Err(Error::InvalidArgument(
-            "no image-caption pairs to train on".into(),
-        ));
+        return Err(Error::InvalidArgument("no image-caption pairs to train on".into()).into());
     }
     if config.batch_size < 2 {
         return Err(Error::InvalidArgument(
             "batch_size must be at least 2: contrastive losses need negatives".into(),
-        ));
+        )
+        .into());
     }
     let precision = config
         .precision
@@ -475,6 +478,7 @@ pub(crate) fn train_pairs(
             .collect();
         let (mut loss_sum, mut loss_count, mut samples_done) = (0f64, 0usize, 0usize);
         for batch in chosen.chunks(config.batch_size) {
+            config.stop.check()?;
             optimiser.set_learning_rate(learning_rate(
                 config.optimiser.lr,
                 step,
@@ -669,7 +673,7 @@ mod tests {
                 Ok((epoch == 2).then(|| vec![(0, 9), (1, 8), (2, 7)]))
             },
             || Ok(None),
-            || Ok(()),
+            || Ok::<_, Error>(()),
         )
         .unwrap();
         assert_eq!(asked, [1, 2, 3, 4]);

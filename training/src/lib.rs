@@ -17,6 +17,7 @@ pub mod preprocess;
 pub mod scratch;
 mod siglip;
 mod spm;
+mod stop;
 mod tokenize;
 pub mod train;
 
@@ -31,6 +32,7 @@ pub use hub::{hub_cache_dir, resolve_model};
 pub use layers::Autocast;
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};
 pub use preprocess::ImageProcessor;
+pub use stop::Stop;
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
 pub use train::{AdamWConfig, Loss, MicroBatch, Optimizer, Trainable, contrastive_loss};

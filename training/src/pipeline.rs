@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::encoder::DualEncoder;
 use crate::error::{Error, Result};
+use crate::stop::Stop;
 
 /// An image to embed: a file, or bytes already in memory (e.g. read from a database blob).
 #[derive(Debug, Clone)]
@@ -65,6 +66,8 @@ pub struct PipelineOptions {
     pub workers: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Checked before every model batch.
+    pub stop: Stop,
 }
 
 impl Default for PipelineOptions {
@@ -73,6 +76,7 @@ impl Default for PipelineOptions {
             batch_size: 32,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: false,
+            stop: Stop::default(),
         }
     }
 }
@@ -134,6 +138,7 @@ pub fn embed_images(
             if pending.is_empty() {
                 return Ok(());
             }
+            options.stop.check()?;
             let pixels: Vec<Vec<f32>> =
                 pending.iter_mut().map(|(_, p)| std::mem::take(p)).collect();
             let embeddings = encoder.embed_pixels(&pixels)?;
@@ -178,6 +183,7 @@ pub fn embed_texts(
     let bar = progress_bar(texts.len(), options.progress, "embedding texts");
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(options.batch_size.max(1)) {
+        options.stop.check()?;
         out.extend(encoder.embed_texts(chunk)?);
         bar.inc(chunk.len() as u64);
     }

@@ -269,7 +269,7 @@ fn train_and_check_ranks(retrieved: bool) {
         out.path(),
         |_| {
             validations += 1;
-            Ok(None)
+            Ok::<_, mirante_training::Error>(None)
         },
     )
     .unwrap();

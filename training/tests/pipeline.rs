@@ -42,6 +42,7 @@ fn order_is_kept_and_failures_are_reported() {
                 batch_size: batch,
                 workers,
                 progress: false,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -86,6 +87,7 @@ fn order_is_kept_and_failures_are_reported() {
             batch_size: 2,
             workers: 1,
             progress: false,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -94,4 +96,26 @@ fn order_is_kept_and_failures_are_reported() {
         let cos: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!(cos > 0.99999, "{cos}");
     }
+}
+
+#[test]
+fn a_raised_stop_cancels_between_batches() {
+    let enc = DualEncoder::load(&fixtures().join("clip-tiny"), &Device::Cpu).unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let options = PipelineOptions {
+        batch_size: 1,
+        stop: mirante_training::Stop::on(flag.clone()),
+        ..Default::default()
+    };
+    let inputs = [ImageSource::Path(fixtures().join("images/chelsea.png"))];
+    assert!(matches!(
+        embed_images(&enc, &inputs, &options),
+        Err(mirante_training::Error::Cancelled)
+    ));
+    assert!(matches!(
+        embed_texts(&enc, &["a cat"], &options),
+        Err(mirante_training::Error::Cancelled)
+    ));
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(embed_texts(&enc, &["a cat"], &options).unwrap().len(), 1);
 }

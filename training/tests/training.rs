@@ -479,7 +479,7 @@ fn finetuning_learns_the_pairs_and_saves_a_loadable_checkpoint() {
                 validations += 1;
                 Ok(Some(recall_at_1(m, &data)))
             },
-            |_| Ok(None),
+            |_| Ok::<_, mirante_training::Error>(None),
         )
         .unwrap();
         let first = report.epochs.first().unwrap().mean_loss;

@@ -27,7 +27,7 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
 }
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use mirante::pretrain::PretrainConfig;
+use mirante_apps::pretrain::PretrainConfig;
 use mirante::storage::{
     ColumnDef, ColumnType, Database, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
     ValueRef,
@@ -279,7 +279,7 @@ fn main() -> Result<()> {
                 PathBuf::from(w)
             });
             let started = Instant::now();
-            let report = mirante::pretrain::pretrain(&config, &out, &work)?;
+            let report = mirante_apps::pretrain::pretrain(&config, &out, &work)?;
             println!("{}", report.training.to_table());
             println!("test split, saved checkpoint:\n{}", report.test.to_table());
             println!(
@@ -300,7 +300,7 @@ fn main() -> Result<()> {
                     parquet,
                 },
         } => {
-            let config = mirante::shapes::ShapesConfig {
+            let config = mirante_apps::shapes::ShapesConfig {
                 rows,
                 seed,
                 size,
@@ -309,7 +309,7 @@ fn main() -> Result<()> {
                 progress: true,
                 ..Default::default()
             };
-            let summary = mirante::shapes::generate(&config, &out)?;
+            let summary = mirante_apps::shapes::generate(&config, &out)?;
             println!(
                 "wrote {} rows ({} captions) to {}: train {}, validation {}, test {}",
                 summary.rows,
@@ -409,15 +409,15 @@ const TOPICS: [&str; 8] = [
 
 /// Clustered unit vectors: one centre per topic, so that searches have meaningful neighbours.
 fn demo(out: &std::path::Path, rows: usize, epochs: usize) -> Result<()> {
-    use mirante::demo::DemoEvent;
-    let config = mirante::demo::DemoConfig {
+    use mirante_apps::demo::DemoEvent;
+    let config = mirante_apps::demo::DemoConfig {
         rows,
         epochs,
         progress: true,
         ..Default::default()
     };
     let started = Instant::now();
-    let report = mirante::demo::run(&config, out, |event| match event {
+    let report = mirante_apps::demo::run(&config, out, |event| match event {
         DemoEvent::Statement(statement) => println!("\n> {statement}"),
         DemoEvent::Finished(result) => print_demo_result(result),
     })?;
@@ -441,34 +441,27 @@ fn demo(out: &std::path::Path, rows: usize, epochs: usize) -> Result<()> {
 }
 
 /// A statement's result, short: the first rows of tables (few columns), then its status.
-fn print_demo_result(result: &mirante::ResultSet) {
-    let keep: Vec<usize> = [
+fn print_demo_result(output: &mirante::Output) {
+    let result = output.to_result_set().project(&[
         "rank",
         "score",
         "text",
         "matched_text",
         "model",
         "direction",
-    ]
-    .iter()
-    .chain(&[
         "epoch",
         "loss",
         "recall@1",
         "recall@10",
         "mrr",
         "samples_per_s",
-    ])
-    .filter_map(|c| result.columns.iter().position(|n| n == c))
-    .collect();
-    if !result.rows.is_empty() && !keep.is_empty() {
-        let mut short =
-            mirante::ResultSet::new(keep.iter().map(|&i| result.columns[i].clone()).collect());
-        for row in result.rows.iter().take(12) {
-            short
-                .rows
-                .push(keep.iter().map(|&i| row[i].clone()).collect());
-        }
+    ]);
+    if !result.rows.is_empty() && !result.columns.is_empty() {
+        let short = mirante::ResultSet {
+            rows: result.rows.iter().take(12).cloned().collect(),
+            status: None,
+            ..result.clone()
+        };
         print!("{}", short.to_table());
     }
     if let Some(status) = &result.status {

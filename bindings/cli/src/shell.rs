@@ -1,11 +1,14 @@
-//! `mirante sql` and `mirante shell`: statements in, formatted result sets out.
+//! `mirante sql` and `mirante shell`: statements in, formatted outputs out. Ctrl-C cancels the
+//! running statement (nothing half-committed) and the shell goes on; in a terminal, tables
+//! fit its width.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use mirante::{Database, Options, ResultSet};
+use mirante::{CancelToken, Database, ExecOptions, Options, Output, TableStyle};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -13,21 +16,87 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Editor, Helper};
 
-/// How result sets are printed.
+/// How outputs are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Aligned columns; fitted to the terminal's width when printing to one.
     Table,
+    /// One `column = value` line per value, rows separated by blank lines.
+    Line,
+    /// JSON lines: one object per row.
     Json,
     Csv,
 }
 
-impl Format {
-    fn render(self, r: &ResultSet) -> String {
-        match self {
-            Format::Table => r.to_table(),
-            Format::Json => r.to_jsonl(),
-            Format::Csv => r.to_csv(),
+/// How wide tables may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Width {
+    /// The terminal's width when printing to one, else no limit.
+    Auto,
+    /// `.maxwidth N`.
+    Fixed(usize),
+    /// `.maxwidth 0`: every value whole.
+    Unlimited,
+}
+
+/// The printer's settings.
+#[derive(Debug, Clone, Copy)]
+struct Printer {
+    format: Format,
+    width: Width,
+}
+
+impl Printer {
+    fn render(&self, output: &Output) -> String {
+        let style = |width| TableStyle {
+            width: Some(width),
+            ..TableStyle::default()
+        };
+        match (self.format, self.width) {
+            (Format::Table, Width::Fixed(w)) => output.display_set().to_table_fitted(&style(w)),
+            (Format::Table, Width::Auto) if std::io::stdout().is_terminal() => {
+                let width = terminal_size::terminal_size().map_or(120, |(w, _)| w.0 as usize);
+                output.display_set().to_table_fitted(&style(width))
+            }
+            (Format::Table, _) => output.to_result_set().to_table(),
+            (Format::Line, _) => output.to_result_set().to_lines(),
+            (Format::Json, _) => output.to_result_set().to_jsonl(),
+            (Format::Csv, _) => output.to_result_set().to_csv(),
         }
+    }
+}
+
+/// The statement Ctrl-C cancels, if one runs.
+#[derive(Debug, Clone, Default)]
+struct Running(Arc<Mutex<Option<CancelToken>>>);
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<CancelToken>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ctrl-C cancels the running statement; with none running, it ends the process (as an
+    /// interrupted program does: status 130). At a terminal prompt the line editor reads
+    /// Ctrl-C itself, so this runs only while a statement runs or input is piped.
+    fn install(&self) -> Result<()> {
+        let running = self.clone();
+        ctrlc::set_handler(move || match running.lock().as_ref() {
+            Some(token) if !token.is_cancelled() => {
+                token.cancel();
+                eprintln!("\ncancelling the statement...");
+            }
+            _ => std::process::exit(130),
+        })
+        .context("installing the Ctrl-C handler")
+    }
+
+    /// Runs `text` with a fresh token that Ctrl-C cancels.
+    fn run(&self, db: &Database, text: &str, mut each: impl FnMut(Output)) -> mirante::Result<()> {
+        let options = ExecOptions::default();
+        *self.lock() = Some(options.cancel.clone());
+        let result = db.sql_each(text, &options, &mut each);
+        *self.lock() = None;
+        result
     }
 }
 
@@ -56,20 +125,31 @@ pub fn run_sql(
         },
     )
     .with_context(|| format!("opening database {}", db.display()))?;
+    let running = Running::default();
+    running.install()?;
+    let printer = Printer {
+        format,
+        width: Width::Auto,
+    };
     let mut out = std::io::stdout().lock();
-    let result = database.sql_each(&text, |r| {
+    let result = running.run(&database, &text, |r| {
         // A closed pipe (e.g. `| head`) is not an error worth reporting.
-        let _ = out.write_all(format.render(&r).as_bytes());
+        let _ = out.write_all(printer.render(&r).as_bytes());
     });
     if let Err(e) = result {
         eprintln!("error: {}", e.render(&text));
-        std::process::exit(1);
+        let status = if matches!(e, mirante::Error::Cancelled) {
+            130
+        } else {
+            1
+        };
+        std::process::exit(status);
     }
     Ok(())
 }
 
 const HELP: &str = "\
-Statements end with ';' and may span lines. Examples:
+Statements end with ';' and may span lines; Ctrl-C cancels the one running. Examples:
   CREATE COLLECTION images WITH (model = '<folder or org/name>');
   IMPORT INTO images FROM 'photos/' WITH (split = 'train');
   SEARCH images BY TEXT 'a dog on the beach' LIMIT 5;
@@ -77,15 +157,26 @@ Statements end with ';' and may span lines. Examples:
   SELECT id, text FROM images WHERE text LIKE '%dog%' LIMIT 10;
   SHOW COLLECTIONS;  DESCRIBE images;  EXPLAIN SEARCH images BY ROW 1;
 Dot commands:
-  .help              this text
-  .mode table|json|csv   output format
-  .timer on|off      print how long each statement took
-  .tables            the collections (SHOW COLLECTIONS)
-  .quit / .exit      leave (or Ctrl-D)";
+  .help                  this text
+  .mode table|line|json|csv   output format (line: one column = value per line)
+  .maxwidth N            fit tables to N columns (0: every value whole; default: the terminal)
+  .timer on|off          print how long each statement took
+  .tables                the collections (SHOW COLLECTIONS)
+  .quit / .exit          leave (or Ctrl-D)";
+
+const DOT_COMMANDS: [&str; 7] = [
+    ".help",
+    ".mode",
+    ".maxwidth",
+    ".timer",
+    ".tables",
+    ".quit",
+    ".exit",
+];
 
 /// Completion of keywords and collection names.
 struct ShellHelper {
-    db: std::sync::Arc<Database>,
+    db: Arc<Database>,
 }
 
 impl Completer for ShellHelper {
@@ -138,7 +229,7 @@ fn completions(word: &str, line_start: bool, collections: Vec<String>) -> Vec<St
             .map(ToString::to_string),
     );
     if line_start {
-        names.extend([".help", ".mode", ".timer", ".tables", ".quit", ".exit"].map(String::from));
+        names.extend(DOT_COMMANDS.map(String::from));
     }
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| n.to_lowercase().starts_with(&lower) && seen.insert(n.clone()));
@@ -159,9 +250,63 @@ fn history_path() -> Option<std::path::PathBuf> {
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".mirante_history"))
 }
 
+/// The shell's state between statements.
+struct Shell {
+    db: Arc<Database>,
+    printer: Printer,
+    timer: bool,
+    failed: bool,
+    running: Running,
+}
+
+impl Shell {
+    /// Applies a dot command; false for `.quit`.
+    fn dot(&mut self, command: &str) -> bool {
+        let mut parts = command.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(".quit" | ".exit"), _) => return false,
+            (Some(".help"), _) => println!("{HELP}"),
+            (Some(".tables"), _) => self.run("SHOW COLLECTIONS"),
+            (Some(".mode"), Some(mode)) => match mode {
+                "table" => self.printer.format = Format::Table,
+                "line" => self.printer.format = Format::Line,
+                "json" => self.printer.format = Format::Json,
+                "csv" => self.printer.format = Format::Csv,
+                other => eprintln!("error: unknown mode '{other}'; modes: table, line, json, csv"),
+            },
+            (Some(".maxwidth"), Some(n)) => match n.parse::<usize>() {
+                Ok(0) => self.printer.width = Width::Unlimited,
+                Ok(n) => self.printer.width = Width::Fixed(n),
+                Err(_) => eprintln!("error: .maxwidth takes a number of columns (0: no limit)"),
+            },
+            (Some(".timer"), Some("on")) => self.timer = true,
+            (Some(".timer"), Some("off")) => self.timer = false,
+            _ => eprintln!("error: unknown or incomplete dot command '{command}'; try .help"),
+        }
+        true
+    }
+
+    fn run(&mut self, text: &str) {
+        let start = Instant::now();
+        let printer = self.printer;
+        let result = self
+            .running
+            .run(&self.db, text, |r| print!("{}", printer.render(&r)));
+        // Flushed before errors go to stderr, so a reader of both sees them in order.
+        let _ = std::io::stdout().flush();
+        if let Err(e) = result {
+            eprintln!("error: {}", e.render(text));
+            self.failed = true;
+        }
+        if self.timer {
+            println!("time: {:.3} s", start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// `mirante shell`.
 pub fn repl(db: &Path) -> Result<()> {
-    let database = std::sync::Arc::new(
+    let database = Arc::new(
         Database::open_with(
             db,
             Options {
@@ -188,10 +333,18 @@ pub fn repl(db: &Path) -> Result<()> {
             db.display()
         );
     }
-    let mut mode = Format::Table;
-    let mut timer = false;
+    let mut shell = Shell {
+        db: database,
+        printer: Printer {
+            format: Format::Table,
+            width: Width::Auto,
+        },
+        timer: false,
+        failed: false,
+        running: Running::default(),
+    };
+    shell.running.install()?;
     let mut buffer = String::new();
-    let mut failed = false;
     loop {
         let prompt = if buffer.is_empty() {
             "mirante> "
@@ -210,19 +363,8 @@ pub fn repl(db: &Path) -> Result<()> {
         let trimmed = line.trim();
         if buffer.is_empty() && trimmed.starts_with('.') {
             let _ = editor.add_history_entry(trimmed);
-            let mut parts = trimmed.split_whitespace();
-            match (parts.next(), parts.next()) {
-                (Some(".quit" | ".exit"), _) => break,
-                (Some(".help"), _) => println!("{HELP}"),
-                (Some(".tables"), _) => {
-                    run_one(&database, "SHOW COLLECTIONS", mode, timer, &mut failed)
-                }
-                (Some(".mode"), Some("table")) => mode = Format::Table,
-                (Some(".mode"), Some("json")) => mode = Format::Json,
-                (Some(".mode"), Some("csv")) => mode = Format::Csv,
-                (Some(".timer"), Some("on")) => timer = true,
-                (Some(".timer"), Some("off")) => timer = false,
-                _ => eprintln!("error: unknown or incomplete dot command '{trimmed}'; try .help"),
+            if !shell.dot(trimmed) {
+                break;
             }
             continue;
         }
@@ -235,31 +377,19 @@ pub fn repl(db: &Path) -> Result<()> {
         }
         let statements = std::mem::take(&mut buffer);
         let _ = editor.add_history_entry(statements.as_str());
-        run_one(&database, &statements, mode, timer, &mut failed);
+        shell.run(&statements);
     }
     if !buffer.trim().is_empty() {
-        run_one(&database, &buffer, mode, timer, &mut failed);
+        shell.run(&buffer);
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
     // Scripts piped into the shell learn about failures through the exit status.
-    if failed && !interactive {
+    if shell.failed && !interactive {
         std::process::exit(1);
     }
     Ok(())
-}
-
-fn run_one(db: &Database, text: &str, mode: Format, timer: bool, failed: &mut bool) {
-    let start = Instant::now();
-    let result = db.sql_each(text, |r| print!("{}", mode.render(&r)));
-    if let Err(e) = result {
-        eprintln!("error: {}", e.render(text));
-        *failed = true;
-    }
-    if timer {
-        println!("time: {:.3} s", start.elapsed().as_secs_f64());
-    }
 }
 
 #[cfg(test)]
@@ -280,7 +410,7 @@ mod tests {
             ["recall@1", "recall@5", "recall@10"]
         );
         assert_eq!(completions("pai", false, cols()), ["paintings"]);
-        assert_eq!(completions(".m", true, cols()), [".mode"]);
+        assert_eq!(completions(".m", true, cols()), [".mode", ".maxwidth"]);
         assert!(completions(".m", false, cols()).is_empty());
     }
 }

@@ -53,7 +53,7 @@ fn main() {
         &config,
         out.path(),
         |_| Ok(None),
-        |_| Ok(None),
+        |_| Ok::<_, mirante::training::Error>(None),
     )
     .unwrap();
     let total = start.elapsed().as_secs_f64();

@@ -6,13 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use mirante_training::scratch::{
+use mirante::output::{Output, ResultSet};
+use mirante::registry::LINEAGE_FILE;
+use mirante::training::scratch::{
     ClipArchitecture, convert_checkpoint, initialize_clip, train_clip_tokenizer,
 };
+use mirante::{Database, Options};
 
-use crate::db::{Database, Options};
 use crate::error::{Error, Result};
-use crate::result::ResultSet;
 use crate::shapes::{ShapesConfig, captions, generate};
 
 /// What to train and how.
@@ -132,11 +133,11 @@ pub fn pretrain(config: &PretrainConfig, out: &Path, work: &Path) -> Result<Pret
     ))?)?;
     db.sql(&format!("EXPORT MODEL 'pretrained' TO '{}'", quote(out)))?;
     // The registry's lineage file belongs to the database it was trained in.
-    let lineage = out.join(crate::finetune::LINEAGE);
+    let lineage = out.join(LINEAGE_FILE);
     if lineage.exists() {
         std::fs::remove_file(&lineage).map_err(|e| Error::io(&lineage, e))?;
     }
-    convert_checkpoint(out, mirante_training::DType::F16)?;
+    convert_checkpoint(out, mirante::training::DType::F16).map_err(mirante::Error::from)?;
     db.sql(&format!("EMBED shapes USING MODEL '{}'", quote(out)))?;
     let test = last(db.sql(
         "EVALUATE recall@1, recall@5, recall@10, mrr, ndcg@10 ON shapes WHERE split = 'test'",
@@ -148,10 +149,11 @@ pub fn pretrain(config: &PretrainConfig, out: &Path, work: &Path) -> Result<Pret
     })
 }
 
-/// The result of a one-statement `sql` call.
-pub(crate) fn last(mut results: Vec<ResultSet>) -> Result<ResultSet> {
+/// The result of a one-statement `sql` call, as a table.
+fn last(mut results: Vec<Output>) -> Result<ResultSet> {
     results
         .pop()
+        .map(Output::into_result_set)
         .ok_or_else(|| Error::Invalid("the statement returned no result".into()))
 }
 
@@ -161,7 +163,10 @@ fn training_captions(metadata: &Path) -> Result<Vec<String>> {
     let mut captions = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let row: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::source(metadata, format!("line {}: {e}", i + 1)))?;
+            .map_err(|e| Error::Data {
+                path: metadata.to_path_buf(),
+                detail: format!("line {}: {e}", i + 1),
+            })?;
         if row["split"] == "train"
             && let Some(texts) = row["text"].as_array()
         {

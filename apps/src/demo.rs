@@ -6,15 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mirante_query::{self as query, Plan};
+use mirante::output::{Evaluation, Output, ResultSet, SearchResults, TrainingRun};
+use mirante::{DEFAULT_MODEL, Database, ExecOptions, Options};
 
-use crate::db::{Database, Options, SnapshotCatalog};
 use crate::error::{Error, Result};
-use crate::evaluate::Evaluation;
-use crate::models::DEFAULT_MODEL;
-use crate::pretrain::last;
-use crate::result::ResultSet;
-use crate::search::SearchResults;
 use crate::shapes::{ShapesConfig, generate};
 
 /// The fine-tuned model's name in the demo database's registry.
@@ -63,8 +58,8 @@ pub struct DemoReport {
     pub dataset: crate::shapes::ShapesSummary,
     /// The statements run, with their durations.
     pub steps: Vec<(String, Duration)>,
-    /// `FINETUNE`'s per-epoch table.
-    pub finetune: ResultSet,
+    /// `FINETUNE`'s epochs.
+    pub finetune: TrainingRun,
     /// The test split under the default and the fine-tuned model, with deltas.
     pub evaluation: Evaluation,
     /// The same, per caption language: ("English", ...), ("Portuguese", ...).
@@ -90,7 +85,7 @@ pub enum DemoEvent<'a> {
     /// A statement (or command) about to run.
     Statement(&'a str),
     /// A statement's result.
-    Finished(&'a ResultSet),
+    Finished(&'a Output),
 }
 
 /// Runs the demo in `out` (created; a previous demo there is replaced). `log` receives each
@@ -155,9 +150,9 @@ pub fn run(
     let mut before = Vec::new();
     for q in &queries {
         log(DemoEvent::Statement(q));
-        let results = search(&db, q)?;
-        log(DemoEvent::Finished(&results.to_result_set()));
-        before.push(results);
+        let output = one(&db, q, true)?;
+        log(DemoEvent::Finished(&output));
+        before.push(search_results(q, output)?);
     }
     let zero_shot = format!("EVALUATE {METRICS} ON shapes WHERE split = 'test'");
     step(&db, &mut log, &mut steps, &zero_shot)?;
@@ -172,6 +167,10 @@ pub fn run(
             config.epochs, config.batch_size, config.lr
         ),
     )?;
+    let finetune = match finetune {
+        Output::Training(run) => run,
+        other => return Err(unexpected("FINETUNE", &other)),
+    };
     step(
         &db,
         &mut log,
@@ -181,8 +180,9 @@ pub fn run(
     let mut examples = Vec::new();
     for (q, before) in queries.iter().zip(before) {
         log(DemoEvent::Statement(q));
-        let after = search(&db, q)?;
-        log(DemoEvent::Finished(&after.to_result_set()));
+        let output = one(&db, q, true)?;
+        log(DemoEvent::Finished(&output));
+        let after = search_results(q, output)?;
         examples.push(QueryExample {
             sql: q.clone(),
             before,
@@ -195,13 +195,13 @@ pub fn run(
         );
         log(DemoEvent::Statement(&sql));
         let started = Instant::now();
-        let evaluation = match plan(&db, &sql)? {
-            Plan::Evaluate(p) => crate::evaluate::run(&db, &p)?,
-            _ => return Err(Error::Invalid("expected an EVALUATE plan".into())),
-        };
-        log(DemoEvent::Finished(&evaluation.to_result_set()));
-        steps.push((sql, started.elapsed()));
-        Ok(evaluation)
+        let output = one(&db, &sql, false)?;
+        log(DemoEvent::Finished(&output));
+        steps.push((sql.clone(), started.elapsed()));
+        match output {
+            Output::Evaluation(e) => Ok(e),
+            other => Err(unexpected(&sql, &other)),
+        }
     };
     let evaluation = compare("split = 'test'")?;
     let by_language = vec![
@@ -224,7 +224,7 @@ pub fn run(
         by_language,
         queries: examples,
     };
-    crate::report::write_demo_report(&report.report, &report)?;
+    crate::demo_report::write(&report.report, &report)?;
     Ok(report)
 }
 
@@ -262,30 +262,41 @@ fn step(
     log: &mut impl FnMut(DemoEvent<'_>),
     steps: &mut Vec<(String, Duration)>,
     text: &str,
-) -> Result<ResultSet> {
+) -> Result<Output> {
     log(DemoEvent::Statement(text));
     let started = Instant::now();
-    let result = last(db.sql(text)?)?;
+    let result = one(db, text, false)?;
     steps.push((text.to_string(), started.elapsed()));
     log(DemoEvent::Finished(&result));
     Ok(result)
 }
 
-/// The plan of one statement.
-fn plan(db: &Database, sql: &str) -> Result<Plan> {
-    let mut statements = query::parse(sql)?;
-    let stmt = statements
-        .pop()
-        .ok_or_else(|| Error::Invalid("no statement".into()))?;
-    let snap = db.snapshot()?;
-    Ok(query::bind(stmt, &SnapshotCatalog(&snap))?)
+/// The output of a one-statement text; with `image_bytes`, search hits carry their images
+/// (for the report).
+fn one(db: &Database, sql: &str, image_bytes: bool) -> Result<Output> {
+    let options = ExecOptions {
+        image_bytes,
+        ..ExecOptions::default()
+    };
+    let mut out = None;
+    db.sql_each(sql, &options, |o| out = Some(o))?;
+    out.ok_or_else(|| Error::Unexpected {
+        statement: sql.to_string(),
+        got: "no result".into(),
+    })
 }
 
-/// A search with its hits' image bytes (for the report).
-fn search(db: &Database, sql: &str) -> Result<SearchResults> {
-    match plan(db, sql)? {
-        Plan::Search(p) => crate::search::run(db, &p, true),
-        _ => Err(Error::Invalid(format!("not a search: {sql}"))),
+fn unexpected(statement: &str, got: &Output) -> Error {
+    Error::Unexpected {
+        statement: statement.to_string(),
+        got: format!("{got:?}").chars().take(200).collect(),
+    }
+}
+
+fn search_results(sql: &str, output: Output) -> Result<SearchResults> {
+    match output {
+        Output::Search(s) => Ok(s),
+        other => Err(unexpected(sql, &other)),
     }
 }
 
@@ -293,8 +304,13 @@ fn search(db: &Database, sql: &str) -> Result<SearchResults> {
 /// of the image-to-text search.
 fn test_image(db: &Database) -> Result<String> {
     for filter in ["split = 'test' AND objects = 2", "split = 'test'"] {
-        let found = last(db.sql(&format!("SELECT image FROM shapes WHERE {filter} LIMIT 1"))?)?;
-        if let Some(crate::result::Cell::Str(path)) = found.rows.first().and_then(|r| r.first()) {
+        let found: ResultSet = one(
+            db,
+            &format!("SELECT image FROM shapes WHERE {filter} LIMIT 1"),
+            false,
+        )?
+        .into_result_set();
+        if let Some(mirante::Cell::Str(path)) = found.rows.first().and_then(|r| r.first()) {
             return Ok(path.clone());
         }
     }

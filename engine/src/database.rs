@@ -1,0 +1,163 @@
+//! The database handle users open: storage, the writer (taken for one statement at a time), the
+//! registry and loaded models, and the caches statements share. Running statements is the
+//! executor's (`exec`): [`Database::sql`], [`Database::execute`].
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use mirante_storage::{self as storage, Snapshot};
+use mirante_training::{Device, PipelineOptions};
+
+use crate::cancel::CancelToken;
+use crate::error::Result;
+use crate::models::Models;
+use crate::pixel_cache::PixelCache;
+use crate::registry::{self, Registry};
+
+/// How the engine runs long jobs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Progress bars on stderr for imports, embedding and training.
+    pub progress: bool,
+    /// Images or texts per model batch.
+    pub batch_size: usize,
+    /// Image decode/resize threads.
+    pub workers: usize,
+    pub device: Device,
+    /// Bytes of preprocessed pixels kept in memory across statements for ELIP re-ranking
+    /// (0 turns the cache off).
+    pub pixel_cache_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let pipeline = PipelineOptions::default();
+        Options {
+            progress: false,
+            batch_size: pipeline.batch_size,
+            workers: pipeline.workers,
+            device: mirante_training::default_device(),
+            pixel_cache_bytes: crate::pixel_cache::DEFAULT_BYTES,
+        }
+    }
+}
+
+/// How one statement runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// Stops the statement at its next check ([`CancelToken::cancel`]).
+    pub cancel: CancelToken,
+    /// Search hits carry their stored image bytes (for reports and RAG callers).
+    pub image_bytes: bool,
+}
+
+/// An open Mirante database.
+#[derive(Debug)]
+pub struct Database {
+    pub(crate) store: storage::Database,
+    writer: Mutex<Option<storage::Writer>>,
+    pub(crate) models: Models,
+    pub(crate) options: Options,
+    /// Preprocessed candidate images of re-ranking, kept across statements.
+    pub(crate) pixels: PixelCache,
+}
+
+impl Database {
+    /// Opens the database at `path`, creating it if the directory does not hold one.
+    pub fn open(path: impl AsRef<Path>) -> Result<Database> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// Opens (or creates) the database at `path`. References to registry models that an
+    /// older release stored as absolute paths are rewritten as `registry:<name>` keys in one
+    /// commit (see [`crate::registry`]), so moved and copied databases use their own models.
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Database> {
+        let store = storage::Database::open_or_create(path)?;
+        let registry = Registry::new(store.path());
+        registry::migrate(&store, &registry)?;
+        Ok(Database {
+            writer: Mutex::new(None),
+            models: Models::with_registry(options.device.clone(), registry),
+            pixels: PixelCache::new(options.pixel_cache_bytes),
+            options,
+            store,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// The storage engine underneath (snapshots, versions, low-level writes).
+    pub fn storage(&self) -> &storage::Database {
+        &self.store
+    }
+
+    /// The database's model registry.
+    pub fn registry(&self) -> &Registry {
+        // A database's models always have its registry.
+        match self.models.registry() {
+            Ok(r) => r,
+            Err(_) => unreachable!("Database::open_with gives its models a registry"),
+        }
+    }
+
+    /// A snapshot of the newest committed version.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(self.store.snapshot()?)
+    }
+
+    /// The embedding pipeline's settings for one statement.
+    pub(crate) fn pipeline(&self, progress: bool, cancel: &CancelToken) -> PipelineOptions {
+        PipelineOptions {
+            batch_size: self.options.batch_size,
+            workers: self.options.workers,
+            progress,
+            stop: cancel.stop(),
+        }
+    }
+
+    /// The writer, taken (with the database's writer lock) on first use in a statement.
+    pub(crate) fn writer(&self) -> Result<WriterGuard<'_>> {
+        let mut guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(self.store.writer()?);
+        }
+        Ok(WriterGuard(guard))
+    }
+
+    /// Gives the writer lock back after a statement, so that other processes (a second shell,
+    /// a script) can write between statements, as with SQLite.
+    pub(crate) fn release_writer(&self) {
+        *self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+/// Exclusive use of the writer for one statement.
+pub(crate) struct WriterGuard<'a>(MutexGuard<'a, Option<storage::Writer>>);
+
+// `Database::writer` stores the writer before it builds the guard.
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = storage::Writer;
+    fn deref(&self) -> &storage::Writer {
+        match self.0.as_ref() {
+            Some(w) => w,
+            None => unreachable!("writer initialised by Database::writer"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut storage::Writer {
+        match self.0.as_mut() {
+            Some(w) => w,
+            None => unreachable!("writer initialised by Database::writer"),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The load path of `IMPORT` and `INSERT`, chunk by chunk: **read** each row's image bytes,
+//! **embed and validate** (images with the collection's model, or decoded to check them when it
+//! has none, or precomputed vectors checked against their spaces' dimensions; then captions),
+//! and **stage** the chunk as a segment of the caller's transaction. A bad row fails the whole
+//! load unless failures are skipped, in which case it is reported and left out.
+
+use mirante_query::options::EmbeddingColumns;
+use mirante_storage::{self as storage, ImageData, Modality, NewRow, SpaceId};
+use mirante_training::{ImageSource, PipelineOptions, embed_images, embed_texts};
+
+use super::source::{ImageRef, Item, Record};
+use crate::database::{Database, ExecOptions};
+use crate::error::{Error, Result, RowFailure};
+use crate::fsio;
+use crate::models::LoadedModel;
+use crate::spaces::{Spaces, stage_external};
+
+/// Rows embedded and staged per step; bounds memory for sources of any size.
+const CHUNK: usize = 1024;
+
+/// What loading rows did.
+#[derive(Debug, Default)]
+pub(crate) struct LoadReport {
+    pub rows: usize,
+    pub skipped: Vec<RowFailure>,
+    /// Whether the rows got vectors (from the model or precomputed).
+    pub embedded: bool,
+}
+
+/// A row whose image bytes were read.
+type ReadRow = (Record, Vec<u8>);
+
+/// Where the rows' vectors come from.
+enum Vectors<'a> {
+    /// The collection's model, into its active spaces.
+    Model(std::sync::Arc<LoadedModel>, Vec<(SpaceId, Modality)>),
+    /// Precomputed columns; their spaces are found or staged at the first row with vectors.
+    External(&'a EmbeddingColumns, Option<[(SpaceId, usize); 2]>),
+    /// No model: rows are stored without vectors.
+    None,
+}
+
+/// Reads, embeds and stages `items` into `collection` within `tx`.
+pub(crate) fn load(
+    db: &Database,
+    tx: &mut storage::Transaction<'_>,
+    collection: &str,
+    items: impl Iterator<Item = Result<Item>>,
+    (skip_errors, precomputed): (bool, Option<&EmbeddingColumns>),
+    exec: &ExecOptions,
+) -> Result<LoadReport> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(collection)?;
+    let spaces = Spaces::new(db, c);
+    let mut vectors = match precomputed {
+        Some(e) => {
+            spaces.check_external_target(&e.model)?;
+            Vectors::External(e, None)
+        }
+        None => match spaces.active_model()? {
+            Some(m) => {
+                let active = [c.active_image, c.active_text]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| Ok((s, spaces.spec(s)?.modality)))
+                    .collect::<Result<_>>()?;
+                Vectors::Model(m, active)
+            }
+            None => Vectors::None,
+        },
+    };
+    let pipeline = db.pipeline(false, &exec.cancel);
+    let bar = crate::progress::rows(db.options.progress, "importing");
+    let mut report = LoadReport {
+        embedded: !matches!(vectors, Vectors::None),
+        ..Default::default()
+    };
+    let mut items = items.peekable();
+    let mut seen = 0usize;
+    while items.peek().is_some() {
+        exec.cancel.check()?;
+        let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen)?;
+        let (rows, embeddings) = embed(&mut vectors, tx, collection, rows, &mut failures, &pipeline)?;
+        if !failures.is_empty() && !skip_errors {
+            return Err(Error::RowsFailed {
+                total: seen,
+                failures,
+            });
+        }
+        report.skipped.extend(failures);
+        let n = rows.len();
+        stage(tx, collection, rows, &embeddings)?;
+        report.rows += n;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Reads the image bytes of a chunk's rows; rows that cannot be read become failures.
+fn read(
+    items: impl Iterator<Item = Result<Item>>,
+    seen: &mut usize,
+) -> Result<(Vec<ReadRow>, Vec<RowFailure>)> {
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for item in items {
+        *seen += 1;
+        match item? {
+            Item::Bad(f) => failures.push(f),
+            Item::Row(r) => match read_image(&r.image) {
+                Ok(bytes) => rows.push((r, bytes)),
+                Err(reason) => failures.push(failure(&r, reason)),
+            },
+        }
+    }
+    Ok((rows, failures))
+}
+
+fn failure(r: &Record, reason: String) -> RowFailure {
+    RowFailure {
+        location: r.location.clone(),
+        image: Some(r.image.name()),
+        reason,
+    }
+}
+
+fn read_image(image: &ImageRef) -> std::result::Result<Vec<u8>, String> {
+    match image {
+        ImageRef::Path(p) => fsio::read(p).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "image file not found".to_string()
+            }
+            Error::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }),
+        ImageRef::Bytes { bytes, .. } => Ok(bytes.clone()),
+    }
+}
+
+/// The vectors of a chunk, per space, and the rows that keep them (failures moved out).
+type Embedded = (Vec<ReadRow>, Vec<(SpaceId, Vec<f32>)>);
+
+/// Embeds and validates a chunk.
+fn embed(
+    vectors: &mut Vectors<'_>,
+    tx: &mut storage::Transaction<'_>,
+    collection: &str,
+    rows: Vec<ReadRow>,
+    failures: &mut Vec<RowFailure>,
+    pipeline: &PipelineOptions,
+) -> Result<Embedded> {
+    match vectors {
+        Vectors::Model(model, spaces) => {
+            let (rows, images) = embed_images_of(model, rows, failures, pipeline)?;
+            let texts: Vec<&str> = rows
+                .iter()
+                .flat_map(|(r, _)| r.texts.iter().map(String::as_str))
+                .collect();
+            let texts: Vec<f32> = embed_texts(&model.encoder, &texts, pipeline)?
+                .into_iter()
+                .flatten()
+                .collect();
+            let embeddings = spaces
+                .iter()
+                .map(|&(s, m)| match m {
+                    Modality::Image => (s, images.clone()),
+                    Modality::Text => (s, texts.clone()),
+                })
+                .collect();
+            Ok((rows, embeddings))
+        }
+        Vectors::None => Ok((decodable(rows, failures), Vec::new())),
+        Vectors::External(columns, spaces) => {
+            let rows = decodable(rows, failures);
+            let Some(first) = rows.first().and_then(|(r, _)| r.vectors.as_ref()) else {
+                return Ok((rows, Vec::new()));
+            };
+            let [(image, image_dim), (text, text_dim)] = match spaces {
+                Some(s) => *s,
+                None => {
+                    // A first row without captions tells nothing about text vectors; take the
+                    // image's.
+                    let text_dim = first.texts.first().map_or(first.image.len(), Vec::len);
+                    let s = stage_external(tx, collection, &columns.model, [first.image.len(), text_dim])?;
+                    *spaces = Some(s);
+                    s
+                }
+            };
+            let rows = with_dims(rows, (image_dim, text_dim), &columns.model, failures);
+            let vectors = rows.iter().filter_map(|(r, _)| r.vectors.as_ref());
+            let images = vectors.clone().flat_map(|v| v.image.iter().copied()).collect();
+            let texts = vectors.flat_map(|v| v.texts.iter().flatten().copied()).collect();
+            Ok((rows, vec![(image, images), (text, texts)]))
+        }
+    }
+}
+
+/// Image embeddings of the rows that decode; the others become failures.
+fn embed_images_of(
+    model: &LoadedModel,
+    rows: Vec<ReadRow>,
+    failures: &mut Vec<RowFailure>,
+    pipeline: &PipelineOptions,
+) -> Result<(Vec<ReadRow>, Vec<f32>)> {
+    // The bytes move into the sources and back out, so each image is held once.
+    let (records, sources): (Vec<_>, Vec<ImageSource>) = rows
+        .into_iter()
+        .map(|(r, bytes)| {
+            let source = r.image.name();
+            (r, ImageSource::Bytes { source, bytes })
+        })
+        .unzip();
+    let embedded = embed_images(&model.encoder, &sources, pipeline)?;
+    let mut kept = Vec::with_capacity(records.len());
+    let mut vectors = Vec::new();
+    for ((r, src), e) in records.into_iter().zip(sources).zip(embedded.embeddings) {
+        if let (Some(v), ImageSource::Bytes { bytes, .. }) = (e, src) {
+            vectors.extend(v);
+            kept.push((r, bytes));
+        }
+    }
+    for f in embedded.failures {
+        failures.push(RowFailure {
+            location: format!("image {}", f.source),
+            image: Some(f.source),
+            reason: f.reason,
+        });
+    }
+    Ok((kept, vectors))
+}
+
+/// Without a model, still refuse what no model could read later.
+fn decodable(rows: Vec<ReadRow>, failures: &mut Vec<RowFailure>) -> Vec<ReadRow> {
+    let mut kept = Vec::with_capacity(rows.len());
+    for (r, bytes) in rows {
+        match image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+            .and_then(|i| i.into_dimensions().map_err(|e| e.to_string()))
+        {
+            Ok(_) => kept.push((r, bytes)),
+            Err(reason) => failures.push(failure(&r, format!("cannot decode image: {reason}"))),
+        }
+    }
+    kept
+}
+
+/// The rows whose precomputed vectors have their spaces' dimensions.
+fn with_dims(
+    rows: Vec<ReadRow>,
+    (image_dim, text_dim): (usize, usize),
+    model: &str,
+    failures: &mut Vec<RowFailure>,
+) -> Vec<ReadRow> {
+    rows.into_iter()
+        .filter(|(r, _)| {
+            let Some(v) = &r.vectors else { return false };
+            let bad = if v.image.len() != image_dim {
+                Some(("image", v.image.len(), image_dim))
+            } else {
+                v.texts
+                    .iter()
+                    .find(|t| t.len() != text_dim)
+                    .map(|t| ("text", t.len(), text_dim))
+            };
+            if let Some((kind, got, want)) = bad {
+                failures.push(failure(
+                    r,
+                    format!(
+                        "{kind} embedding has {got} values; the {kind} vectors of model {model} \
+                         have {want}"
+                    ),
+                ));
+            }
+            bad.is_none()
+        })
+        .collect()
+}
+
+/// Stages a chunk as a new segment of `tx`.
+fn stage(
+    tx: &mut storage::Transaction<'_>,
+    collection: &str,
+    rows: Vec<ReadRow>,
+    embeddings: &[(SpaceId, Vec<f32>)],
+) -> Result<()> {
+    let new_rows: Vec<NewRow> = rows
+        .into_iter()
+        .map(|(r, bytes)| NewRow {
+            image: Some(ImageData {
+                bytes,
+                source: r.image.name(),
+            }),
+            texts: r.texts,
+            split: r.split,
+            metadata: r.metadata,
+        })
+        .collect();
+    let embeddings: Vec<(SpaceId, &[f32])> =
+        embeddings.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+    tx.append(collection, new_rows, &embeddings)?;
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! `TRAIN ELIP`: trains an ELIP mapper (crate `mirante-training`'s
+//! [`mirante_training::elip`]) on a collection's pairs over a frozen backbone, validates it by
+//! re-ranking each validation caption's first-stage top K (tuning the fusion weight there), and
+//! registers it (`elip_config.json`, `model.safetensors`, the lineage). Using it is
+//! [`crate::rerank`].
+
+use std::sync::Arc;
+
+use mirante_query::options::{ElipOptions, PromptInit};
+use mirante_query::{EvalMetric, TrainPlan};
+use mirante_training::DualEncoder;
+use mirante_training::elip::{self as training_elip, ElipConfig, ElipMapper, Negatives};
+use mirante_training::finetune::PairData;
+use rayon::prelude::*;
+
+use super::data::{embed_captions, embed_images};
+use super::{DataSpec, Job, epoch_rows};
+use crate::cancel::CancelToken;
+use crate::database::{Database, ExecOptions};
+use crate::error::{Error, Result};
+use crate::metrics::rank_metric;
+use crate::output::TrainingRun;
+use crate::ranking::{Problem, exact_ranks, exact_top_k};
+use crate::rerank::reranked_text_ranks;
+
+/// Validation images embedded per batch.
+const EMBED_BATCH: usize = 32;
+
+/// A validation split prepared once: the frozen backbone's embeddings, its first-stage ranks,
+/// and the images' pixels.
+struct Validation {
+    texts: Vec<Vec<f32>>,
+    images: Vec<Vec<f32>>,
+    gold: Vec<Option<u32>>,
+    first: Vec<Option<u32>>,
+    pixels: Vec<Arc<Vec<f32>>>,
+}
+
+impl Validation {
+    fn new(encoder: &DualEncoder, data: &PairData) -> Result<Self> {
+        let texts = embed_captions(encoder, data)?;
+        // Decoded once: the same pixels give the first stage's embeddings and the candidates.
+        let pixels: Vec<Arc<Vec<f32>>> = data
+            .images
+            .par_iter()
+            .map(|i| Ok(Arc::new(i.pixels(encoder)?.into_owned())))
+            .collect::<Result<_>>()?;
+        let mut images = Vec::with_capacity(pixels.len());
+        for chunk in pixels.chunks(EMBED_BATCH) {
+            let chunk: Vec<&[f32]> = chunk.iter().map(|p| p.as_slice()).collect();
+            images.extend(encoder.embed_pixels(&chunk)?);
+        }
+        let gold = data.gold();
+        let first = exact_ranks(&Problem {
+            texts: texts.iter().map(Vec::as_slice).collect(),
+            images: images.iter().map(Vec::as_slice).collect(),
+            gold: gold.clone(),
+        })
+        .text_to_image;
+        Ok(Validation {
+            texts,
+            images,
+            gold,
+            first,
+            pixels,
+        })
+    }
+
+    fn problem(&self) -> Problem<'_> {
+        Problem {
+            texts: self.texts.iter().map(Vec::as_slice).collect(),
+            images: self.images.iter().map(Vec::as_slice).collect(),
+            gold: self.gold.clone(),
+        }
+    }
+
+    /// `metric` of the first stage alone.
+    fn baseline(&self, metric: EvalMetric) -> Option<f64> {
+        rank_metric(metric, queries(&self.first).into_iter())
+    }
+
+    /// `metric` after re-ranking the top `top` with `mapper`, per fusion weight of `fusions`.
+    fn scores(
+        &self,
+        encoder: &DualEncoder,
+        mapper: &ElipMapper,
+        metric: EvalMetric,
+        (top, fusions): (usize, &[f64]),
+        cancel: &CancelToken,
+    ) -> Result<Vec<Option<f64>>> {
+        let ranks = reranked_text_ranks(
+            encoder,
+            mapper,
+            &self.problem(),
+            &self.first,
+            (top, fusions),
+            |i| Ok(Arc::clone(&self.pixels[i as usize])),
+            (false, cancel),
+        )?;
+        Ok(ranks
+            .iter()
+            .map(|r| rank_metric(metric, queries(r).into_iter()))
+            .collect())
+    }
+}
+
+/// Text queries (captions with an image) as the rank of their one relevant item.
+fn queries(ranks: &[Option<u32>]) -> Vec<&[u32]> {
+    ranks.iter().flatten().map(std::slice::from_ref).collect()
+}
+
+/// Per training caption, the `n` images other than its own that the backbone ranks highest
+/// (exact scores over the training rows): the confusions re-ranking is there to undo.
+fn retrieved_negatives(
+    encoder: &DualEncoder,
+    data: &PairData,
+    n: usize,
+) -> Result<Vec<Vec<usize>>> {
+    let images = embed_images(encoder, data)?;
+    let texts = embed_captions(encoder, data)?;
+    let top = exact_top_k(
+        &texts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &images.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        n + 1,
+    );
+    Ok(top
+        .into_iter()
+        .zip(data.gold())
+        .map(|(ranked, gold)| {
+            ranked
+                .into_iter()
+                .filter(|&i| Some(i) != gold)
+                .take(n)
+                .map(|i| i as usize)
+                .collect()
+        })
+        .collect())
+}
+
+/// `TRAIN ELIP`: trains a mapper over the backbone on the collection's pairs and registers the
+/// best one as the plan's name.
+pub(crate) fn run(
+    db: &Database,
+    plan: &TrainPlan,
+    backbone: Option<&str>,
+    options: &ElipOptions,
+    exec: &ExecOptions,
+) -> Result<TrainingRun> {
+    let t = &options.training;
+    let metric = t.metric;
+    let backbone = match backbone {
+        Some(b) => db.models.load(b)?,
+        None => {
+            let snap = db.snapshot()?;
+            let c = snap.collection(&plan.collection)?;
+            crate::spaces::Spaces::new(db, c)
+                .active_model()?
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "collection {} has no model; name the backbone with USING MODEL '<model>'",
+                        plan.collection
+                    ))
+                })?
+        }
+    };
+    let encoder = &backbone.encoder;
+    let (width, _) = encoder.model.vision_shape();
+    let mut elip = ElipConfig::for_model(
+        &encoder.model,
+        options.prompts,
+        options.hidden.unwrap_or(width.min(1024)),
+        options.deep,
+    )?;
+    elip.dropout = options.dropout;
+    let job = Job::prepare(
+        db,
+        plan,
+        exec,
+        DataSpec {
+            encoder,
+            mine_with: options.hard_negatives.then_some(backbone.fingerprint.as_str()),
+            swap_seed: None,
+            what: "ELIP",
+        },
+    )?;
+    let validation = match &job.validation {
+        Some(v) => Some(Validation::new(encoder, v)?),
+        None => None,
+    };
+    let baseline = validation.as_ref().and_then(|v| v.baseline(metric));
+    let retrieved = match options.negatives {
+        None => None,
+        Some(n) if n >= job.train.images.len() => {
+            return Err(Error::Invalid(format!(
+                "option negatives asks for {n} retrieved negatives per caption, but the \
+                 training rows hold only {} images",
+                job.train.images.len()
+            )));
+        }
+        Some(n) => Some(retrieved_negatives(encoder, &job.train, n)?),
+    };
+    let negatives = match &retrieved {
+        Some(lists) => Negatives::Retrieved(lists),
+        None => Negatives::InBatch,
+    };
+    // Tuned on validation unless fixed; the grid ends with ELIP alone, reported beside.
+    let fusions: Vec<f64> = match (options.fusion, &validation) {
+        (Some(w), _) => vec![w],
+        (None, Some(_)) => (0..=10).map(|i| f64::from(i) / 10.0).collect(),
+        (None, None) => vec![1.0],
+    };
+    // Per validation (the untrained mapper first, then each epoch): the chosen weight and
+    // ELIP's score alone.
+    let mut chosen: Vec<(f64, Option<f64>)> = Vec::new();
+    let mapper = ElipMapper::new(elip, t.seed, &db.options.device)?;
+    if options.prompt_init == PromptInit::Patch {
+        // Prompts start as a typical patch token, so the untrained mapper leaves the ranking
+        // nearly intact.
+        mapper.anchor_prompts(encoder, &job.train)?;
+    }
+    let config = job.config(t);
+    let top = options.top;
+    let report = training_elip::train(
+        encoder,
+        &mapper,
+        (&job.train, negatives),
+        &config,
+        job.install.folder(),
+        |m| -> Result<Option<f64>> {
+            let Some(v) = &validation else {
+                return Ok(None);
+            };
+            let per = v.scores(encoder, m, metric, (top, &fusions), &exec.cancel)?;
+            // Ties keep the lighter fusion weight.
+            let mut best = 0;
+            for (i, s) in per.iter().enumerate() {
+                if s.unwrap_or(f64::MIN) > per[best].unwrap_or(f64::MIN) {
+                    best = i;
+                }
+            }
+            let alone = (fusions.last() == Some(&1.0))
+                .then(|| per[per.len() - 1])
+                .flatten();
+            chosen.push((fusions[best], alone));
+            Ok(per[best])
+        },
+    )?;
+    // The saved mapper: the best epoch's, or the last one when none beat the untrained mapper.
+    let kept_validation = if report.best_epoch == 0 {
+        chosen.len().saturating_sub(1)
+    } else {
+        report.best_epoch
+    };
+    let fusion = chosen.get(kept_validation).map_or(fusions[0], |&(w, _)| w);
+    let mut lineage = job.lineage(("elip", &backbone.key, &backbone.fingerprint), t, &report)?;
+    lineage.validation_top = Some(top);
+    lineage.baseline_validation = baseline;
+    lineage.fusion = Some(fusion);
+    let mut epochs = epoch_rows(&report);
+    if validation.is_some() {
+        for (row, &tuned) in epochs.iter_mut().zip(chosen.iter().skip(1)) {
+            row.fusion = Some(tuned);
+        }
+    }
+    let kept_score = if report.best_epoch == 0 {
+        report.epochs.last().and_then(|e| e.validation)
+    } else {
+        report.best_validation
+    };
+    let validated = match (kept_score, baseline) {
+        (Some(v), Some(b)) => format!(
+            ", validation {metric} {v:.4} re-ranked (fusion {fusion}) vs {b:.4} without (top \
+             {top})"
+        ),
+        _ => format!(", fusion {fusion}"),
+    };
+    let status = format!(
+        "trained ELIP '{}' over {} on {} rows of {} ({}{validated}); use SEARCH {} BY TEXT \
+         '...' RERANK WITH ELIP '{}'",
+        plan.name,
+        backbone.key,
+        job.train.images.len(),
+        plan.collection,
+        if report.best_epoch == 0 {
+            "no epoch beat the untrained mapper; kept the last".to_string()
+        } else {
+            format!("kept epoch {}", report.best_epoch)
+        },
+        plan.collection,
+        plan.name
+    );
+    job.finish(&lineage, epochs, format!("reranked {metric}"), status)
+}
