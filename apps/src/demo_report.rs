@@ -67,13 +67,7 @@ pub(crate) fn write(path: &Path, demo: &DemoReport) -> Result<()> {
         "<h1>Mirante demo: zero-shot, fine-tuned, compared</h1><div class=\"meta\">shapes dataset: \
          {} rows ({} captions in English and Portuguese), train {}, validation {}, test {} \
          &middot; default model <code>{}</code> fine-tuned as <code>{}</code></div>\n",
-        d.rows,
-        d.captions,
-        d.splits[0],
-        d.splits[1],
-        d.splits[2],
-        DEFAULT_MODEL,
-        FINETUNED
+        d.rows, d.captions, d.splits[0], d.splits[1], d.splits[2], DEFAULT_MODEL, FINETUNED
     ));
     html.push_str("<h2>Evaluation on the test split</h2>\n");
     html.push_str(&evaluation_summary(&demo.evaluation));
@@ -117,4 +111,3 @@ pub(crate) fn write(path: &Path, demo: &DemoReport) -> Result<()> {
     finish_page(&mut html);
     std::fs::write(path, html).map_err(|e| Error::io(path, e))
 }
-

@@ -162,11 +162,10 @@ fn training_captions(metadata: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(metadata).map_err(|e| Error::io(metadata, e))?;
     let mut captions = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let row: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Data {
-                path: metadata.to_path_buf(),
-                detail: format!("line {}: {e}", i + 1),
-            })?;
+        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Data {
+            path: metadata.to_path_buf(),
+            detail: format!("line {}: {e}", i + 1),
+        })?;
         if row["split"] == "train"
             && let Some(texts) = row["text"].as_array()
         {

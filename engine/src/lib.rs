@@ -48,7 +48,7 @@ pub use mirante_storage as storage;
 pub use mirante_training as training;
 pub use models::{DEFAULT_MODEL, LoadedElip, LoadedModel, Models};
 pub use output::{
-    Cell, CellType, Column, Evaluation, Output, ResultSet, SearchHit, SearchResults,
-    SearchTimings, TableStyle, TrainingRun,
+    Cell, CellType, Column, Evaluation, Output, ResultSet, SearchHit, SearchResults, SearchTimings,
+    TableStyle, TrainingRun,
 };
 pub use registry::{Lineage, Registry};

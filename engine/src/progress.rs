@@ -6,9 +6,9 @@ pub(crate) fn rows(show: bool, what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {what}: {{pos}} rows ({{per_sec}})"))
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{spinner}} {what}: {{pos}} rows ({{per_sec}})"
+    )) {
         bar.set_style(style);
     }
     bar
@@ -20,9 +20,9 @@ pub(crate) fn steps(show: bool, len: usize, what: &str) -> indicatif::ProgressBa
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());

@@ -9,9 +9,9 @@ use mirante_training::{ImageSource, embed_images, embed_texts};
 
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result};
-use crate::exec::plural;
+
 use crate::models::LoadedModel;
-use crate::output::Output;
+use crate::output::{Output, plural};
 use crate::spaces::Spaces;
 
 /// `EMBED` (`switch` false): registers the model's spaces, embeds every segment that lacks

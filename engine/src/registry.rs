@@ -316,7 +316,11 @@ impl Drop for Install {
 /// The registry model an absolute path stored by an older release stands for: a folder
 /// `.../models/<name>` whose name this registry holds with the same weights (`fingerprint`).
 /// The path may point into this database (before a move) or into the one it was copied from.
-pub(crate) fn legacy_name(registry: &Registry, model_id: &str, fingerprint: &str) -> Option<String> {
+pub(crate) fn legacy_name(
+    registry: &Registry,
+    model_id: &str,
+    fingerprint: &str,
+) -> Option<String> {
     let path = Path::new(model_id);
     if !path.is_absolute() || path.parent()?.file_name()? != REGISTRY_DIR {
         return None;
@@ -417,7 +421,10 @@ mod tests {
             "stopped_early": false, "precision": "fp32", "epochs": []
         }))
         .unwrap();
-        assert_eq!(lineage.lineage_format, 1, "files without a format are format 1");
+        assert_eq!(
+            lineage.lineage_format, 1,
+            "files without a format are format 1"
+        );
         install.commit(&lineage).unwrap();
         assert_eq!(r.names().unwrap(), ["m"]);
         assert_eq!(r.lineage("m").unwrap().lineage_format, LINEAGE_FORMAT);

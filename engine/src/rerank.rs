@@ -167,4 +167,3 @@ pub(crate) fn reranked_text_ranks(
     bar.finish_and_clear();
     Ok(ranks)
 }
-

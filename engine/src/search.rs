@@ -99,7 +99,12 @@ pub(crate) fn resolve(db: &Database, snap: &Snapshot, plan: &SearchPlan) -> Resu
 }
 
 /// The query vector.
-fn query_vector(db: &Database, snap: &Snapshot, plan: &SearchPlan, r: &Resolved) -> Result<Vec<f32>> {
+fn query_vector(
+    db: &Database,
+    snap: &Snapshot,
+    plan: &SearchPlan,
+    r: &Resolved,
+) -> Result<Vec<f32>> {
     let c = snap.collection(&plan.collection)?;
     match (&plan.query, &r.model) {
         (SearchQuery::Text(t), Some(m)) => Ok(m

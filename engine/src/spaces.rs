@@ -39,14 +39,16 @@ impl<'a> Spaces<'a> {
 
     /// The active space of `modality`.
     pub fn active(&self, modality: Modality) -> Result<SpaceId> {
-        self.c.active(modality).ok_or_else(|| Error::MissingEmbeddings {
-            collection: self.c.name.clone(),
-            detail: format!(
-                "has no {modality} embeddings; give it a model with EMBED {} USING MODEL \
+        self.c
+            .active(modality)
+            .ok_or_else(|| Error::MissingEmbeddings {
+                collection: self.c.name.clone(),
+                detail: format!(
+                    "has no {modality} embeddings; give it a model with EMBED {} USING MODEL \
                  '<folder or hub id>'",
-                self.c.name
-            ),
-        })
+                    self.c.name
+                ),
+            })
     }
 
     /// The model of the active spaces, loaded and checked against the stored fingerprint;

@@ -298,7 +298,9 @@ pub const CREATE_COLLECTION: &[OptionSpec] = &[
 pub const IMPORT: &[OptionSpec] = &[
     text(
         "image_column",
-        OptionDefault::Absent("the first of `file_name`, `image`, `image_path`, `path`, `filepath`, `file`"),
+        OptionDefault::Absent(
+            "the first of `file_name`, `image`, `image_path`, `path`, `filepath`, `file`",
+        ),
         "the column naming or holding each row's image",
     ),
     text(
@@ -413,7 +415,11 @@ pub const TRAIN_ELIP: &[OptionSpec] = &[
         OptionDefault::Absent("min(1024, the vision tower's width)"),
         "width of the mapper's hidden layers",
     ),
-    flag("deep", false, "new prompts before every layer of the vision tower"),
+    flag(
+        "deep",
+        false,
+        "new prompts before every layer of the vision tower",
+    ),
     choice(
         "prompt_init",
         &["patch", "zero"],
@@ -705,9 +711,7 @@ impl ImportOptions {
             o.text("embedding_model"),
         ) {
             (None, None, None) => None,
-            (Some(image), Some(text), Some(model)) => {
-                Some(EmbeddingColumns { image, text, model })
-            }
+            (Some(image), Some(text), Some(model)) => Some(EmbeddingColumns { image, text, model }),
             _ => {
                 let pos = ["image_embedding", "text_embedding", "embedding_model"]
                     .iter()
@@ -995,7 +999,9 @@ mod tests {
             .contains("a ranking metric")
         );
         assert!(err(&[("dropout", Literal::Int(1))], TRAIN_ELIP).contains("[0, 1)"));
-        assert!(err(&[("loss", Literal::String("x".into()))], TRAIN_ELIP).contains("valid options"));
+        assert!(
+            err(&[("loss", Literal::String("x".into()))], TRAIN_ELIP).contains("valid options")
+        );
     }
 
     #[test]
@@ -1008,8 +1014,7 @@ mod tests {
         let e = ImportOptions::from_bound(&o, Pos::default()).unwrap_err();
         assert_eq!(e.pos(), Pos { line: 1, column: 5 });
         let c = CollectionOptions::from_bound(
-            &BoundOptions::bind(&options(&[("model", Literal::Null)]), CREATE_COLLECTION)
-                .unwrap(),
+            &BoundOptions::bind(&options(&[("model", Literal::Null)]), CREATE_COLLECTION).unwrap(),
         );
         assert_eq!(c.model, ModelChoice::None);
         assert_eq!(c.index, "Flat");

@@ -288,9 +288,7 @@ pub fn keep_freed_memory() {
 
 /// The output of the last statement of `sql`, as a table; panics with the rendered error.
 pub fn one(db: &mirante::Database, sql: &str) -> mirante::ResultSet {
-    let mut r = db
-        .sql(sql)
-        .unwrap_or_else(|e| panic!("{}", e.render(sql)));
+    let mut r = db.sql(sql).unwrap_or_else(|e| panic!("{}", e.render(sql)));
     r.pop()
         .unwrap_or_else(|| panic!("{sql}: no output"))
         .into_result_set()
@@ -309,5 +307,80 @@ pub fn float_at(r: &mirante::ResultSet, row: usize, column: &str) -> f64 {
     match r.get(row, column) {
         Some(mirante::Cell::Float(v)) => *v,
         other => panic!("{column}: {other:?}"),
+    }
+}
+
+/// Sixteen 16x16 PNGs (a coloured square on grey in one of four places) with a
+/// `metadata.jsonl` of captions, in `folder`; returns every caption.
+pub fn write_square_images(folder: &std::path::Path) -> Vec<String> {
+    const COLOURS: [(&str, [u8; 3]); 4] = [
+        ("red", [220, 30, 30]),
+        ("green", [30, 200, 60]),
+        ("blue", [40, 60, 220]),
+        ("yellow", [230, 220, 40]),
+    ];
+    const PLACES: [(&str, u32, u32); 4] = [
+        ("top left", 0, 0),
+        ("top right", 8, 0),
+        ("bottom left", 0, 8),
+        ("bottom right", 8, 8),
+    ];
+    std::fs::create_dir_all(folder).unwrap();
+    let mut lines = Vec::new();
+    let mut captions = Vec::new();
+    for (c, (colour, rgb)) in COLOURS.iter().enumerate() {
+        for (p, (place, x0, y0)) in PLACES.iter().enumerate() {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                let inside = (*x0..x0 + 8).contains(&x) && (*y0..y0 + 8).contains(&y);
+                image::Rgb(if inside { *rgb } else { [128, 128, 128] })
+            });
+            let name = format!("{c}{p}.png");
+            img.save(folder.join(&name)).unwrap();
+            let text = format!("a {colour} square at the {place}");
+            lines.push(serde_json::json!({"file_name": name, "text": text}).to_string());
+            captions.push(text);
+        }
+    }
+    std::fs::write(folder.join("metadata.jsonl"), lines.join("\n") + "\n").unwrap();
+    captions
+}
+
+/// Fills `db` with a collection `shapes` of [`write_square_images`] that searches with a
+/// model of its own registry: a tiny CLIP made from scratch in `work`, fine-tuned as `ft`,
+/// re-embedded with, and an ELIP re-ranker `elip` trained over it (seconds on a CPU).
+pub fn registry_models(db: &mirante::Database, work: &std::path::Path) {
+    use mirante::training::scratch::{ClipArchitecture, initialize_clip, train_clip_tokenizer};
+    let images = work.join("images");
+    let captions = write_square_images(&images);
+    let base = work.join("base-model");
+    let arch = ClipArchitecture {
+        image_size: 16,
+        patch_size: 8,
+        vision_width: 16,
+        vision_layers: 1,
+        vision_heads: 2,
+        text_width: 16,
+        text_layers: 1,
+        text_heads: 2,
+        max_positions: 16,
+        projection_dim: 16,
+        mlp_ratio: 2,
+    };
+    let tokenizer = train_clip_tokenizer(&captions, 300).unwrap();
+    initialize_clip(&base, &arch, &tokenizer, 7).unwrap();
+    let quote = |p: &std::path::Path| p.display().to_string().replace('\'', "''");
+    for sql in [
+        "CREATE COLLECTION shapes WITH (model = NULL)".to_string(),
+        format!("IMPORT INTO shapes FROM '{}'", quote(&images)),
+        format!(
+            "FINETUNE MODEL '{}' ON shapes WITH (epochs = 1, batch_size = 4, seed = 0) AS 'ft'",
+            quote(&base)
+        ),
+        "REEMBED shapes USING MODEL 'ft'".to_string(),
+        "TRAIN ELIP ON shapes WITH (epochs = 1, batch_size = 4, prompts = 2, hidden = 16, \
+         seed = 0) AS 'elip'"
+            .to_string(),
+    ] {
+        one(db, &sql);
     }
 }

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use mirante::training::scratch::ClipArchitecture;
+use mirante::{Cell, DEFAULT_MODEL, Database};
 use mirante_apps::demo::{DemoConfig, FINETUNED};
 use mirante_apps::pretrain::{PretrainConfig, pretrain};
 use mirante_apps::shapes::{ShapesConfig, generate};
-use mirante::training::scratch::ClipArchitecture;
-use mirante::{Cell, DEFAULT_MODEL, Database};
 
 use mirante_tests::{float_at as float, one};
 

@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use mirante_apps::shapes::{ShapesConfig, generate};
 use mirante::{Cell, Database};
+use mirante_apps::shapes::{ShapesConfig, generate};
 
 use mirante_tests::{error, one};
 
@@ -63,10 +63,7 @@ fn train_elip_then_rerank_searches_and_evaluations() {
     // The fusion weight is tuned on validation: each epoch reports its choice, and ELIP's
     // score alone beside it.
     assert!(status.contains("re-ranked (fusion "), "{status}");
-    assert!(
-        trained.column_names().contains(&"fusion"),
-        "{trained:?}"
-    );
+    assert!(trained.column_names().contains(&"fusion"), "{trained:?}");
     assert!(
         trained
             .get(0, "ELIP alone recall@1")
@@ -98,7 +95,7 @@ fn train_elip_then_rerank_searches_and_evaluations() {
         "TRAIN ELIP ON shapes WHERE split = 'train' WITH (fusion = 2) AS 'bad-fusion'",
     );
     assert!(
-        e.contains("option fusion expects a weight in [0, 1]"),
+        e.contains("option fusion: expects a number in [0, 1]"),
         "{e}"
     );
     let e = error(
@@ -285,5 +282,8 @@ fn patch_initialised_prompts_keep_the_untrained_ranking() {
         &db,
         "TRAIN ELIP ON shapes WHERE split = 'train' WITH (prompt_init = 'random') AS 'bad'",
     );
-    assert!(e.contains("option prompt_init is 'patch'"), "{e}");
+    assert!(
+        e.contains("option prompt_init: expects one of 'patch', 'zero'"),
+        "{e}"
+    );
 }

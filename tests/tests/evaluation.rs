@@ -553,7 +553,13 @@ fn finetune_registers_a_model_that_beats_its_base() {
         .iter()
         .find(|r| matches!(&r[0], Cell::Str(m) if m.ends_with("clip-photos")))
         .unwrap();
-    let column = |name: &str| &row[models.column_names().iter().position(|c| *c == name).unwrap()];
+    let column = |name: &str| {
+        &row[models
+            .column_names()
+            .iter()
+            .position(|c| *c == name)
+            .unwrap()]
+    };
     assert_eq!(column("base"), &Cell::Str(base.clone()));
     assert_eq!(column("family"), &Cell::Str("clip".into()));
     assert!(matches!(column("trained_on"), Cell::Str(t) if t.starts_with("images version")));

@@ -10,7 +10,9 @@
 //!
 //! separated by blank lines. `${MODEL}`, `${FIXTURES}` and `${TMP}` expand to the tiny CLIP
 //! checkpoint, `tests/fixtures` and a scratch folder, and the same paths in outputs are written
-//! back as those names. `MIRANTE_BLESS=1 cargo test --test golden` rewrites the expected outputs.
+//! back as those names. A header line `# mask: a, b` shows columns `a` and `b` as `<masked>`
+//! (timings, and fingerprints of weights a file's statements trained). `MIRANTE_BLESS=1 cargo
+//! test --test golden` rewrites the expected outputs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -50,19 +52,31 @@ impl Vars {
     }
 
     /// Paths are abstracted in the cells, before the table is laid out, so that column widths
-    /// do not depend on where the repository is checked out.
-    fn abstract_result(&self, r: &ResultSet) -> ResultSet {
+    /// do not depend on where the repository is checked out; `masked` columns are hidden.
+    fn abstract_result(&self, r: &ResultSet, masked: &[String]) -> ResultSet {
         let cell = |c: &Cell| match c {
             Cell::Str(s) => Cell::Str(self.abstract_paths(s)),
             Cell::List(v) => Cell::List(v.iter().map(|s| self.abstract_paths(s)).collect()),
             other => other.clone(),
         };
+        let hide: Vec<bool> = r.columns.iter().map(|c| masked.contains(&c.name)).collect();
         ResultSet {
             columns: r.columns.clone(),
             rows: r
                 .rows
                 .iter()
-                .map(|row| row.iter().map(cell).collect())
+                .map(|row| {
+                    row.iter()
+                        .zip(&hide)
+                        .map(|(c, &h)| {
+                            if h && *c != Cell::Null {
+                                Cell::Str("<masked>".into())
+                            } else {
+                                cell(c)
+                            }
+                        })
+                        .collect()
+                })
                 .collect(),
             status: r.status.as_ref().map(|s| self.abstract_paths(s)),
         }
@@ -121,6 +135,11 @@ fn run_file(path: &Path) -> Vec<String> {
         .take_while(|l| l.starts_with('#'))
         .map(|l| format!("{l}\n"))
         .collect();
+    let masked: Vec<String> = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("# mask:"))
+        .flat_map(|l| l.split(',').map(|c| c.trim().to_string()))
+        .collect();
     let tmp = tempfile::tempdir().unwrap();
     let vars = Vars::new(tmp.path());
     let db = Database::open(tmp.path().join("db")).unwrap();
@@ -143,7 +162,7 @@ fn run_file(path: &Path) -> Vec<String> {
             ("query", Ok(results)) => Some(
                 results
                     .iter()
-                    .map(|r| vars.abstract_result(&r.to_result_set()).to_table())
+                    .map(|r| vars.abstract_result(&r.to_result_set(), &masked).to_table())
                     .collect::<String>()
                     .trim_end()
                     .to_string(),

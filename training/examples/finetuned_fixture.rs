@@ -41,7 +41,15 @@ fn main() {
         },
         ..FinetuneConfig::default()
     };
-    let report = finetune(&t, &data, &config, &out, |_| Ok(None), |_| Ok::<_, mirante_training::Error>(None)).unwrap();
+    let report = finetune(
+        &t,
+        &data,
+        &config,
+        &out,
+        |_| Ok(None),
+        |_| Ok::<_, mirante_training::Error>(None),
+    )
+    .unwrap();
     // Only the saved checkpoint matters; the fine-tuning inputs are not part of the fixture.
     for extra in [
         "train_step.json",

@@ -32,8 +32,8 @@ pub use hub::{hub_cache_dir, resolve_model};
 pub use layers::Autocast;
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};
 pub use preprocess::ImageProcessor;
-pub use stop::Stop;
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
+pub use stop::Stop;
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};
 pub use train::{AdamWConfig, Loss, MicroBatch, Optimizer, Trainable, contrastive_loss};
 

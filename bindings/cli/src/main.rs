@@ -27,11 +27,11 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) }
 }
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use mirante_apps::pretrain::PretrainConfig;
 use mirante::storage::{
     ColumnDef, ColumnType, Database, IndexSpec, Metric, Modality, NewRow, Schema, SpaceSpec, Value,
     ValueRef,
 };
+use mirante_apps::pretrain::PretrainConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -72,7 +72,9 @@ struct Running(Arc<Mutex<Option<CancelToken>>>);
 
 impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<CancelToken>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ctrl-C cancels the running statement; with none running, it ends the process (as an

@@ -83,4 +83,3 @@ pub(super) fn worst_failures(
         })
         .collect()
 }
-

@@ -139,4 +139,3 @@ pub(super) fn index_depth(plan: &EvaluatePlan) -> usize {
 fn mean_of(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
-

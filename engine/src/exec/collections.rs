@@ -4,14 +4,15 @@
 use mirante_query::ast::ColumnType as AstType;
 use mirante_query::options::{CollectionOptions, ModelChoice};
 use mirante_query::{ColumnPlan, ColumnRef};
-use mirante_storage::{CollectionMeta, ColumnDef, ColumnType, IndexSpec, Modality, Schema, SpaceId};
+use mirante_storage::{
+    CollectionMeta, ColumnDef, ColumnType, IndexSpec, Modality, Schema, SpaceId,
+};
 
-use super::plural;
 use crate::catalog::columns_of;
 use crate::database::{Database, ExecOptions};
 use crate::error::Result;
 use crate::models::DEFAULT_MODEL;
-use crate::output::{Cell, CellType, Column, Output, ResultSet};
+use crate::output::{Cell, CellType, Column, Output, ResultSet, plural};
 
 pub(super) fn create(
     db: &Database,

@@ -117,14 +117,7 @@ fn run(db: &Database, plan: Plan, exec: &ExecOptions) -> Result<Output> {
         Plan::Reembed { collection, model } => {
             crate::reembed::embed(db, &collection, Some(&model), true, exec)?
         }
-        Plan::SetModel { collection, model } => {
-            crate::reembed::set_model(db, &collection, &model)?
-        }
+        Plan::SetModel { collection, model } => crate::reembed::set_model(db, &collection, &model)?,
         Plan::Explain(inner) => Output::Table(explain::explain(db, *inner)?),
     })
-}
-
-/// "s" after a count that is not one.
-pub(crate) fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }

@@ -16,10 +16,7 @@ fn family(db: &Database, key: &str) -> Cell {
     let Ok(folder) = db.models.folder(key) else {
         return Cell::Null;
     };
-    if folder
-        .join(mirante_training::elip::CONFIG_FILE)
-        .is_file()
-    {
+    if folder.join(mirante_training::elip::CONFIG_FILE).is_file() {
         return Cell::Str("elip".into());
     }
     fsio::read_to_string(&folder.join("config.json"))

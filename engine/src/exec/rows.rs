@@ -3,11 +3,10 @@
 use mirante_query::{ColumnKind, ColumnRef, Predicate, SelectList};
 use mirante_storage::{self as storage, RowRef};
 
-use super::plural;
 use crate::catalog::{columns_of, row_filter};
 use crate::database::Database;
 use crate::error::{Error, Result};
-use crate::output::{Cell, CellType, Column, Output, ResultSet};
+use crate::output::{Cell, CellType, Column, Output, ResultSet, plural};
 
 /// The result type of a column of the language.
 fn cell_type(kind: ColumnKind) -> CellType {
@@ -56,10 +55,17 @@ pub(super) fn select(
     let columns = names
         .iter()
         .map(|(name, column)| {
-            let info = catalog.iter().find(|i| i.column == *column).ok_or_else(|| {
-                Error::Internal(format!("bound column {name} is not in {collection}"))
-            })?;
-            Ok(Column::new(name.clone(), cell_type(info.kind), info.nullable))
+            let info = catalog
+                .iter()
+                .find(|i| i.column == *column)
+                .ok_or_else(|| {
+                    Error::Internal(format!("bound column {name} is not in {collection}"))
+                })?;
+            Ok(Column::new(
+                name.clone(),
+                cell_type(info.kind),
+                info.nullable,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut out = ResultSet::new(columns);

@@ -115,4 +115,3 @@ fn label_of(root: &Path, image: &Path) -> Option<String> {
     }
     dirs.last().cloned()
 }
-

@@ -80,7 +80,8 @@ pub(crate) fn load(
     while items.peek().is_some() {
         exec.cancel.check()?;
         let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen)?;
-        let (rows, embeddings) = embed(&mut vectors, tx, collection, rows, &mut failures, &pipeline)?;
+        let (rows, embeddings) =
+            embed(&mut vectors, tx, collection, rows, &mut failures, &pipeline)?;
         if !failures.is_empty() && !skip_errors {
             return Err(Error::RowsFailed {
                 total: seen,
@@ -182,15 +183,25 @@ fn embed(
                     // A first row without captions tells nothing about text vectors; take the
                     // image's.
                     let text_dim = first.texts.first().map_or(first.image.len(), Vec::len);
-                    let s = stage_external(tx, collection, &columns.model, [first.image.len(), text_dim])?;
+                    let s = stage_external(
+                        tx,
+                        collection,
+                        &columns.model,
+                        [first.image.len(), text_dim],
+                    )?;
                     *spaces = Some(s);
                     s
                 }
             };
             let rows = with_dims(rows, (image_dim, text_dim), &columns.model, failures);
             let vectors = rows.iter().filter_map(|(r, _)| r.vectors.as_ref());
-            let images = vectors.clone().flat_map(|v| v.image.iter().copied()).collect();
-            let texts = vectors.flat_map(|v| v.texts.iter().flatten().copied()).collect();
+            let images = vectors
+                .clone()
+                .flat_map(|v| v.image.iter().copied())
+                .collect();
+            let texts = vectors
+                .flat_map(|v| v.texts.iter().flatten().copied())
+                .collect();
             Ok((rows, vec![(image, images), (text, texts)]))
         }
     }

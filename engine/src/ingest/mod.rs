@@ -10,16 +10,70 @@ mod source;
 mod table;
 mod vectors;
 
-pub use source::{IMAGE_EXTENSIONS, ImageRef, Item, Precomputed, Record, Source, open};
+pub use source::{IMAGE_EXTENSIONS, ImageRef, Item, Precomputed, Record, Source};
+
+use std::path::{Path, PathBuf};
 
 use mirante_query::options::ImportOptions;
 use mirante_query::{ColumnRef, Literal};
 use mirante_storage::Value;
 
+use self::imagefolder::imagefolder;
+use self::parquet::parquet_source;
+use self::source::{extension, files_with, hub_dataset};
+use self::table::{read_csv, read_jsonl, table_source};
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result, RowFailure};
-use crate::exec::plural;
-use crate::output::{Cell, CellType, Column, Output, ResultSet};
+use crate::output::{Cell, CellType, Column, Output, ResultSet, plural};
+
+/// Opens `source` (see the module docs for what it may be).
+pub fn open(source: &str, options: &ImportOptions) -> Result<Source> {
+    let path = match source.strip_prefix("hf://datasets/") {
+        Some(id) => hub_dataset(id)?,
+        None => PathBuf::from(source),
+    };
+    let meta = std::path::Path::metadata(&path).map_err(|e| {
+        Error::source(
+            &path,
+            format!(
+                "{e}; expected a folder, a .csv/.jsonl/.parquet file or hf://datasets/<org>/<name>"
+            ),
+        )
+    })?;
+    let source = if meta.is_dir() {
+        let parquet = files_with(&path, &["parquet"])?;
+        if !parquet.is_empty() && files_with(&path, &IMAGE_EXTENSIONS)?.is_empty() {
+            parquet_source(&path, parquet, options)?
+        } else {
+            imagefolder(&path, options)?
+        }
+    } else {
+        match extension(&path).as_str() {
+            "csv" | "tsv" => table_source(&path, read_csv(&path)?, None, options)?,
+            "jsonl" | "json" | "ndjson" => table_source(&path, read_jsonl(&path)?, None, options)?,
+            "parquet" => parquet_source(
+                path.parent().unwrap_or(Path::new(".")),
+                vec![path.clone()],
+                options,
+            )?,
+            other => {
+                return Err(Error::source(
+                    &path,
+                    format!(
+                        "unknown file type '.{other}'; expected .csv, .jsonl or .parquet, or a folder"
+                    ),
+                ));
+            }
+        }
+    };
+    Ok(match options.limit {
+        Some(n) => Source {
+            columns: source.columns,
+            items: Box::new(source.items.take(n)),
+        },
+        None => source,
+    })
+}
 
 /// `IMPORT INTO collection FROM source`.
 pub(crate) fn import(
@@ -162,4 +216,105 @@ pub(crate) fn insert(
         report.rows,
         plural(report.rows)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsio;
+    use mirante_storage::ColumnType;
+
+    #[test]
+    fn csv_types_are_inferred_over_all_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pairs.csv");
+        fsio::write(
+            &p,
+            "file_name,text,year,price,flag,note\n\
+             a.jpg,first,1890,1,true,x\n\
+             b.jpg,\"[\"\"two\"\", \"\"captions\"\"]\",,2.5,false,12\n",
+        )
+        .unwrap();
+        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
+        let types: Vec<(String, ColumnType)> =
+            src.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
+        assert_eq!(
+            types,
+            vec![
+                ("year".into(), ColumnType::I64),
+                ("price".into(), ColumnType::F64),
+                ("flag".into(), ColumnType::Bool),
+                ("note".into(), ColumnType::String),
+            ]
+        );
+        let rows: Vec<Record> = src
+            .items
+            .map(|i| match i.unwrap() {
+                Item::Row(r) => r,
+                Item::Bad(b) => panic!("{b}"),
+            })
+            .collect();
+        assert_eq!(rows[1].texts, vec!["two", "captions"]);
+        assert_eq!(rows[1].metadata[0].1, Value::Null);
+        assert_eq!(rows[0].metadata[1].1, Value::F64(1.0));
+        assert_eq!(rows[1].metadata[3].1, Value::String("12".into()));
+    }
+
+    #[test]
+    fn imagefolder_labels_and_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["train/cat/1.jpg", "train/dog/2.png", "test/cat/3.jpg"] {
+            let f = dir.path().join(p);
+            fsio::create_dir_all(f.parent().unwrap()).unwrap();
+            fsio::write(&f, b"x").unwrap();
+        }
+        let opts = ImportOptions {
+            split: Some("train".into()),
+            ..Default::default()
+        };
+        let src = open(dir.path().to_str().unwrap(), &opts).unwrap();
+        let rows: Vec<(String, Option<String>)> = src
+            .items
+            .map(|i| match i.unwrap() {
+                Item::Row(r) => (format!("{:?}", r.metadata[0].1), r.split),
+                Item::Bad(b) => panic!("{b}"),
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("String(\"cat\")".into(), Some("train".into())),
+                ("String(\"dog\")".into(), Some("train".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_reported_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        fsio::write(
+            &p,
+            "{\"file_name\": \"a.jpg\", \"text\": \"ok\"}\n{\"text\": \"no image\"}\n{\"file_name\": \"c.jpg\", \"text\": 3}\n",
+        )
+        .unwrap();
+        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
+        let bad: Vec<String> = src
+            .items
+            .filter_map(|i| match i.unwrap() {
+                Item::Bad(b) => Some(b.to_string()),
+                Item::Row(_) => None,
+            })
+            .collect();
+        assert_eq!(bad.len(), 2);
+        assert_eq!(
+            bad[0],
+            "m.jsonl line 2: missing value in image column 'file_name'"
+        );
+        assert!(
+            bad[1].contains("expected a string or a list of strings"),
+            "{}",
+            bad[1]
+        );
+    }
 }

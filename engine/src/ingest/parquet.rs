@@ -63,16 +63,18 @@ struct ParquetPlan {
     embeddings: Option<EmbeddingColumns>,
 }
 
-pub(super) fn parquet_source(root: &Path, files: Vec<PathBuf>, options: &ImportOptions) -> Result<Source> {
+pub(super) fn parquet_source(
+    root: &Path,
+    files: Vec<PathBuf>,
+    options: &ImportOptions,
+) -> Result<Source> {
     let first = files
         .first()
         .ok_or_else(|| Error::source(root, "no parquet files"))?;
-    let schema = ParquetRecordBatchReaderBuilder::try_new(
-        fsio::open(first)?,
-    )
-    .map_err(|e| Error::source(first, e.to_string()))?
-    .schema()
-    .clone();
+    let schema = ParquetRecordBatchReaderBuilder::try_new(fsio::open(first)?)
+        .map_err(|e| Error::source(first, e.to_string()))?
+        .schema()
+        .clone();
     let present: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let image = role_column(options.image_column.as_ref(), &IMAGE_COLUMNS, &present)
         .filter(|c| present.contains(c))
@@ -183,10 +185,10 @@ struct ParquetShard {
 impl ParquetShard {
     fn open(file: PathBuf, split: Option<String>, plan: ParquetPlan) -> Self {
         let reader = fsio::open(&file).and_then(|f| {
-                ParquetRecordBatchReaderBuilder::try_new(f)
-                    .and_then(|b| b.with_batch_size(PARQUET_BATCH).build())
-                    .map_err(|e| Error::source(&file, e.to_string()))
-            });
+            ParquetRecordBatchReaderBuilder::try_new(f)
+                .and_then(|b| b.with_batch_size(PARQUET_BATCH).build())
+                .map_err(|e| Error::source(&file, e.to_string()))
+        });
         let (reader, error) = match reader {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(e)),
@@ -436,4 +438,3 @@ fn scalar_at(a: &ArrayRef, i: usize, ty: ColumnType) -> Value {
         ColumnType::String => string_at(&cast, 0).map_or(Value::Null, Value::String),
     }
 }
-

@@ -1,17 +1,12 @@
-//! Import sources: what `IMPORT` reads (a folder in the Hugging Face imagefolder convention, a
-//! CSV or JSONL file naming images, or a Hugging Face parquet dataset: a file, a folder of
-//! shards, or `hf://datasets/...` in the hub cache). Each source yields [`Item`]s lazily (image
-//! bytes are read when the loader gets to them) and declares its metadata columns up front,
-//! with types inferred over the whole table for text formats.
+//! What import sources yield: [`Item`]s (rows, or why a row cannot be imported), read lazily
+//! (image bytes are read when the loader gets to them), and the metadata columns a [`Source`]
+//! declares up front; with the helpers every source kind shares (files of a folder, splits,
+//! the hub cache).
 
 use std::path::{Path, PathBuf};
 
-use mirante_query::options::ImportOptions;
 use mirante_storage::{ColumnDef, Value};
 
-use super::imagefolder::imagefolder;
-use super::parquet::parquet_source;
-use super::table::{read_csv, read_jsonl, table_source};
 use crate::error::{Error, Result, RowFailure};
 use crate::fsio;
 
@@ -84,55 +79,6 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Opens `source` (see the module docs for what it may be).
-pub fn open(source: &str, options: &ImportOptions) -> Result<Source> {
-    let path = match source.strip_prefix("hf://datasets/") {
-        Some(id) => hub_dataset(id)?,
-        None => PathBuf::from(source),
-    };
-    let meta = std::path::Path::metadata(&path).map_err(|e| {
-        Error::source(
-            &path,
-            format!(
-                "{e}; expected a folder, a .csv/.jsonl/.parquet file or hf://datasets/<org>/<name>"
-            ),
-        )
-    })?;
-    let source = if meta.is_dir() {
-        let parquet = files_with(&path, &["parquet"])?;
-        if !parquet.is_empty() && files_with(&path, &IMAGE_EXTENSIONS)?.is_empty() {
-            parquet_source(&path, parquet, options)?
-        } else {
-            imagefolder(&path, options)?
-        }
-    } else {
-        match extension(&path).as_str() {
-            "csv" | "tsv" => table_source(&path, read_csv(&path)?, None, options)?,
-            "jsonl" | "json" | "ndjson" => table_source(&path, read_jsonl(&path)?, None, options)?,
-            "parquet" => parquet_source(
-                path.parent().unwrap_or(Path::new(".")),
-                vec![path.clone()],
-                options,
-            )?,
-            other => {
-                return Err(Error::source(
-                    &path,
-                    format!(
-                        "unknown file type '.{other}'; expected .csv, .jsonl or .parquet, or a folder"
-                    ),
-                ));
-            }
-        }
-    };
-    Ok(match options.limit {
-        Some(n) => Source {
-            columns: source.columns,
-            items: Box::new(source.items.take(n)),
-        },
-        None => source,
-    })
-}
-
 pub(super) fn extension(p: &Path) -> String {
     p.extension()
         .and_then(|e| e.to_str())
@@ -141,7 +87,7 @@ pub(super) fn extension(p: &Path) -> String {
 }
 
 /// The snapshot folder of a dataset in the Hugging Face hub cache: `<id>[@<revision>]`.
-fn hub_dataset(id: &str) -> Result<PathBuf> {
+pub(super) fn hub_dataset(id: &str) -> Result<PathBuf> {
     let (id, revision) = id.split_once('@').unwrap_or((id, "main"));
     let repo =
         mirante_training::hub_cache_dir().join(format!("datasets--{}", id.replace('/', "--")));
@@ -190,110 +136,8 @@ pub(super) fn split_of(root: &Path, path: &Path) -> Option<String> {
     SPLIT_NAMES.contains(&name.as_str()).then_some(name)
 }
 
-
 pub(super) fn display_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mirante_storage::ColumnType;
-
-    #[test]
-    fn csv_types_are_inferred_over_all_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pairs.csv");
-        fsio::write(
-            &p,
-            "file_name,text,year,price,flag,note\n\
-             a.jpg,first,1890,1,true,x\n\
-             b.jpg,\"[\"\"two\"\", \"\"captions\"\"]\",,2.5,false,12\n",
-        )
-        .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
-        let types: Vec<(String, ColumnType)> =
-            src.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
-        assert_eq!(
-            types,
-            vec![
-                ("year".into(), ColumnType::I64),
-                ("price".into(), ColumnType::F64),
-                ("flag".into(), ColumnType::Bool),
-                ("note".into(), ColumnType::String),
-            ]
-        );
-        let rows: Vec<Record> = src
-            .items
-            .map(|i| match i.unwrap() {
-                Item::Row(r) => r,
-                Item::Bad(b) => panic!("{b}"),
-            })
-            .collect();
-        assert_eq!(rows[1].texts, vec!["two", "captions"]);
-        assert_eq!(rows[1].metadata[0].1, Value::Null);
-        assert_eq!(rows[0].metadata[1].1, Value::F64(1.0));
-        assert_eq!(rows[1].metadata[3].1, Value::String("12".into()));
-    }
-
-    #[test]
-    fn imagefolder_labels_and_splits() {
-        let dir = tempfile::tempdir().unwrap();
-        for p in ["train/cat/1.jpg", "train/dog/2.png", "test/cat/3.jpg"] {
-            let f = dir.path().join(p);
-            fsio::create_dir_all(f.parent().unwrap()).unwrap();
-            fsio::write(&f, b"x").unwrap();
-        }
-        let opts = ImportOptions {
-            split: Some("train".into()),
-            ..Default::default()
-        };
-        let src = open(dir.path().to_str().unwrap(), &opts).unwrap();
-        let rows: Vec<(String, Option<String>)> = src
-            .items
-            .map(|i| match i.unwrap() {
-                Item::Row(r) => (format!("{:?}", r.metadata[0].1), r.split),
-                Item::Bad(b) => panic!("{b}"),
-            })
-            .collect();
-        assert_eq!(
-            rows,
-            vec![
-                ("String(\"cat\")".into(), Some("train".into())),
-                ("String(\"dog\")".into(), Some("train".into()))
-            ]
-        );
-    }
-
-    #[test]
-    fn bad_rows_are_reported_not_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.jsonl");
-        fsio::write(
-            &p,
-            "{\"file_name\": \"a.jpg\", \"text\": \"ok\"}\n{\"text\": \"no image\"}\n{\"file_name\": \"c.jpg\", \"text\": 3}\n",
-        )
-        .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
-        let bad: Vec<String> = src
-            .items
-            .filter_map(|i| match i.unwrap() {
-                Item::Bad(b) => Some(b.to_string()),
-                Item::Row(_) => None,
-            })
-            .collect();
-        assert_eq!(bad.len(), 2);
-        assert_eq!(
-            bad[0],
-            "m.jsonl line 2: missing value in image column 'file_name'"
-        );
-        assert!(
-            bad[1].contains("expected a string or a list of strings"),
-            "{}",
-            bad[1]
-        );
-    }
-}
-

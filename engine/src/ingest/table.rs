@@ -115,7 +115,6 @@ pub(super) fn read_csv(path: &Path) -> Result<Table> {
         .collect())
 }
 
-
 /// The column type of JSON values seen in one column, widening int to float and anything mixed
 /// to string.
 fn unify(a: Option<ColumnType>, v: &serde_json::Value) -> Option<ColumnType> {
@@ -176,7 +175,11 @@ fn texts_of(v: &serde_json::Value) -> std::result::Result<Vec<String>, String> {
 
 /// Picks the column that plays a role: the one named in the options, else the first of the
 /// usual names present.
-pub(super) fn role_column(named: Option<&String>, defaults: &[&str], present: &[String]) -> Option<String> {
+pub(super) fn role_column(
+    named: Option<&String>,
+    defaults: &[&str],
+    present: &[String],
+) -> Option<String> {
     match named {
         Some(n) => Some(n.clone()),
         None => defaults
@@ -291,7 +294,10 @@ pub(super) fn table_items(
 
 /// Metadata columns of a table: every key but the image, text and split columns (or the ones
 /// the options name), typed over all rows.
-pub(super) fn table_columns(table: &Table, options: &ImportOptions) -> Result<(Vec<String>, Vec<ColumnDef>)> {
+pub(super) fn table_columns(
+    table: &Table,
+    options: &ImportOptions,
+) -> Result<(Vec<String>, Vec<ColumnDef>)> {
     let mut present: Vec<String> = Vec::new();
     let mut types: BTreeMap<String, Option<ColumnType>> = BTreeMap::new();
     for (_, row) in table {
@@ -387,4 +393,3 @@ pub(super) fn table_source(
         items: Box::new(items.into_iter().map(Ok)),
     })
 }
-

@@ -114,4 +114,3 @@ pub(super) fn vectors_at(a: &ArrayRef, i: usize) -> std::result::Result<Vec<Vec<
     };
     (0..list.len()).map(|j| vector_at(&list, j)).collect()
 }
-

@@ -110,9 +110,10 @@ pub fn to_record_batch(r: &ResultSet) -> Result<RecordBatch> {
                 column.name
             )));
         }
-        if let Some(bad) = cells.iter().find(|c| {
-            !c.fits(column.ty) || (!column.nullable && matches!(c, Cell::Null))
-        }) {
+        if let Some(bad) = cells
+            .iter()
+            .find(|c| !c.fits(column.ty) || (!column.nullable && matches!(c, Cell::Null)))
+        {
             return Err(Error::Internal(format!(
                 "column {} ({:?}, nullable {}) holds {bad:?}",
                 column.name, column.ty, column.nullable
@@ -157,7 +158,11 @@ mod tests {
                 Column::new("year", CellType::Int, true),
             ],
             rows: vec![
-                vec![Cell::Int(1), Cell::List(vec!["a".into(), "b".into()]), Cell::Null],
+                vec![
+                    Cell::Int(1),
+                    Cell::List(vec!["a".into(), "b".into()]),
+                    Cell::Null,
+                ],
                 vec![Cell::Int(2), Cell::Null, Cell::Int(1900)],
             ],
             status: None,

@@ -83,3 +83,8 @@ impl Output {
         }
     }
 }
+
+/// "s" after a count that is not one.
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

@@ -120,11 +120,19 @@ impl ResultSet {
             return self.with_status(out);
         }
         let cell_max = style.max_cell.max(4);
-        let header: Vec<String> = self.columns.iter().map(|c| cut(&c.name, cell_max)).collect();
+        let header: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| cut(&c.name, cell_max))
+            .collect();
         let cells: Vec<Vec<String>> = self
             .rows
             .iter()
-            .map(|r| r.iter().map(|c| cut(&one_line(&short(c)), cell_max)).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|c| cut(&one_line(&short(c)), cell_max))
+                    .collect()
+            })
             .collect();
         let width_of = |i: usize| {
             cells
@@ -292,20 +300,32 @@ mod tests {
             ],
             rows: vec![vec![
                 Cell::Int(1),
-                Cell::List(vec!["a red star on the left".into(), "x".into(), "y".into()]),
+                Cell::List(vec![
+                    "a red star on the left".into(),
+                    "x".into(),
+                    "y".into(),
+                ]),
                 Cell::Str("/some/very/long/path/to/an/image/file.png".into()),
                 Cell::Str("test".into()),
             ]],
             status: Some("done".into()),
         };
         let style = TableStyle {
-            width: Some(50),
+            width: Some(45),
             max_cell: 20,
         };
         let out = wide.to_table_fitted(&style);
-        assert!(out.lines().all(|l| l.chars().count() <= 50 || l.starts_with('(')), "{out}");
+        assert!(
+            out.lines()
+                .all(|l| l.chars().count() <= 45 || l.starts_with('(')),
+            "{out}"
+        );
         assert!(out.contains("a red star on the l…"), "{out}");
-        assert!(out.contains("(2 columns not shown: image, split;"), "{out}");
+        assert!(
+            out.contains("| test"),
+            "a later column that fits is kept: {out}"
+        );
+        assert!(out.contains("(1 column not shown: image;"), "{out}");
         assert!(out.ends_with("done\n"));
         let all = wide.to_table_fitted(&TableStyle {
             width: None,
@@ -314,7 +334,10 @@ mod tests {
         assert!(all.contains("a red star on the left (+2 more)"), "{all}");
         assert!(!all.contains("not shown"));
         let lines = wide.to_lines();
-        assert!(lines.contains(" text = [\"a red star on the left\",\"x\",\"y\"]"), "{lines}");
+        assert!(
+            lines.contains(" text = [\"a red star on the left\",\"x\",\"y\"]"),
+            "{lines}"
+        );
         assert!(lines.contains("split = test"));
     }
 }

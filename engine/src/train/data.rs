@@ -121,7 +121,10 @@ pub(crate) fn mutual_neighbours(
 
 /// Pairs of the data's images that are each other's nearest neighbour under the encoder's
 /// current weights, by exact scores.
-pub(crate) fn exact_mutual_neighbours(encoder: &DualEncoder, data: &PairData) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn exact_mutual_neighbours(
+    encoder: &DualEncoder,
+    data: &PairData,
+) -> Result<Vec<(usize, usize)>> {
     let images = embed_images(encoder, data)?;
     let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
     let nearest: Vec<Option<usize>> = exact_top_k(&refs, &refs, 2)
@@ -196,4 +199,3 @@ pub(crate) fn score(model: &Trainable, data: &PairData, metric: EvalMetric) -> R
         m => rank_metric(m, ranks.text_queries().into_iter()),
     })
 }
-

@@ -178,7 +178,9 @@ pub(crate) fn run(
         exec,
         DataSpec {
             encoder,
-            mine_with: options.hard_negatives.then_some(backbone.fingerprint.as_str()),
+            mine_with: options
+                .hard_negatives
+                .then_some(backbone.fingerprint.as_str()),
             swap_seed: None,
             what: "ELIP",
         },

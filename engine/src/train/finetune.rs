@@ -1,8 +1,8 @@
 //! `FINETUNE`: trains a dual encoder on a collection's pairs, starting from the base model, and
 //! registers the best weights (validated each epoch) as a new registry model.
 
-use mirante_query::options::{FinetuneOptions, FreezeChoice, LossChoice, Mining};
 use mirante_query::TrainPlan;
+use mirante_query::options::{FinetuneOptions, FreezeChoice, LossChoice, Mining};
 use mirante_training::finetune::{Freeze, finetune};
 use mirante_training::train::{Loss, Trainable};
 

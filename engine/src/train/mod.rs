@@ -9,8 +9,8 @@ pub(crate) mod finetune;
 
 use std::time::SystemTime;
 
-use mirante_query::options::{PrecisionChoice, TrainingLoop};
 use mirante_query::TrainPlan;
+use mirante_query::options::{PrecisionChoice, TrainingLoop};
 use mirante_storage::Snapshot;
 use mirante_training::DualEncoder;
 use mirante_training::finetune::{FinetuneConfig, FinetuneReport, PairData, Precision};
@@ -71,16 +71,20 @@ impl<'a> Job<'a> {
         exec.cancel.check()?;
         let mut mining = None;
         if let Some(fingerprint) = spec.mine_with {
-            let (pairs, how) =
-                data::mutual_neighbours(&snap, rows, spec.encoder, fingerprint, &train, &train_ids)?;
+            let (pairs, how) = data::mutual_neighbours(
+                &snap,
+                rows,
+                spec.encoder,
+                fingerprint,
+                &train,
+                &train_ids,
+            )?;
             train.hard_pairs = pairs;
             mining = Some(how);
         }
         exec.cancel.check()?;
         let validation = match &plan.validate {
-            Some(p) => Some(
-                data::pairs(&snap, (&plan.collection, Some(p)), spec.encoder, None)?.0,
-            ),
+            Some(p) => Some(data::pairs(&snap, (&plan.collection, Some(p)), spec.encoder, None)?.0),
             None => None,
         };
         Ok(Job {
@@ -128,7 +132,8 @@ impl<'a> Job<'a> {
         report: &FinetuneReport,
     ) -> Result<Lineage> {
         let schema = &self.snap.collection(&self.plan.collection)?.schema;
-        let sql = |p: &Option<mirante_query::Predicate>| p.as_ref().map(|p| predicate_sql(schema, p));
+        let sql =
+            |p: &Option<mirante_query::Predicate>| p.as_ref().map(|p| predicate_sql(schema, p));
         Ok(Lineage {
             lineage_format: crate::registry::LINEAGE_FORMAT,
             name: self.plan.name.clone(),
