@@ -276,8 +276,8 @@ impl Models {
     /// Registry ELIP model `name`, from the cache or read (its mapper and lineage).
     pub fn elip(&self, name: &str) -> Result<Arc<LoadedElip>> {
         let registry = self.registry()?;
-        let folder = registry.existing(name)?;
-        if !folder.join(training_elip::CONFIG_FILE).is_file() {
+        let folder = registry.folder(name);
+        if !registry.contains(name) || !folder.join(training_elip::CONFIG_FILE).is_file() {
             return Err(Error::Invalid(format!(
                 "'{name}' is not an ELIP model of this database; train one with TRAIN ELIP ON \
                  <collection> ... AS '{name}' (SHOW MODELS lists the registry)"

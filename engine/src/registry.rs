@@ -189,15 +189,21 @@ impl Registry {
             .collect()
     }
 
-    /// Starts installing model `name`, which must not exist: the returned [`Install`]'s folder
-    /// receives the files, [`Install::commit`] publishes them.
-    pub fn install(&self, name: &str) -> Result<Install> {
+    /// Refuses `name` for a new model: not a valid name, or taken.
+    pub fn check_new(&self, name: &str) -> Result<()> {
         Self::check_name(name)?;
         if self.contains(name) || self.folder(name).exists() {
             return Err(Error::ModelExists {
                 name: name.to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Starts installing model `name`, which must not exist: the returned [`Install`]'s folder
+    /// receives the files, [`Install::commit`] publishes them.
+    pub fn install(&self, name: &str) -> Result<Install> {
+        self.check_new(name)?;
         fsio::create_dir_all(&self.root)?;
         let partial = self.root.join(format!("{PARTIAL_PREFIX}{name}"));
         if partial.exists() {
@@ -357,7 +363,11 @@ pub(crate) fn migrate(store: &mirante_storage::Database, registry: &Registry) ->
     }
     let mut lineages = Vec::new();
     for name in registry.names()? {
-        let lineage = registry.lineage(&name)?;
+        // A damaged lineage does not keep the database from opening: it is reported (as
+        // `Error::Corrupt`) by the statements that read that model.
+        let Ok(lineage) = registry.lineage(&name) else {
+            continue;
+        };
         if let Some(base) = legacy_name(registry, &lineage.base, &lineage.base_fingerprint) {
             lineages.push((name, lineage, base));
         }
@@ -365,11 +375,11 @@ pub(crate) fn migrate(store: &mirante_storage::Database, registry: &Registry) ->
     if renames.is_empty() && lineages.is_empty() {
         return Ok(0);
     }
-    let mut writer = match store.writer() {
-        Ok(w) => w,
-        // Another process is writing: it (or the next open) migrates.
-        Err(mirante_storage::Error::Locked { .. }) => return Ok(0),
-        Err(e) => return Err(e.into()),
+    // Another process writing, or a database opened read-only: the next open that can write
+    // migrates. Until then, references keep their old paths (a moved database reports its
+    // registry models missing, as older releases did).
+    let Ok(mut writer) = store.writer() else {
+        return Ok(0);
     };
     let changed = renames.len() + lineages.len();
     for (name, mut lineage, base) in lineages {

@@ -98,7 +98,8 @@ impl std::fmt::Display for OptionDefault {
         match self {
             OptionDefault::Absent(what) => f.write_str(what),
             OptionDefault::Count(n) => write!(f, "`{n}`"),
-            OptionDefault::Number(x) => write!(f, "`{x:e}`"),
+            OptionDefault::Number(x) if *x != 0.0 && x.abs() < 1e-3 => write!(f, "`{x:e}`"),
+            OptionDefault::Number(x) => write!(f, "`{x}`"),
             OptionDefault::Flag(b) => write!(f, "`{b}`"),
             OptionDefault::Text(s) => write!(f, "`'{s}'`"),
         }
@@ -124,19 +125,27 @@ pub enum OptionValue {
     Null,
 }
 
-const fn count(
+const fn spec(
     name: &'static str,
-    min: u64,
-    max: u64,
+    ty: OptionType,
     default: OptionDefault,
     doc: &'static str,
 ) -> OptionSpec {
     OptionSpec {
         name,
-        ty: OptionType::Count { min, max },
+        ty,
         default,
         doc,
     }
+}
+
+const fn count(
+    name: &'static str,
+    (min, max): (u64, u64),
+    default: OptionDefault,
+    doc: &'static str,
+) -> OptionSpec {
+    spec(name, OptionType::Count { min, max }, default, doc)
 }
 
 const fn number(
@@ -145,35 +154,21 @@ const fn number(
     default: OptionDefault,
     doc: &'static str,
 ) -> OptionSpec {
-    OptionSpec {
-        name,
-        ty: OptionType::Number {
-            min,
-            max,
-            open_min,
-            open_max,
-        },
-        default,
-        doc,
-    }
+    let ty = OptionType::Number {
+        min,
+        max,
+        open_min,
+        open_max,
+    };
+    spec(name, ty, default, doc)
 }
 
 const fn flag(name: &'static str, default: bool, doc: &'static str) -> OptionSpec {
-    OptionSpec {
-        name,
-        ty: OptionType::Flag,
-        default: OptionDefault::Flag(default),
-        doc,
-    }
+    spec(name, OptionType::Flag, OptionDefault::Flag(default), doc)
 }
 
 const fn text(name: &'static str, default: OptionDefault, doc: &'static str) -> OptionSpec {
-    OptionSpec {
-        name,
-        ty: OptionType::Text,
-        default,
-        doc,
-    }
+    spec(name, OptionType::Text, default, doc)
 }
 
 const fn choice(
@@ -182,15 +177,11 @@ const fn choice(
     default: OptionDefault,
     doc: &'static str,
 ) -> OptionSpec {
-    OptionSpec {
-        name,
-        ty: OptionType::Choice {
-            choices,
-            flags: false,
-        },
-        default,
-        doc,
-    }
+    let ty = OptionType::Choice {
+        choices,
+        flags: false,
+    };
+    spec(name, ty, default, doc)
 }
 
 /// The largest batch a training statement accepts (ELIP scores `batch_size` squared images).
@@ -202,16 +193,14 @@ const NON_NEGATIVE: (f64, f64, bool, bool) = (0.0, f64::INFINITY, false, false);
 // The training loop's options, shared by FINETUNE and TRAIN ELIP (their defaults may differ).
 const EPOCHS: OptionSpec = count(
     "epochs",
-    1,
-    MAX_EPOCHS,
+    (1, MAX_EPOCHS),
     OptionDefault::Count(5),
     "passes over the training rows",
 );
 const fn batch_size(default: u64) -> OptionSpec {
     count(
         "batch_size",
-        2,
-        MAX_BATCH_SIZE,
+        (2, MAX_BATCH_SIZE),
         OptionDefault::Count(default),
         "pairs per optimiser step",
     )
@@ -232,8 +221,7 @@ const WEIGHT_DECAY: OptionSpec = number(
 );
 const WARMUP_STEPS: OptionSpec = count(
     "warmup_steps",
-    0,
-    u64::MAX,
+    (0, u64::MAX),
     OptionDefault::Count(0),
     "steps of linear warmup before the cosine decay",
 );
@@ -245,32 +233,29 @@ const CLIP_NORM: OptionSpec = number(
 );
 const ACCUMULATION: OptionSpec = count(
     "accumulation",
-    1,
-    MAX_BATCH_SIZE,
+    (1, MAX_BATCH_SIZE),
     OptionDefault::Count(1),
     "micro-batches per step",
 );
 const SEED: OptionSpec = count(
     "seed",
-    0,
-    u64::MAX,
+    (0, u64::MAX),
     OptionDefault::Count(0),
     "seed of shuffling and initialisation",
 );
 const PATIENCE: OptionSpec = count(
     "patience",
-    1,
-    MAX_EPOCHS,
+    (1, MAX_EPOCHS),
     OptionDefault::Count(2),
     "epochs without a better validation metric before stopping",
 );
 const fn metric(ranking: bool) -> OptionSpec {
-    OptionSpec {
-        name: "metric",
-        ty: OptionType::Metric { ranking },
-        default: OptionDefault::Text("recall@1"),
-        doc: "validation metric, text to image",
-    }
+    spec(
+        "metric",
+        OptionType::Metric { ranking },
+        OptionDefault::Text("recall@1"),
+        "validation metric, text to image",
+    )
 }
 const PRECISION: OptionSpec = choice(
     "precision",
@@ -281,12 +266,12 @@ const PRECISION: OptionSpec = choice(
 
 /// `CREATE COLLECTION ... WITH (...)`.
 pub const CREATE_COLLECTION: &[OptionSpec] = &[
-    OptionSpec {
-        name: "model",
-        ty: OptionType::ModelOrNull,
-        default: OptionDefault::Absent("the default model, `mirante-shapes-clip`"),
-        doc: "the model that embeds rows and queries; NULL: none (EMBED adds one later)",
-    },
+    spec(
+        "model",
+        OptionType::ModelOrNull,
+        OptionDefault::Absent("the default model, `mirante-shapes-clip`"),
+        "the model that embeds rows and queries; NULL: none (EMBED adds one later)",
+    ),
     text(
         "index",
         OptionDefault::Text("Flat"),
@@ -320,8 +305,7 @@ pub const IMPORT: &[OptionSpec] = &[
     ),
     count(
         "limit",
-        0,
-        u64::MAX,
+        (0, u64::MAX),
         OptionDefault::Absent("every row"),
         "import the first N rows only",
     ),
@@ -366,15 +350,15 @@ pub const FINETUNE: &[OptionSpec] = &[
     SEED,
     PATIENCE,
     metric(false),
-    OptionSpec {
-        name: "hard_negatives",
-        ty: OptionType::Choice {
+    spec(
+        "hard_negatives",
+        OptionType::Choice {
             choices: &["false", "true", "epoch"],
             flags: true,
         },
-        default: OptionDefault::Flag(false),
-        doc: "keep mutual nearest-neighbour pairs in one batch: mined once (true) or before every epoch ('epoch')",
-    },
+        OptionDefault::Flag(false),
+        "keep mutual nearest-neighbour pairs in one batch: mined once (true) or before every epoch ('epoch')",
+    ),
     flag(
         "text_negatives",
         false,
@@ -403,15 +387,13 @@ pub const TRAIN_ELIP: &[OptionSpec] = &[
     PRECISION,
     count(
         "prompts",
-        1,
-        1024,
+        (1, 1024),
         OptionDefault::Count(10),
         "visual prompt tokens the mapper makes",
     ),
     count(
         "hidden",
-        1,
-        MAX_BATCH_SIZE,
+        (1, MAX_BATCH_SIZE),
         OptionDefault::Absent("min(1024, the vision tower's width)"),
         "width of the mapper's hidden layers",
     ),
@@ -434,15 +416,13 @@ pub const TRAIN_ELIP: &[OptionSpec] = &[
     ),
     count(
         "top",
-        1,
-        crate::binder::MAX_RERANK_TOP,
+        (1, crate::binder::MAX_RERANK_TOP),
         OptionDefault::Count(20),
         "first-stage results re-ranked per validation caption",
     ),
     count(
         "negatives",
-        1,
-        1024,
+        (1, 1024),
         OptionDefault::Absent("none"),
         "per caption, the N images the backbone ranks highest, as extra negatives",
     ),

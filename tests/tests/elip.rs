@@ -100,7 +100,7 @@ fn train_elip_then_rerank_searches_and_evaluations() {
     );
     let e = error(
         &db,
-        "TRAIN ELIP ON shapes WHERE split = 'train' WITH (negatives = 100000) AS 'too-many'",
+        "TRAIN ELIP ON shapes WHERE split = 'train' WITH (negatives = 1000) AS 'too-many'",
     );
     assert!(e.contains("retrieved negatives per caption"), "{e}");
 

@@ -631,7 +631,7 @@ fn finetune_registers_a_model_that_beats_its_base() {
     );
     let mode = refused("hard_negatives = 'always'");
     assert!(
-        mode.contains("hard_negatives expects true") && mode.contains("'epoch'"),
+        mode.contains("hard_negatives: expects true") && mode.contains("'epoch'"),
         "{mode}"
     );
     one(&db, &format!("ALTER COLLECTION images SET MODEL '{base}'"));
@@ -653,7 +653,7 @@ fn finetune_registers_a_model_that_beats_its_base() {
     assert!(lineage["text_negative_captions"].is_null(), "{lineage}");
     let flag = refused("text_negatives = 'yes'");
     assert!(
-        flag.contains("text_negatives expects true or false"),
+        flag.contains("text_negatives: expects true or false"),
         "{flag}"
     );
 

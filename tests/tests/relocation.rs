@@ -10,23 +10,10 @@ use std::path::{Path, PathBuf};
 
 use mirante::storage::Modality;
 use mirante::{Cell, Database, Registry};
-use mirante_tests::{error, one, registry_models};
+use mirante_tests::{copy_dir, error, one, registry_models};
 
 const SEARCH: &str = "SEARCH shapes BY TEXT 'a red square at the top left' LIMIT 4";
 const RERANKED: &str = "SEARCH shapes BY TEXT 'a blue square at the bottom right' RERANK WITH ELIP 'elip' TOP 8 LIMIT 4";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// The ids and scores of a search's hits.
 fn hits(db: &Database, sql: &str) -> Vec<(i64, String)> {
@@ -196,4 +183,23 @@ fn a_copy_of_an_old_database_never_uses_the_original_s_models() {
         "{e}"
     );
     assert_eq!(Registry::name_of("registry:ft"), Some("ft"));
+}
+
+#[test]
+fn databases_with_registry_keys_open_as_they_are() {
+    // Written by this release's `make_registry_fixture keys`: nothing to migrate.
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = mirante_tests::repo_root().join("tests/fixtures/db-registry-keys");
+    let path = dir.path().join("db");
+    copy_dir(&fixture, &path);
+    let versions = mirante::storage::Database::open(&path)
+        .unwrap()
+        .versions()
+        .unwrap();
+    let db = Database::open(&path).unwrap();
+    assert_eq!(db.storage().versions().unwrap(), versions);
+    assert_eq!(stored_models(&db), ["registry:ft", "registry:ft"]);
+    assert_eq!(hits(&db, SEARCH).len(), 4);
+    assert_eq!(hits(&db, RERANKED).len(), 4);
+    assert_eq!(db.registry().names().unwrap(), ["elip", "ft"]);
 }

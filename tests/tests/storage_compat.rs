@@ -6,20 +6,7 @@
 use std::path::Path;
 
 use mirante::storage::{Database, FORMAT_VERSION, OLDEST_SUPPORTED_VERSION};
-use mirante_tests::{assert_keyed_row, brute_force, int_vector};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use mirante_tests::{assert_keyed_row, brute_force, copy_dir, int_vector};
 
 #[test]
 fn every_supported_format_fixture_opens_intact() {

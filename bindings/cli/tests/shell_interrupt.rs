@@ -12,11 +12,8 @@ mod common;
 use common::{BIN, repo, sql};
 
 fn interrupt(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    use nix::sys::signal::{Signal, kill};
+    kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
 }
 
 /// A database with a collection of the tiny CLIP holding `rows` photographs, and a CSV of
@@ -39,6 +36,17 @@ fn setup(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     );
     assert!(out.status.success(), "{out:?}");
     (db, big)
+}
+
+/// Reads `out` until a one-row table (the first statement's answer) has come: the process runs
+/// and is about to start its next statement.
+fn await_first_answer(out: &mut impl BufRead) {
+    let mut seen = String::new();
+    while !seen.contains("(1 row)") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "ended: {seen}");
+        seen.push_str(&line);
+    }
 }
 
 fn versions(db: &std::path::Path) -> Vec<u64> {
@@ -71,15 +79,7 @@ fn sigint_stops_the_running_import_and_the_shell_goes_on() {
     )
     .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("(1 row)") {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "shell ended: {seen}"
-        );
-        seen.push_str(&line);
-    }
+    await_first_answer(&mut stdout);
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(child.id());
     writeln!(stdin, "SELECT count(*) FROM images;").unwrap();
@@ -117,12 +117,7 @@ fn sigint_ends_mirante_sql_with_status_130_and_nothing_committed() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("(1 row)") {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "ended: {seen}");
-        seen.push_str(&line);
-    }
+    await_first_answer(&mut stdout);
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(child.id());
     let out = child.wait_with_output().unwrap();

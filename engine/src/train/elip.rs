@@ -148,6 +148,8 @@ pub(crate) fn run(
 ) -> Result<TrainingRun> {
     let t = &options.training;
     let metric = t.metric;
+    // Before any model is loaded: a taken or invalid name fails at once.
+    db.registry().check_new(&plan.name)?;
     let backbone = match backbone {
         Some(b) => db.models.load(b)?,
         None => {

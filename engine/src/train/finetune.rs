@@ -19,6 +19,8 @@ pub(crate) fn run(
     exec: &ExecOptions,
 ) -> Result<TrainingRun> {
     let t = &options.training;
+    // Before any model is loaded: a taken or invalid name fails at once.
+    db.registry().check_new(&plan.name)?;
     let key = db.models.key(base)?;
     let model = Trainable::load(&db.models.folder(&key)?, &db.options.device)?;
     let base_fingerprint = model.encoder.fingerprint()?;
