@@ -29,12 +29,19 @@ fn one_line(s: &str) -> String {
     s.replace('\n', "\\n").replace('\r', "\\r")
 }
 
-/// `s` cut to `max` characters, the last one an ellipsis.
+/// `s` cut to `max` characters with an ellipsis: at the end, or at the start for a path (whose
+/// file name tells most).
 fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    let n = s.chars().count();
+    if n <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    let keep = max.saturating_sub(1);
+    if s.contains('/') {
+        let tail: String = s.chars().skip(n - keep).collect();
+        return format!("…{tail}");
+    }
+    let mut out: String = s.chars().take(keep).collect();
     out.push('…');
     out
 }
@@ -326,6 +333,14 @@ mod tests {
             "a later column that fits is kept: {out}"
         );
         assert!(out.contains("(1 column not shown: image;"), "{out}");
+        let paths = wide.to_table_fitted(&TableStyle {
+            width: None,
+            max_cell: 20,
+        });
+        assert!(
+            paths.contains("…o/an/image/file.png"),
+            "paths keep their end: {paths}"
+        );
         assert!(out.ends_with("done\n"));
         let all = wide.to_table_fitted(&TableStyle {
             width: None,

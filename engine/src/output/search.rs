@@ -80,7 +80,10 @@ impl SearchResults {
                     columns.push(Column::new("matched_text", CellType::Str, true));
                 }
             }
-            CaptionCells::One => columns.push(Column::new("caption", CellType::Str, true)),
+            CaptionCells::One => {
+                columns.push(Column::new("caption", CellType::Str, true));
+                columns.push(Column::new("captions", CellType::Int, false));
+            }
         }
         if reranked {
             columns.push(Column::new("first_rank", CellType::Int, true));
@@ -108,7 +111,11 @@ impl SearchResults {
                             r.push(opt(&h.matched_text));
                         }
                     }
-                    CaptionCells::One => r.push(h.caption_summary().map_or(Cell::Null, Cell::Str)),
+                    CaptionCells::One => {
+                        let shown = h.matched_text.as_ref().or(h.texts.first());
+                        r.push(shown.map_or(Cell::Null, |c| Cell::Str(c.clone())));
+                        r.push(Cell::Int(h.texts.len() as i64));
+                    }
                 }
                 if reranked {
                     r.push(h.first_rank.map_or(Cell::Null, |x| Cell::Int(x as i64)));
@@ -135,7 +142,7 @@ impl SearchResults {
     }
 
     /// For a terminal: each hit's captions as one `caption` (the matched one, else the first)
-    /// with how many the row has.
+    /// and `captions`, how many the row has.
     pub fn display_set(&self) -> ResultSet {
         self.table(CaptionCells::One, false)
     }
@@ -152,15 +159,4 @@ impl SearchResults {
 enum CaptionCells {
     All,
     One,
-}
-
-impl SearchHit {
-    /// The matched caption (else the first) and, with several, how many the row has.
-    fn caption_summary(&self) -> Option<String> {
-        let caption = self.matched_text.as_ref().or(self.texts.first())?;
-        Some(match self.texts.len() {
-            0 | 1 => caption.clone(),
-            n => format!("{caption} (1 of {n})"),
-        })
-    }
 }
