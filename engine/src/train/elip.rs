@@ -10,7 +10,7 @@ use mirante_query::options::{ElipOptions, PromptInit};
 use mirante_query::{EvalMetric, TrainPlan};
 use mirante_training::DualEncoder;
 use mirante_training::elip::{self as training_elip, ElipConfig, ElipMapper, Negatives};
-use mirante_training::finetune::PairData;
+use mirante_training::finetune::{FinetuneReport, PairData};
 use rayon::prelude::*;
 
 use super::data::{embed_captions, embed_images};
@@ -19,9 +19,11 @@ use crate::cancel::CancelToken;
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result};
 use crate::metrics::rank_metric;
+use crate::models::LoadedModel;
 use crate::output::TrainingRun;
 use crate::ranking::{Problem, exact_ranks, exact_top_k};
 use crate::rerank::reranked_text_ranks;
+use crate::spaces::Spaces;
 
 /// Validation images embedded per batch.
 const EMBED_BATCH: usize = 32;
@@ -137,35 +139,72 @@ fn retrieved_negatives(
         .collect())
 }
 
-/// `TRAIN ELIP`: trains a mapper over the backbone on the collection's pairs and registers the
-/// best one as the plan's name.
-pub(crate) fn run(
-    db: &Database,
-    plan: &TrainPlan,
-    backbone: Option<&str>,
-    options: &ElipOptions,
-    exec: &ExecOptions,
-) -> Result<TrainingRun> {
-    let t = &options.training;
-    let metric = t.metric;
-    // Before any model is loaded: a taken or invalid name fails at once.
-    db.registry().check_new(&plan.name)?;
-    let backbone = match backbone {
-        Some(b) => db.models.load(b)?,
-        None => {
-            let snap = db.snapshot()?;
-            let c = snap.collection(&plan.collection)?;
-            crate::spaces::Spaces::new(db, c)
-                .active_model()?
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "collection {} has no model; name the backbone with USING MODEL '<model>'",
-                        plan.collection
-                    ))
-                })?
+/// The fusion weights a run tries, and per validation (the untrained mapper first, then each
+/// epoch) the one chosen with ELIP's score alone beside it.
+struct FusionTuning {
+    /// Tuned on validation unless fixed; the grid ends with ELIP alone, reported beside.
+    weights: Vec<f64>,
+    chosen: Vec<(f64, Option<f64>)>,
+}
+
+impl FusionTuning {
+    fn new(fixed: Option<f64>, validated: bool) -> Self {
+        let weights = match (fixed, validated) {
+            (Some(w), _) => vec![w],
+            (None, true) => (0..=10).map(|i| f64::from(i) / 10.0).collect(),
+            (None, false) => vec![1.0],
+        };
+        FusionTuning {
+            weights,
+            chosen: Vec::new(),
         }
-    };
-    let encoder = &backbone.encoder;
+    }
+
+    /// Records one validation's metric per weight; returns the best (ties keep the lighter
+    /// weight).
+    fn record(&mut self, per: &[Option<f64>]) -> Option<f64> {
+        let mut best = 0;
+        for (i, s) in per.iter().enumerate() {
+            if s.unwrap_or(f64::MIN) > per[best].unwrap_or(f64::MIN) {
+                best = i;
+            }
+        }
+        let alone = (self.weights.last() == Some(&1.0))
+            .then(|| per[per.len() - 1])
+            .flatten();
+        self.chosen.push((self.weights[best], alone));
+        per[best]
+    }
+
+    /// The weight of the saved mapper: the best epoch's, or the last one's when none beat the
+    /// untrained mapper.
+    fn kept(&self, report: &FinetuneReport) -> f64 {
+        let at = if report.best_epoch == 0 {
+            self.chosen.len().saturating_sub(1)
+        } else {
+            report.best_epoch
+        };
+        self.chosen.get(at).map_or(self.weights[0], |&(w, _)| w)
+    }
+}
+
+/// The backbone: the one named, else the collection's active model.
+fn backbone(db: &Database, plan: &TrainPlan, named: Option<&str>) -> Result<Arc<LoadedModel>> {
+    if let Some(b) = named {
+        return db.models.load(b);
+    }
+    let snap = db.snapshot()?;
+    let c = snap.collection(&plan.collection)?;
+    Spaces::new(db, c).active_model()?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "collection {} has no model; name the backbone with USING MODEL '<model>'",
+            plan.collection
+        ))
+    })
+}
+
+/// The mapper's shape for `encoder` from the options.
+fn mapper_config(encoder: &DualEncoder, options: &ElipOptions) -> Result<ElipConfig> {
     let (width, _) = encoder.model.vision_shape();
     let mut elip = ElipConfig::for_model(
         &encoder.model,
@@ -174,6 +213,42 @@ pub(crate) fn run(
         options.deep,
     )?;
     elip.dropout = options.dropout;
+    Ok(elip)
+}
+
+/// `negatives = N`: each training caption's retrieved negatives.
+fn retrieved(
+    options: &ElipOptions,
+    encoder: &DualEncoder,
+    train: &PairData,
+) -> Result<Option<Vec<Vec<usize>>>> {
+    match options.negatives {
+        None => Ok(None),
+        Some(n) if n >= train.images.len() => Err(Error::Invalid(format!(
+            "option negatives asks for {n} retrieved negatives per caption, but the training \
+             rows hold only {} images",
+            train.images.len()
+        ))),
+        Some(n) => Ok(Some(retrieved_negatives(encoder, train, n)?)),
+    }
+}
+
+/// `TRAIN ELIP`: trains a mapper over the backbone on the collection's pairs and registers the
+/// best one as the plan's name.
+pub(crate) fn run(
+    db: &Database,
+    plan: &TrainPlan,
+    named_backbone: Option<&str>,
+    options: &ElipOptions,
+    exec: &ExecOptions,
+) -> Result<TrainingRun> {
+    let t = &options.training;
+    let metric = t.metric;
+    // Before any model is loaded: a taken or invalid name fails at once.
+    db.registry().check_new(&plan.name)?;
+    let backbone = backbone(db, plan, named_backbone)?;
+    let encoder = &backbone.encoder;
+    let elip = mapper_config(encoder, options)?;
     let job = Job::prepare(
         db,
         plan,
@@ -192,77 +267,41 @@ pub(crate) fn run(
         None => None,
     };
     let baseline = validation.as_ref().and_then(|v| v.baseline(metric));
-    let retrieved = match options.negatives {
-        None => None,
-        Some(n) if n >= job.train.images.len() => {
-            return Err(Error::Invalid(format!(
-                "option negatives asks for {n} retrieved negatives per caption, but the \
-                 training rows hold only {} images",
-                job.train.images.len()
-            )));
-        }
-        Some(n) => Some(retrieved_negatives(encoder, &job.train, n)?),
-    };
+    let retrieved = retrieved(options, encoder, &job.train)?;
     let negatives = match &retrieved {
         Some(lists) => Negatives::Retrieved(lists),
         None => Negatives::InBatch,
     };
-    // Tuned on validation unless fixed; the grid ends with ELIP alone, reported beside.
-    let fusions: Vec<f64> = match (options.fusion, &validation) {
-        (Some(w), _) => vec![w],
-        (None, Some(_)) => (0..=10).map(|i| f64::from(i) / 10.0).collect(),
-        (None, None) => vec![1.0],
-    };
-    // Per validation (the untrained mapper first, then each epoch): the chosen weight and
-    // ELIP's score alone.
-    let mut chosen: Vec<(f64, Option<f64>)> = Vec::new();
+    let mut tuning = FusionTuning::new(options.fusion, validation.is_some());
     let mapper = ElipMapper::new(elip, t.seed, &db.options.device)?;
     if options.prompt_init == PromptInit::Patch {
         // Prompts start as a typical patch token, so the untrained mapper leaves the ranking
         // nearly intact.
         mapper.anchor_prompts(encoder, &job.train)?;
     }
-    let config = job.config(t);
     let top = options.top;
     let report = training_elip::train(
         encoder,
         &mapper,
         (&job.train, negatives),
-        &config,
+        &job.config(t),
         job.install.folder(),
         |m| -> Result<Option<f64>> {
             let Some(v) = &validation else {
                 return Ok(None);
             };
-            let per = v.scores(encoder, m, metric, (top, &fusions), &exec.cancel)?;
-            // Ties keep the lighter fusion weight.
-            let mut best = 0;
-            for (i, s) in per.iter().enumerate() {
-                if s.unwrap_or(f64::MIN) > per[best].unwrap_or(f64::MIN) {
-                    best = i;
-                }
-            }
-            let alone = (fusions.last() == Some(&1.0))
-                .then(|| per[per.len() - 1])
-                .flatten();
-            chosen.push((fusions[best], alone));
-            Ok(per[best])
+            let per = v.scores(encoder, m, metric, (top, &tuning.weights), &exec.cancel)?;
+            Ok(tuning.record(&per))
         },
     )?;
-    // The saved mapper: the best epoch's, or the last one when none beat the untrained mapper.
-    let kept_validation = if report.best_epoch == 0 {
-        chosen.len().saturating_sub(1)
-    } else {
-        report.best_epoch
-    };
-    let fusion = chosen.get(kept_validation).map_or(fusions[0], |&(w, _)| w);
+    let fusion = tuning.kept(&report);
     let mut lineage = job.lineage(("elip", &backbone.key, &backbone.fingerprint), t, &report)?;
     lineage.validation_top = Some(top);
     lineage.baseline_validation = baseline;
     lineage.fusion = Some(fusion);
     let mut epochs = epoch_rows(&report);
     if validation.is_some() {
-        for (row, &tuned) in epochs.iter_mut().zip(chosen.iter().skip(1)) {
+        for (row, &tuned) in epochs.iter_mut().zip(tuning.chosen.iter().skip(1)) {
             row.fusion = Some(tuned);
         }
     }
