@@ -4,6 +4,7 @@
 
 use crate::ast::*;
 use crate::error::{Error, Pos, Result, suggestion};
+pub use crate::options::MAX_RERANK_TOP;
 use crate::options::{
     self, BoundOptions, CollectionOptions, ElipOptions, FinetuneOptions, ImportOptions,
     TrainingLoop,
@@ -16,8 +17,6 @@ pub const MAX_SEARCH_LIMIT: u64 = 100_000;
 /// First-stage results `RERANK WITH ELIP` re-scores when `TOP` is not given (the paper's K on
 /// COCO).
 pub const DEFAULT_RERANK_TOP: u64 = 100;
-/// Re-ranking runs one image-encoder pass per candidate and query: a bound on the cost.
-pub const MAX_RERANK_TOP: u64 = 10_000;
 
 /// What the binder needs to know about the database.
 pub trait Catalog {

@@ -184,6 +184,9 @@ const fn choice(
     spec(name, ty, default, doc)
 }
 
+/// Re-ranking runs one image-encoder pass per candidate and query: a bound on the cost (of
+/// `RERANK ... TOP` and `TRAIN ELIP`'s `top`).
+pub const MAX_RERANK_TOP: u64 = 10_000;
 /// The largest batch a training statement accepts (ELIP scores `batch_size` squared images).
 pub const MAX_BATCH_SIZE: u64 = 65_536;
 const MAX_EPOCHS: u64 = 1_000_000;
@@ -416,7 +419,7 @@ pub const TRAIN_ELIP: &[OptionSpec] = &[
     ),
     count(
         "top",
-        (1, crate::binder::MAX_RERANK_TOP),
+        (1, MAX_RERANK_TOP),
         OptionDefault::Count(20),
         "first-stage results re-ranked per validation caption",
     ),
