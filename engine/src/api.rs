@@ -17,6 +17,52 @@ pub struct Collection<'db> {
 }
 
 impl Database {
+    /// L2-normalised embeddings of `texts` by `model`'s text tower (a registry name, folder or
+    /// Hub id; the default model when `None`), in batches.
+    pub fn embed_texts(
+        &self,
+        texts: &[&str],
+        model: Option<&str>,
+        exec: &ExecOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        let model = self.models.load(model.unwrap_or(crate::DEFAULT_MODEL))?;
+        let pipeline = self.pipeline(self.options.progress, &exec.cancel);
+        Ok(mirante_training::embed_texts(
+            &model.encoder,
+            texts,
+            &pipeline,
+        )?)
+    }
+
+    /// L2-normalised embeddings of images (files or encoded bytes) by `model`'s image tower,
+    /// preprocessed as the model's processor says, decoded on worker threads. An image that
+    /// does not decode fails the call, naming it.
+    pub fn embed_images(
+        &self,
+        images: &[mirante_training::ImageSource],
+        model: Option<&str>,
+        exec: &ExecOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        let model = self.models.load(model.unwrap_or(crate::DEFAULT_MODEL))?;
+        let pipeline = self.pipeline(self.options.progress, &exec.cancel);
+        let out = mirante_training::embed_images(&model.encoder, images, &pipeline)?;
+        if !out.failures.is_empty() {
+            let list: Vec<String> = out
+                .failures
+                .iter()
+                .take(20)
+                .map(|f| format!("  image {} ({}): {}", f.index + 1, f.source, f.reason))
+                .collect();
+            return Err(Error::Invalid(format!(
+                "{} of {} images cannot be embedded:\n{}",
+                out.failures.len(),
+                images.len(),
+                list.join("\n")
+            )));
+        }
+        Ok(out.embeddings.into_iter().flatten().collect())
+    }
+
     /// A handle on an existing collection.
     pub fn collection(&self, name: &str) -> Result<Collection<'_>> {
         self.snapshot()?.collection(name)?;
@@ -68,6 +114,41 @@ impl<'db> Collection<'db> {
     /// Rows similar to a stored row (its image vector), the row itself left out.
     pub fn search_row(&self, id: u64) -> Search<'db> {
         self.search(SearchQuery::Row(id))
+    }
+
+    /// Captions ranked by an encoded image (PNG, JPEG, ...), preprocessed exactly as a file
+    /// with the same bytes.
+    pub fn search_image_bytes(&self, bytes: Vec<u8>) -> Search<'db> {
+        self.search(SearchQuery::ImageBytes(bytes))
+    }
+
+    /// Images ranked by a vector of the searched space (another tool's embedding of a query);
+    /// its length must be the space's dimension.
+    pub fn search_vector(&self, vector: Vec<f32>) -> Search<'db> {
+        self.search(SearchQuery::Vector(vector))
+    }
+
+    /// Adds rows from a source (see [`crate::ingest::from_arrow`] for Arrow input) in one
+    /// commit, embedding them with the collection's model; with `skip_errors` bad rows are
+    /// left out and reported, otherwise one bad row fails the whole add and nothing is committed.
+    pub fn add(
+        &self,
+        source: crate::ingest::Source,
+        options: &query::options::ImportOptions,
+        skip_errors: bool,
+        exec: &ExecOptions,
+    ) -> Result<crate::ingest::AddReport> {
+        exec.cancel.check()?;
+        let result = crate::ingest::add(
+            self.db,
+            &self.name,
+            source,
+            (options, skip_errors),
+            |n| format!("add {n} rows to {}", self.name),
+            exec,
+        );
+        self.db.release_writer();
+        result
     }
 }
 

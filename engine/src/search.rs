@@ -40,6 +40,12 @@ impl Resolved {
                 format!("image {p} embedded by the image tower of {}", self.model_id)
             }
             SearchQuery::Row(id) => format!("the stored image vector of row {id}"),
+            SearchQuery::ImageBytes(b) => format!(
+                "an image of {} bytes embedded by the image tower of {}",
+                b.len(),
+                self.model_id
+            ),
+            SearchQuery::Vector(v) => format!("a given vector of {} values", v.len()),
         }
     }
 
@@ -85,7 +91,7 @@ pub(crate) fn resolve(db: &Database, snap: &Snapshot, plan: &SearchPlan) -> Resu
         None => spaces.active(modality(target))?,
     };
     let model = match &plan.query {
-        SearchQuery::Row(_) => None,
+        SearchQuery::Row(_) | SearchQuery::Vector(_) => None,
         _ => Some(spaces.model_of(space)?),
     };
     Ok(Resolved {
@@ -115,13 +121,25 @@ fn query_vector(
             .collect()),
         (SearchQuery::Image(path), Some(m)) => {
             let path = std::path::Path::new(path);
-            let bytes = fsio::read(path)?;
-            let pixels = m.encoder.pixels(&bytes, &path.display().to_string())?;
-            Ok(m.encoder
-                .embed_pixels(&[pixels])?
-                .into_iter()
-                .flatten()
-                .collect())
+            embed_image(m, &fsio::read(path)?, &path.display().to_string())
+        }
+        (SearchQuery::ImageBytes(bytes), Some(m)) => embed_image(m, bytes, "the query image"),
+        (SearchQuery::Vector(v), _) => {
+            let dim = Spaces::new(db, c).spec(r.space)?.dim;
+            if v.len() != dim || v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "the query vector has {} values{}; space {} of {} holds {dim}-d vectors",
+                    v.len(),
+                    if v.iter().any(|x| !x.is_finite()) {
+                        ", not all finite"
+                    } else {
+                        ""
+                    },
+                    r.space,
+                    c.name
+                )));
+            }
+            Ok(v.clone())
         }
         (SearchQuery::Row(id), _) => {
             let image_space = Spaces::new(db, c).sibling(r.space, Modality::Image)?;
@@ -136,6 +154,17 @@ fn query_vector(
         }
         (_, None) => Err(Error::Internal("no model to embed the query".into())),
     }
+}
+
+/// An encoded image's embedding under `model`'s image tower.
+fn embed_image(model: &LoadedModel, bytes: &[u8], source: &str) -> Result<Vec<f32>> {
+    let pixels = model.encoder.pixels(bytes, source)?;
+    Ok(model
+        .encoder
+        .embed_pixels(&[pixels])?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Runs a search; the hits carry their image bytes when `exec` asks for them or a report is
@@ -206,6 +235,8 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, exec: &ExecOptions) -> Resul
             SearchQuery::Text(t) => format!("text '{t}'"),
             SearchQuery::Image(p) => format!("image {p}"),
             SearchQuery::Row(id) => format!("row {id}"),
+            SearchQuery::ImageBytes(b) => format!("image of {} bytes", b.len()),
+            SearchQuery::Vector(v) => format!("vector of {} values", v.len()),
         },
         target: resolved.target,
         model: resolved.model_id.clone(),

@@ -128,7 +128,8 @@ pub struct OptionItem {
     pub pos: Pos,
 }
 
-/// What a `SEARCH` looks for.
+/// What a `SEARCH` looks for. The statement writes text, an image path or a row; the library's
+/// API also searches with encoded image bytes and with a vector computed elsewhere.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SearchQuery {
     Text(String),
@@ -136,16 +137,20 @@ pub enum SearchQuery {
     Image(String),
     /// The stored embedding of an existing row.
     Row(u64),
+    /// An encoded image (PNG, JPEG, ...), preprocessed as a file with these bytes would be.
+    ImageBytes(Vec<u8>),
+    /// A query vector in the searched space (normalised before ranking).
+    Vector(Vec<f32>),
 }
 
 impl SearchQuery {
     /// What a search ranks without `MATCH`: cross-modal for text (images) and image (captions)
-    /// queries; `None` for a row, whose target the engine picks from what the row holds.
+    /// queries; `None` for a row or a vector, for which the engine ranks images.
     pub fn default_target(&self) -> Option<Target> {
         match self {
             SearchQuery::Text(_) => Some(Target::Images),
-            SearchQuery::Image(_) => Some(Target::Texts),
-            SearchQuery::Row(_) => None,
+            SearchQuery::Image(_) | SearchQuery::ImageBytes(_) => Some(Target::Texts),
+            SearchQuery::Row(_) | SearchQuery::Vector(_) => None,
         }
     }
 }

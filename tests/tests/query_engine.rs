@@ -578,3 +578,167 @@ fn search_into_writes_an_html_report() {
     assert!(html.contains("a &lt;cat&gt; &amp; a dog"));
     check_in_browser(&report, 4);
 }
+
+/// The photos as an Arrow batch the way Hugging Face datasets lay an image dataset out: an
+/// `image` struct {bytes, path}, a list of captions, a split and a year; `garbage` makes the
+/// last image undecodable.
+fn photos_batch(garbage: bool) -> arrow_array::RecordBatch {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, StructArray};
+    use arrow_schema::{DataType, Field};
+    let mut bytes: Vec<Vec<u8>> = PHOTOS
+        .iter()
+        .map(|(n, _)| std::fs::read(photo(n)).unwrap())
+        .collect();
+    if garbage {
+        *bytes.last_mut().unwrap() = b"not an image".to_vec();
+    }
+    let image = StructArray::from(vec![
+        (
+            Arc::new(Field::new("bytes", DataType::Binary, true)),
+            Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("path", DataType::Utf8, true)),
+            Arc::new(StringArray::from_iter_values(
+                PHOTOS.iter().map(|(n, _)| *n),
+            )) as ArrayRef,
+        ),
+    ]);
+    let mut texts = ListBuilder::new(StringBuilder::new());
+    for (_, captions) in PHOTOS {
+        for c in captions {
+            texts.values().append_value(c);
+        }
+        texts.append(true);
+    }
+    RecordBatch::try_from_iter(vec![
+        ("image", Arc::new(image) as ArrayRef),
+        ("text", Arc::new(texts.finish()) as ArrayRef),
+        (
+            "split",
+            Arc::new(StringArray::from(vec![
+                "train", "train", "test", "test", "train",
+            ])) as ArrayRef,
+        ),
+        (
+            "year",
+            Arc::new(Int64Array::from(vec![1990, 2010, 2000, 1969, 2020])) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn arrow_input_and_api_queries_match_the_statements() {
+    use mirante::ExecOptions;
+    use mirante::query::options::ImportOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    create(&db);
+    let images = db.collection("images").unwrap();
+    let exec = ExecOptions::default();
+    let source = |garbage: bool| {
+        let batch = photos_batch(garbage);
+        mirante::ingest::from_arrow(
+            &batch.schema(),
+            vec![Ok(batch)].into_iter(),
+            &ImportOptions::default(),
+        )
+        .unwrap()
+    };
+    // One undecodable image fails the whole add; skipping keeps the others.
+    let err = images
+        .add(source(true), &ImportOptions::default(), false, &exec)
+        .unwrap_err();
+    assert!(matches!(err, Error::RowsFailed { .. }), "{err}");
+    assert_eq!(count(&db), 0);
+    let added = images
+        .add(source(false), &ImportOptions::default(), false, &exec)
+        .unwrap();
+    assert_eq!(added.ids, [1, 2, 3, 4, 5]);
+    assert!(added.embedded && added.skipped.is_empty());
+    let skipped = images
+        .add(source(true), &ImportOptions::default(), true, &exec)
+        .unwrap();
+    assert_eq!((skipped.ids.len(), skipped.skipped.len()), (4, 1));
+    let years = one(
+        &db,
+        "SELECT year FROM images WHERE split = 'test' AND id <= 5",
+    );
+    assert_eq!(years.rows, [[Cell::Int(2000)], [Cell::Int(1969)]]);
+
+    // An image given as bytes ranks as the same file; a vector as the text it embeds.
+    let ranked = |s: mirante::Search<'_>| -> Vec<(u64, String)> {
+        s.limit(6)
+            .run()
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| (h.id, format!("{:.5}", h.score)))
+            .collect()
+    };
+    let chelsea = std::fs::read(photo("chelsea.png")).unwrap();
+    assert_eq!(
+        ranked(images.search_image_bytes(chelsea)),
+        ranked(images.search_image(photo("chelsea.png").to_str().unwrap()))
+    );
+    let model = tiny_clip().display().to_string();
+    let cat = db.embed_texts(&["a cat"], Some(&model), &exec).unwrap();
+    assert_eq!(cat[0].len(), 24);
+    assert_eq!(
+        ranked(images.search_vector(cat[0].clone())),
+        ranked(images.search_text("a cat"))
+    );
+    let e = images.search_vector(vec![1.0; 3]).run().unwrap_err();
+    assert!(e.to_string().contains("holds 24-d vectors"), "{e}");
+    let photos = db
+        .embed_images(
+            &[mirante::training::ImageSource::Path(photo("horse.png"))],
+            Some(&model),
+            &exec,
+        )
+        .unwrap();
+    assert_eq!(photos.len(), 1);
+    let bad = db
+        .embed_images(
+            &[mirante::training::ImageSource::Bytes {
+                source: "x".into(),
+                bytes: b"no".to_vec(),
+            }],
+            Some(&model),
+            &exec,
+        )
+        .unwrap_err();
+    assert!(
+        bad.to_string().contains("1 of 1 images cannot be embedded"),
+        "{bad}"
+    );
+
+    // Outputs as Arrow: typed by the catalog, image bytes when asked for.
+    let out = db.sql("SELECT id, text, year FROM images LIMIT 2").unwrap();
+    let batch = out[0].to_arrow().unwrap();
+    assert_eq!(batch.num_rows(), 2);
+    let schema = batch.schema();
+    assert_eq!(schema.field(0).data_type(), &arrow_schema::DataType::Int64);
+    assert!(matches!(
+        schema.field(1).data_type(),
+        arrow_schema::DataType::List(_)
+    ));
+    assert!(schema.field(2).is_nullable());
+    let mut searched = None;
+    db.sql_each(
+        "SEARCH images BY TEXT 'a cat' LIMIT 3",
+        &ExecOptions {
+            image_bytes: true,
+            ..ExecOptions::default()
+        },
+        |o| searched = Some(o),
+    )
+    .unwrap();
+    let hits = searched.unwrap().to_arrow().unwrap();
+    assert_eq!(hits.num_rows(), 3);
+    assert!(hits.schema().field_with_name("image_bytes").is_ok());
+}

@@ -21,7 +21,8 @@ const CHUNK: usize = 1024;
 /// What loading rows did.
 #[derive(Debug, Default)]
 pub(crate) struct LoadReport {
-    pub rows: usize,
+    /// The ids given to the loaded rows, in order.
+    pub ids: Vec<u64>,
     pub skipped: Vec<RowFailure>,
     /// Whether the rows got vectors (from the model or precomputed).
     pub embedded: bool,
@@ -89,10 +90,9 @@ pub(crate) fn load(
             });
         }
         report.skipped.extend(failures);
-        let n = rows.len();
-        stage(tx, collection, rows, &embeddings)?;
-        report.rows += n;
-        bar.inc(n as u64);
+        let ids = stage(tx, collection, rows, &embeddings)?;
+        bar.inc(ids.len() as u64);
+        report.ids.extend(ids);
     }
     bar.finish_and_clear();
     Ok(report)
@@ -289,13 +289,13 @@ fn with_dims(
         .collect()
 }
 
-/// Stages a chunk as a new segment of `tx`.
+/// Stages a chunk as a new segment of `tx`; the rows' ids.
 fn stage(
     tx: &mut storage::Transaction<'_>,
     collection: &str,
     rows: Vec<ReadRow>,
     embeddings: &[(SpaceId, Vec<f32>)],
-) -> Result<()> {
+) -> Result<Vec<u64>> {
     let new_rows: Vec<NewRow> = rows
         .into_iter()
         .map(|(r, bytes)| NewRow {
@@ -310,6 +310,5 @@ fn stage(
         .collect();
     let embeddings: Vec<(SpaceId, &[f32])> =
         embeddings.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-    tx.append(collection, new_rows, &embeddings)?;
-    Ok(())
+    Ok(tx.append(collection, new_rows, &embeddings)?)
 }

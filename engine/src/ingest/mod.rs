@@ -3,6 +3,7 @@
 //! precomputed vectors in `vectors`) and `INSERT ... VALUES`, both through the load path in
 //! `load` (read, embed and validate, stage), committed as one transaction.
 
+mod arrow;
 mod imagefolder;
 mod load;
 mod parquet;
@@ -14,6 +15,8 @@ pub use source::{IMAGE_EXTENSIONS, ImageRef, Item, Precomputed, Record, Source};
 
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, Schema};
 use mirante_query::options::ImportOptions;
 use mirante_query::{ColumnRef, Literal};
 use mirante_storage::Value;
@@ -66,12 +69,90 @@ pub fn open(source: &str, options: &ImportOptions) -> Result<Source> {
             }
         }
     };
-    Ok(match options.limit {
+    Ok(limited(source, options.limit))
+}
+
+/// The first `limit` items of `source`, when a limit is given.
+fn limited(source: Source, limit: Option<usize>) -> Source {
+    match limit {
         Some(n) => Source {
             columns: source.columns,
             items: Box::new(source.items.take(n)),
         },
         None => source,
+    }
+}
+
+/// Rows from Arrow record batches handed to the library (a table, a data frame, a Hugging
+/// Face dataset's table), read as parquet datasets are: the image column a struct `{bytes,
+/// path}`, a path or binary, captions a string or a list of strings, scalar metadata columns;
+/// relative image paths are resolved from the working directory.
+pub fn from_arrow<R>(schema: &Schema, batches: R, options: &ImportOptions) -> Result<Source>
+where
+    R: Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send + 'static,
+{
+    let origin = PathBuf::from("arrow input");
+    let plan = arrow::plan(schema, &origin, options)?;
+    let columns = plan.columns.clone();
+    // A split column is filtered by the `split` option; without one, the option is the split.
+    let (assign, wanted) = if plan.split_column {
+        (None, options.split.clone())
+    } else {
+        (options.split.clone(), None)
+    };
+    let rows = arrow::Batches::new((origin, PathBuf::from(".")), assign, plan, Ok(batches));
+    let items = rows.filter(move |item| match (item, &wanted) {
+        (Ok(Item::Row(r)), Some(w)) => r.split.as_deref() == Some(w.as_str()),
+        _ => true,
+    });
+    Ok(limited(
+        Source {
+            columns,
+            items: Box::new(items),
+        },
+        options.limit,
+    ))
+}
+
+/// What adding rows did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddReport {
+    /// The new rows' ids, in the order of the source.
+    pub ids: Vec<u64>,
+    /// The rows left out (with `skip_errors`), with why.
+    pub skipped: Vec<RowFailure>,
+    /// Whether the rows got vectors (the collection's model, or precomputed ones).
+    pub embedded: bool,
+}
+
+/// Loads an opened source into `collection` in one commit (nothing when a row fails, unless
+/// `skip_errors`); `message` gives the commit's message for a row count.
+pub(crate) fn add(
+    db: &Database,
+    collection: &str,
+    src: Source,
+    (options, skip_errors): (&ImportOptions, bool),
+    message: impl Fn(usize) -> String,
+    exec: &ExecOptions,
+) -> Result<AddReport> {
+    let mut w = db.writer()?;
+    let mut tx = w.transaction();
+    tx.add_columns(collection, src.columns.clone())?;
+    let report = load::load(
+        db,
+        &mut tx,
+        collection,
+        src.items,
+        (skip_errors, options.embeddings.as_ref()),
+        exec,
+    )?;
+    if !report.ids.is_empty() {
+        tx.commit(message(report.ids.len()))?;
+    }
+    Ok(AddReport {
+        ids: report.ids,
+        skipped: report.skipped,
+        embedded: report.embedded,
     })
 }
 
@@ -85,28 +166,16 @@ pub(crate) fn import(
     exec: &ExecOptions,
 ) -> Result<Output> {
     let src = open(source, options)?;
-    let mut w = db.writer()?;
-    let mut tx = w.transaction();
-    tx.add_columns(collection, src.columns.clone())?;
-    let report = load::load(
+    let report = add(
         db,
-        &mut tx,
         collection,
-        src.items,
-        (skip_errors, options.embeddings.as_ref()),
+        src,
+        (options, skip_errors),
+        |n| format!("import {n} rows into {collection} from {source}"),
         exec,
     )?;
-    if report.rows > 0 {
-        tx.commit(format!(
-            "import {} rows into {collection} from {source}",
-            report.rows
-        ))?;
-    }
-    let mut status = format!(
-        "imported {} row{} into {collection}",
-        report.rows,
-        plural(report.rows)
-    );
+    let rows = report.ids.len();
+    let mut status = format!("imported {rows} row{} into {collection}", plural(rows));
     if !report.embedded {
         status.push_str(&format!(
             " without embeddings (the collection has no model; add one with EMBED {collection} USING MODEL '...')"
@@ -200,21 +269,22 @@ pub(crate) fn insert(
             vectors: None,
         }));
     }
-    let mut w = db.writer()?;
-    let mut tx = w.transaction();
-    let report = load::load(
+    let src = Source {
+        columns: Vec::new(),
+        items: Box::new(records.into_iter().map(Ok)),
+    };
+    let report = add(
         db,
-        &mut tx,
         collection,
-        records.into_iter().map(Ok),
-        (false, None),
+        src,
+        (&ImportOptions::default(), false),
+        |n| format!("insert {n} rows into {collection}"),
         exec,
     )?;
-    tx.commit(format!("insert {} rows into {collection}", report.rows))?;
+    let rows = report.ids.len();
     Ok(Output::Status(format!(
-        "inserted {} row{} into {collection}",
-        report.rows,
-        plural(report.rows)
+        "inserted {rows} row{} into {collection}",
+        plural(rows)
     )))
 }
 
