@@ -17,6 +17,12 @@ pub struct Collection<'db> {
 }
 
 impl Database {
+    /// The model a locator names (a registry name, folder or Hub id; the default model when
+    /// `None`), loaded once per handle.
+    pub fn model(&self, locator: Option<&str>) -> Result<std::sync::Arc<crate::LoadedModel>> {
+        self.models.load(locator.unwrap_or(crate::DEFAULT_MODEL))
+    }
+
     /// L2-normalised embeddings of `texts` by `model`'s text tower (a registry name, folder or
     /// Hub id; the default model when `None`), in batches.
     pub fn embed_texts(
@@ -25,7 +31,7 @@ impl Database {
         model: Option<&str>,
         exec: &ExecOptions,
     ) -> Result<Vec<Vec<f32>>> {
-        let model = self.models.load(model.unwrap_or(crate::DEFAULT_MODEL))?;
+        let model = self.model(model)?;
         let pipeline = self.pipeline(self.options.progress, &exec.cancel);
         Ok(mirante_training::embed_texts(
             &model.encoder,
@@ -43,7 +49,7 @@ impl Database {
         model: Option<&str>,
         exec: &ExecOptions,
     ) -> Result<Vec<Vec<f32>>> {
-        let model = self.models.load(model.unwrap_or(crate::DEFAULT_MODEL))?;
+        let model = self.model(model)?;
         let pipeline = self.pipeline(self.options.progress, &exec.cancel);
         let out = mirante_training::embed_images(&model.encoder, images, &pipeline)?;
         if !out.failures.is_empty() {

@@ -1,0 +1,359 @@
+//! `mirante._mirante`: the extension module under the `mirante` Python package. It holds the
+//! engine's calls; the package (`python/mirante/`) turns them into the Pythonic API (PIL and
+//! numpy in, pandas and polars out).
+//!
+//! Every call that can take time runs on a worker thread with the GIL released, while the
+//! calling thread waits in slices and checks for signals: Ctrl-C (KeyboardInterrupt) raises the
+//! statement's cancel token, the statement stops at its next check with nothing half-committed,
+//! and the KeyboardInterrupt propagates.
+
+mod errors;
+mod output;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::ffi_stream::RecordBatchStreamReader;
+use arrow::pyarrow::PyArrowType;
+use mirante::query::options::{EmbeddingColumns, ImportOptions};
+use mirante::training::ImageSource;
+use mirante::{Database, ExecOptions, Options};
+use numpy::{PyArray2, ToPyArray};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::errors::to_py;
+use crate::output::PyOutput;
+
+/// How often a waiting call looks for Ctrl-C.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs `work` on a worker thread without the GIL; KeyboardInterrupt (or another signal's
+/// exception) cancels it and is raised once the work has stopped.
+/// `statement` is the text errors are rendered against (with a caret under the position).
+fn run<T: Send>(
+    py: Python<'_>,
+    (exec, statement): (ExecOptions, Option<&str>),
+    work: impl FnOnce(&ExecOptions) -> mirante::Result<T> + Send,
+) -> PyResult<T> {
+    let cancel = exec.cancel.clone();
+    std::thread::scope(|s| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        s.spawn(move || {
+            // The receiver is gone only when the caller stopped waiting: nothing to report.
+            let _ = tx.send(work(&exec));
+        });
+        let mut interrupted: Option<PyErr> = None;
+        loop {
+            match py.detach(|| rx.recv_timeout(SIGNAL_CHECK)) {
+                Ok(result) => {
+                    return match (result, interrupted) {
+                        (Err(mirante::Error::Cancelled), Some(signal)) => Err(signal),
+                        (result, _) => result.map_err(|e| to_py(py, &e, statement)),
+                    };
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none()
+                        && let Err(signal) = py.check_signals()
+                    {
+                        cancel.cancel();
+                        interrupted = Some(signal);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "the statement's worker thread ended without a result",
+                    ));
+                }
+            }
+        }
+    })
+}
+
+/// An open database (`mirante.connect` returns the package's wrapper of it).
+#[pyclass(module = "mirante._mirante", name = "Database", frozen)]
+#[derive(Debug)]
+struct PyDatabase {
+    db: Arc<Database>,
+}
+
+/// An image for `embed_images` or a search: a path, or encoded bytes with a name.
+fn image_source(item: &Bound<'_, PyAny>, index: usize) -> PyResult<ImageSource> {
+    if let Ok(bytes) = item.cast::<PyBytes>() {
+        return Ok(ImageSource::Bytes {
+            source: format!("image {}", index + 1),
+            bytes: bytes.as_bytes().to_vec(),
+        });
+    }
+    if let Ok(path) = item.extract::<PathBuf>() {
+        return Ok(ImageSource::Path(path));
+    }
+    Err(PyValueError::new_err(format!(
+        "image {} is a {}; expected a path or encoded bytes (PNG, JPEG, ...)",
+        index + 1,
+        item.get_type().name()?
+    )))
+}
+
+/// Rows of vectors as a float32 array.
+fn matrix<'py>(py: Python<'py>, rows: Vec<Vec<f32>>, dim: usize) -> Bound<'py, PyArray2<f32>> {
+    let n = rows.len();
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    let array = numpy::ndarray::Array2::from_shape_vec((n, dim), flat)
+        .unwrap_or_else(|_| numpy::ndarray::Array2::zeros((0, dim)));
+    array.to_pyarray(py)
+}
+
+#[pymethods]
+impl PyDatabase {
+    #[new]
+    #[pyo3(signature = (path, *, device=None, progress=false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        device: Option<String>,
+        progress: bool,
+    ) -> PyResult<Self> {
+        let device = mirante::training::select_device(device.as_deref())
+            .map_err(|e| to_py(py, &mirante::Error::from(e), None))?;
+        let options = Options {
+            progress,
+            device,
+            ..Options::default()
+        };
+        let db = run(py, (ExecOptions::default(), None), move |_| {
+            Database::open_with(&path, options)
+        })?;
+        Ok(PyDatabase { db: Arc::new(db) })
+    }
+
+    /// The database's folder.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.db.path().to_path_buf()
+    }
+
+    /// Runs `;`-separated statements; one output per statement.
+    #[pyo3(signature = (script, *, image_bytes=false))]
+    fn sql(&self, py: Python<'_>, script: &str, image_bytes: bool) -> PyResult<Vec<PyOutput>> {
+        let db = Arc::clone(&self.db);
+        let text = script.to_string();
+        let exec = ExecOptions {
+            image_bytes,
+            ..ExecOptions::default()
+        };
+        let outputs = run(py, (exec, Some(script)), move |exec| {
+            let mut out = Vec::new();
+            db.sql_each(&text, exec, |o| out.push(o))?;
+            Ok(out)
+        })?;
+        Ok(outputs.into_iter().map(PyOutput::new).collect())
+    }
+
+    /// The names of the collections.
+    fn collections(&self) -> PyResult<Vec<String>> {
+        let snap = self.db.snapshot().map_err(|e| to_py_now(&e))?;
+        Ok(snap.collections().iter().map(|c| c.name.clone()).collect())
+    }
+
+    /// Adds the rows of an Arrow stream (anything with `__arrow_c_stream__`: a pyarrow Table or
+    /// RecordBatchReader, ...) to `collection` in one commit; returns the new ids and the rows
+    /// skipped (location, image, reason).
+    #[pyo3(signature = (collection, data, *, skip_errors=false, image_column=None, text_column=None, split=None, columns=None, limit=None, embeddings=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        py: Python<'_>,
+        collection: String,
+        data: PyArrowType<RecordBatchStreamReader>,
+        skip_errors: bool,
+        image_column: Option<String>,
+        text_column: Option<String>,
+        split: Option<String>,
+        columns: Option<Vec<String>>,
+        limit: Option<usize>,
+        embeddings: Option<(String, String, String)>,
+    ) -> PyResult<(Vec<u64>, Vec<Skipped>)> {
+        let reader = data.0;
+        let options = ImportOptions {
+            image_column,
+            text_column,
+            split,
+            columns,
+            limit,
+            embeddings: embeddings.map(|(image, text, model)| EmbeddingColumns {
+                image,
+                text,
+                model,
+            }),
+        };
+        let db = Arc::clone(&self.db);
+        let report = run(py, (ExecOptions::default(), None), move |exec| {
+            let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            let source = mirante::ingest::from_arrow(&schema, reader, &options)?;
+            db.collection(&collection)?
+                .add(source, &options, skip_errors, exec)
+        })?;
+        let skipped = report
+            .skipped
+            .into_iter()
+            .map(|f| (f.location, f.image, f.reason))
+            .collect();
+        Ok((report.ids, skipped))
+    }
+
+    /// A search of `collection` by `query` (`kind`: text, image, image_bytes, row or vector).
+    #[pyo3(signature = (collection, kind, query, *, r#where=None, limit=10, model=None, rerank=None, top=None, match_=None, image_bytes=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        py: Python<'_>,
+        collection: String,
+        kind: &str,
+        query: &Bound<'_, PyAny>,
+        r#where: Option<String>,
+        limit: usize,
+        model: Option<String>,
+        rerank: Option<String>,
+        top: Option<usize>,
+        match_: Option<String>,
+        image_bytes: bool,
+    ) -> PyResult<PyOutput> {
+        let query = match kind {
+            "text" => Query::Text(query.extract()?),
+            "image" => Query::Image(query.extract::<PathBuf>()?.display().to_string()),
+            "image_bytes" => Query::ImageBytes(query.cast::<PyBytes>()?.as_bytes().to_vec()),
+            "row" => Query::Row(query.extract()?),
+            "vector" => Query::Vector(query.extract()?),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown query kind '{other}'; kinds: text, image, image_bytes, row, vector"
+                )));
+            }
+        };
+        let target = match match_.as_deref() {
+            None => None,
+            Some("images") => Some(true),
+            Some("texts") => Some(false),
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "match is 'images' or 'texts', got '{other}'"
+                )));
+            }
+        };
+        let db = Arc::clone(&self.db);
+        let exec = ExecOptions {
+            image_bytes,
+            ..ExecOptions::default()
+        };
+        let results = run(py, (exec, None), move |exec| {
+            let c = db.collection(&collection)?;
+            let mut s = match query {
+                Query::Text(t) => c.search_text(&t),
+                Query::Image(p) => c.search_image(&p),
+                Query::ImageBytes(b) => c.search_image_bytes(b),
+                Query::Row(id) => c.search_row(id),
+                Query::Vector(v) => c.search_vector(v),
+            }
+            .limit(limit)
+            .cancel_with(&exec.cancel);
+            s = match target {
+                Some(true) => s.match_images(),
+                Some(false) => s.match_texts(),
+                None => s,
+            };
+            if let Some(w) = &r#where {
+                s = s.filter(w);
+            }
+            if let Some(m) = &model {
+                s = s.model(m);
+            }
+            if let Some(e) = &rerank {
+                s = s.rerank(
+                    e,
+                    top.unwrap_or(mirante::query::DEFAULT_RERANK_TOP as usize),
+                );
+            }
+            if exec.image_bytes {
+                s = s.with_image_bytes();
+            }
+            s.run()
+        })?;
+        Ok(PyOutput::new(mirante::Output::Search(results)))
+    }
+
+    /// Embeddings of texts, float32 rows, L2-normalised.
+    #[pyo3(signature = (texts, *, model=None))]
+    fn embed_texts<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+        model: Option<String>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let db = Arc::clone(&self.db);
+        let (rows, dim) = run(py, (ExecOptions::default(), None), move |exec| {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let rows = db.embed_texts(&refs, model.as_deref(), exec)?;
+            let dim = db.model(model.as_deref())?.dim();
+            Ok((rows, dim))
+        })?;
+        Ok(matrix(py, rows, dim))
+    }
+
+    /// Embeddings of images (paths or encoded bytes), float32 rows, L2-normalised.
+    #[pyo3(signature = (images, *, model=None))]
+    fn embed_images<'py>(
+        &self,
+        py: Python<'py>,
+        images: Vec<Bound<'py, PyAny>>,
+        model: Option<String>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let sources = images
+            .iter()
+            .enumerate()
+            .map(|(i, item)| image_source(item, i))
+            .collect::<PyResult<Vec<_>>>()?;
+        let db = Arc::clone(&self.db);
+        let (rows, dim) = run(py, (ExecOptions::default(), None), move |exec| {
+            let rows = db.embed_images(&sources, model.as_deref(), exec)?;
+            let dim = db.model(model.as_deref())?.dim();
+            Ok((rows, dim))
+        })?;
+        Ok(matrix(py, rows, dim))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Database('{}')", self.db.path().display())
+    }
+}
+
+/// A row `add` left out: location, image, reason.
+type Skipped = (String, Option<String>, String);
+
+/// A search query as the Python side gives it.
+enum Query {
+    Text(String),
+    Image(String),
+    ImageBytes(Vec<u8>),
+    Row(u64),
+    Vector(Vec<f32>),
+}
+
+/// An error raised outside `run` (quick calls that never wait).
+fn to_py_now(e: &mirante::Error) -> PyErr {
+    Python::attach(|py| to_py(py, e, None))
+}
+
+#[pymodule]
+fn _mirante(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyDatabase>()?;
+    m.add_class::<PyOutput>()?;
+    m.add(
+        "__version__",
+        PyString::new(m.py(), env!("CARGO_PKG_VERSION")),
+    )?;
+    errors::register(m)?;
+    Ok(())
+}

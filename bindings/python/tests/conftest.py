@@ -1,0 +1,52 @@
+"""Fixtures of the Python package's tests: the repository's committed data (the tiny CLIP
+checkpoint with transformers' reference embeddings, real photographs, a Hugging Face parquet
+dataset) and fresh databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mirante
+
+# The tests read committed files only; `datasets` must not look for the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[3]
+TINY_CLIP = REPO / "training/tests/fixtures/clip-tiny"
+PHOTOS = REPO / "training/tests/fixtures/images"
+HF_PARQUET = REPO / "tests/fixtures/import/hf_parquet"
+
+
+def cli() -> Path:
+    """The `mirante` binary the Rust test suite built (`MIRANTE_BIN` overrides)."""
+    explicit = os.environ.get("MIRANTE_BIN")
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [REPO / "target/debug/mirante", REPO / "target/release/mirante"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    found = shutil.which("mirante")
+    if found:
+        return Path(found)
+    raise RuntimeError(
+        "no mirante binary: run `cargo build --bin mirante` first (or set MIRANTE_BIN)"
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[mirante.Database]:
+    yield mirante.connect(tmp_path / "db", progress=False)
+
+
+@pytest.fixture
+def images(db: mirante.Database) -> mirante.Collection:
+    """Collection `images` of the tiny CLIP holding the parquet fixture (6 rows, 9 captions)."""
+    collection = db.create_collection("images", model=str(TINY_CLIP))
+    db.execute(f"IMPORT INTO images FROM '{HF_PARQUET}'")
+    return collection
