@@ -12,6 +12,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r bindings/python/requirements-test.txt
 VIRTUAL_ENV="$PWD/$venv" PATH="$PWD/$venv/bin:$PATH" maturin develop -q -m bindings/python/Cargo.toml
-"$venv/bin/ruff" check bindings/python
-"$venv/bin/ruff" format --check bindings/python
+"$venv/bin/ruff" check bindings/python examples/python
+"$venv/bin/ruff" format --check bindings/python examples/python
 "$venv/bin/pytest" -q bindings/python/tests
