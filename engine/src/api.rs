@@ -3,6 +3,7 @@
 //! an LLM as context.
 
 use mirante_query::{self as query, SearchPlan, SearchQuery, Target};
+use mirante_storage::Modality;
 
 use crate::catalog::SnapshotCatalog;
 use crate::database::{Database, ExecOptions};
@@ -117,6 +118,69 @@ impl<'db> Collection<'db> {
         self.search(SearchQuery::Image(path.to_string()))
     }
 
+    /// The stored vectors of the active space of `modality`, or of `model`'s (registry name,
+    /// folder or Hub id): the live rows' image vectors, or their captions' text vectors.
+    pub fn embeddings(&self, model: Option<&str>, modality: Modality) -> Result<Embeddings> {
+        let snap = self.db.snapshot()?;
+        let c = snap.collection(&self.name)?;
+        let spaces = crate::spaces::Spaces::new(self.db, c);
+        let space = match model {
+            Some(m) => spaces.of_model(m, modality)?,
+            None => spaces.active(modality)?,
+        };
+        let spec = spaces.spec(space)?;
+        let segments = snap.segments(c)?;
+        let missing = || crate::Error::MissingEmbeddings {
+            collection: self.name.clone(),
+            detail: format!(
+                "has rows without {modality} vectors from {}; run EMBED {} USING MODEL '{}'",
+                spec.model_id, self.name, spec.model_id
+            ),
+        };
+        let mut ids = Vec::new();
+        let mut captions = Vec::new();
+        let mut gathered = Vec::new();
+        let mut columns = Vec::with_capacity(segments.len());
+        for seg in &segments {
+            let vectors = seg.vectors(c, space)?.ok_or_else(missing)?;
+            for (local, row) in seg.live_rows() {
+                match modality {
+                    Modality::Image => {
+                        ids.push(row.id());
+                        gathered.push((columns.len(), local));
+                    }
+                    Modality::Text => {
+                        let start = seg.text_start(local);
+                        for k in 0..row.text_count() {
+                            ids.push(row.id());
+                            captions.push(k as u32);
+                            gathered.push((columns.len(), start + k));
+                        }
+                    }
+                }
+            }
+            columns.push(vectors);
+        }
+        let whole = columns.len() == 1 && gathered.len() == columns[0].len();
+        let vectors = if whole {
+            EmbeddingVectors::Mapped(columns.swap_remove(0))
+        } else {
+            let mut out = Vec::with_capacity(gathered.len() * spec.dim);
+            for (column, item) in gathered {
+                out.extend_from_slice(columns[column].get(item));
+            }
+            EmbeddingVectors::Gathered(out)
+        };
+        Ok(Embeddings {
+            model: spec.model_id.clone(),
+            modality,
+            ids,
+            captions: (modality == Modality::Text).then_some(captions),
+            dim: spec.dim,
+            vectors,
+        })
+    }
+
     /// Rows similar to a stored row (its image vector), the row itself left out.
     pub fn search_row(&self, id: u64) -> Search<'db> {
         self.search(SearchQuery::Row(id))
@@ -155,6 +219,41 @@ impl<'db> Collection<'db> {
         );
         self.db.release_writer();
         result
+    }
+}
+
+/// A collection's stored vectors of one embedding space, for hosts that compute with them (the
+/// Python package hands them to numpy without copying when it can).
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// The key of the model that made them.
+    pub model: String,
+    pub modality: Modality,
+    /// Per vector, its row's id (a row has one image vector, and one text vector per caption).
+    pub ids: Vec<u64>,
+    /// Per vector of a text space, its caption's position in the row.
+    pub captions: Option<Vec<u32>>,
+    pub dim: usize,
+    pub vectors: EmbeddingVectors,
+}
+
+/// Where [`Embeddings`]' values are.
+#[derive(Debug, Clone)]
+pub enum EmbeddingVectors {
+    /// The column file itself, memory-mapped: the collection is one segment without deleted
+    /// rows (`COMPACT` makes it so), and nothing was copied.
+    Mapped(mirante_storage::Vectors),
+    /// Gathered from several segments, deleted rows left out.
+    Gathered(Vec<f32>),
+}
+
+impl Embeddings {
+    /// The vectors, row-major (`ids.len() * dim` values).
+    pub fn as_slice(&self) -> &[f32] {
+        match &self.vectors {
+            EmbeddingVectors::Mapped(v) => v.as_slice(),
+            EmbeddingVectors::Gathered(v) => v,
+        }
     }
 }
 

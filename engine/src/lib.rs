@@ -38,7 +38,7 @@ mod search;
 mod spaces;
 mod train;
 
-pub use api::{Collection, Search};
+pub use api::{Collection, EmbeddingVectors, Embeddings, Search};
 pub use cancel::CancelToken;
 pub use catalog::SnapshotCatalog;
 pub use database::{Database, ExecOptions, Options};

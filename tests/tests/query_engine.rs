@@ -717,6 +717,34 @@ fn arrow_input_and_api_queries_match_the_statements() {
         "{bad}"
     );
 
+    // Stored vectors: gathered across segments, then the mapped column itself once compacted.
+    let stored = images
+        .embeddings(None, mirante::storage::Modality::Image)
+        .unwrap();
+    assert_eq!(stored.ids.len(), 9);
+    let snap = db.snapshot().unwrap();
+    let active = snap.collection("images").unwrap().active_image.unwrap();
+    let first = snap
+        .vector_of("images", active, stored.ids[0], 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&stored.as_slice()[..24], &first[..]);
+    one(&db, "DELETE FROM images WHERE id = 2");
+    one(&db, "COMPACT images");
+    let compacted = images
+        .embeddings(None, mirante::storage::Modality::Text)
+        .unwrap();
+    assert!(matches!(
+        compacted.vectors,
+        mirante::EmbeddingVectors::Mapped(_)
+    ));
+    assert_eq!(
+        compacted.ids.len(),
+        compacted.captions.as_ref().unwrap().len()
+    );
+    assert!(!compacted.ids.contains(&2));
+    assert_eq!(compacted.as_slice().len(), compacted.ids.len() * 24);
+
     // Outputs as Arrow: typed by the catalog, image bytes when asked for.
     let out = db.sql("SELECT id, text, year FROM images LIMIT 2").unwrap();
     let batch = out[0].to_arrow().unwrap();

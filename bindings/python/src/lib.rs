@@ -17,9 +17,10 @@ use std::time::Duration;
 use arrow::ffi_stream::RecordBatchStreamReader;
 use arrow::pyarrow::PyArrowType;
 use mirante::query::options::{EmbeddingColumns, ImportOptions};
+use mirante::storage::Modality;
 use mirante::training::ImageSource;
-use mirante::{Database, ExecOptions, Options};
-use numpy::{PyArray2, ToPyArray};
+use mirante::{Database, EmbeddingVectors, ExecOptions, Options};
+use numpy::{PyArray1, PyArray2, ToPyArray};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -324,9 +325,70 @@ impl PyDatabase {
         Ok(matrix(py, rows, dim))
     }
 
+    /// A collection's stored vectors of one kind (`image` or `text`), of its active model or
+    /// `model`: the row ids (and for text each caption's position), and a float32 array that
+    /// reads the memory-mapped column in place when the collection is one segment without
+    /// deleted rows (a copy otherwise). The array is read-only.
+    #[pyo3(signature = (collection, *, kind="image", model=None))]
+    fn embeddings<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        kind: &str,
+        model: Option<String>,
+    ) -> PyResult<EmbeddingsTuple<'py>> {
+        let modality = match kind {
+            "image" => Modality::Image,
+            "text" => Modality::Text,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "kind is 'image' or 'text', got '{other}'"
+                )));
+            }
+        };
+        let db = Arc::clone(&self.db);
+        let embeddings = run(py, (ExecOptions::default(), None), move |_| {
+            db.collection(&collection)?
+                .embeddings(model.as_deref(), modality)
+        })?;
+        let ids = embeddings.ids.to_pyarray(py);
+        let captions = embeddings.captions.as_ref().map(|c| c.to_pyarray(py));
+        let mapped = matches!(embeddings.vectors, EmbeddingVectors::Mapped(_));
+        let shape = (embeddings.ids.len(), embeddings.dim);
+        let holder = Bound::new(py, StoredVectors { embeddings })?;
+        let vectors = {
+            let view =
+                numpy::ndarray::ArrayView2::from_shape(shape, holder.get().embeddings.as_slice())
+                    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+            // SAFETY: the array borrows the values of `holder`, which becomes the array's base
+            // object and so lives as long as the array; the values are never written (a mapped
+            // column is a read-only mapping), and the array is made read-only below.
+            unsafe { PyArray2::borrow_from_array(&view, holder.clone().into_any()) }
+        };
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("write", false)?;
+        vectors.call_method("setflags", (), Some(&kwargs))?;
+        Ok((ids, captions, vectors, mapped))
+    }
+
     fn __repr__(&self) -> String {
         format!("Database('{}')", self.db.path().display())
     }
+}
+
+/// Row ids, caption positions (text), vectors, and whether the vectors are mapped in place.
+type EmbeddingsTuple<'py> = (
+    Bound<'py, PyArray1<u64>>,
+    Option<Bound<'py, PyArray1<u32>>>,
+    Bound<'py, PyArray2<f32>>,
+    bool,
+);
+
+/// Keeps stored vectors (a mapped column, or a gathered copy) alive under a numpy array.
+#[pyclass(module = "mirante._mirante", frozen)]
+#[derive(Debug)]
+struct StoredVectors {
+    embeddings: mirante::Embeddings,
 }
 
 /// A row `add` left out: location, image, reason.

@@ -215,6 +215,24 @@ def test_embeddings_equal_transformers(db):
         db.embed(images=[b"garbage"], model=str(TINY_CLIP))
 
 
+def test_stored_embeddings_are_a_view_of_the_mapped_column(db, images):
+    ids, vectors = images.embeddings()
+    assert vectors.dtype == np.float32 and vectors.shape == (6, 24)
+    assert not vectors.flags.writeable
+    with pytest.raises(ValueError):
+        vectors[0, 0] = 1.0
+    assert sorted(ids.tolist()) == [1, 2, 3, 4, 5, 6]
+    # Equal to what searching by a row uses, and normalised.
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    first = images.search(vector=vectors[0], limit=1).to_pylist()[0]
+    assert first["id"] == ids[0] and math.isclose(first["score"], 1.0, rel_tol=1e-5)
+    _, _, texts, mapped = db._db.embeddings("images", kind="text")
+    assert mapped and texts.shape == (9, 24)
+    # The view outlives the database handle and its snapshot.
+    del db
+    assert np.isfinite(vectors.sum())
+
+
 def test_evaluate_into_pandas(db, images):
     frame = images.evaluate(["recall@1", "mrr"], where="split = 'test'").to_pandas()
     assert list(frame["direction"]) == ["text_to_image", "image_to_text"]

@@ -455,6 +455,17 @@ class Collection:
             )
         )
 
+    def embeddings(
+        self, kind: str = "image", model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of ``kind`` (``"image"``: one per row, ``"text"``: one per
+        caption) of the collection's model, or ``model``'s: ``(ids, vectors)``, the row id of
+        each vector and a read-only float32 array. When the collection is one segment without
+        deleted rows (``COMPACT`` makes it so) the array reads the memory-mapped column file in
+        place, without copying."""
+        ids, _captions, vectors, _mapped = self.db._db.embeddings(self.name, kind=kind, model=model)
+        return ids, vectors
+
     def evaluate(
         self,
         metrics: Sequence[str] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"),

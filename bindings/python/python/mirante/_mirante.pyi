@@ -76,6 +76,9 @@ class Database:
         match_: str | None = None,
         image_bytes: bool = False,
     ) -> Output: ...
+    def embeddings(
+        self, collection: str, *, kind: str = "image", model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, bool]: ...
     def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> np.ndarray: ...
     def embed_images(
         self, images: Sequence[str | PathLike[str] | bytes], *, model: str | None = None
