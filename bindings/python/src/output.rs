@@ -70,6 +70,22 @@ impl PyOutput {
             .collect())
     }
 
+    /// Where a search's time went, in seconds (`embed`, `search`, `rerank`, `fetch`); `None`
+    /// for other statements.
+    #[getter]
+    fn timings(&self) -> Option<std::collections::BTreeMap<&'static str, f64>> {
+        let Output::Search(s) = &self.output else {
+            return None;
+        };
+        let t = &s.timings;
+        Some(std::collections::BTreeMap::from([
+            ("embed", t.embed.as_secs_f64()),
+            ("search", t.search.as_secs_f64()),
+            ("rerank", t.rerank.as_secs_f64()),
+            ("fetch", t.fetch.as_secs_f64()),
+        ]))
+    }
+
     fn __len__(&self) -> usize {
         match &self.output {
             Output::Status(_) => 0,

@@ -129,6 +129,12 @@ class Result:
         """The column names."""
         return self._output.columns
 
+    @property
+    def timings(self) -> dict[str, float] | None:
+        """Where a search's time went inside the engine, in seconds (``embed`` the query,
+        ``search`` the index, ``rerank``, ``fetch`` the rows); ``None`` for other results."""
+        return self._output.timings
+
     def __len__(self) -> int:
         return len(self._output)
 
