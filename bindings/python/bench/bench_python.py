@@ -136,13 +136,16 @@ def main() -> None:
     for t in threads:
         t.join()
     four_threads = time.perf_counter() - t0
-    print(f"## {4 * n} searches: one thread {4 * n / one_thread:.0f}/s, four threads ")
-    print(f"{4 * n / four_threads:.0f}/s ({one_thread / four_threads:.2f}x), {os.cpu_count()} cores\n")
+    speedup = one_thread / four_threads
+    print(f"## {4 * n} searches: one thread {4 * n / one_thread:.0f}/s, four threads ", end="")
+    print(f"{4 * n / four_threads:.0f}/s ({speedup:.2f}x) on {os.cpu_count()} cores\n")
 
     # 4. LanceDB on the same vectors.
     ids, vectors = coll.embeddings()
     splits = db.execute("SELECT id, split FROM shapes").to_arrow()
-    split_of = dict(zip(splits.column("id").to_pylist(), splits.column("split").to_pylist()))
+    split_of = dict(
+        zip(splits.column("id").to_pylist(), splits.column("split").to_pylist(), strict=True)
+    )
     dim = vectors.shape[1]
     lance = lancedb.connect(str(work / "lance"))
     table = lance.create_table(
@@ -176,11 +179,13 @@ def main() -> None:
         ),
         "filtered (split = 'test', about 10% of rows), top 10": (
             lambda qv: coll.search(vector=qv, limit=10, where="split = 'test'").to_arrow(),
-            lambda qv: table.search(qv)
-            .distance_type("cosine")
-            .where("split = 'test'", prefilter=True)
-            .limit(10)
-            .to_arrow(),
+            lambda qv: (
+                table.search(qv)
+                .distance_type("cosine")
+                .where("split = 'test'", prefilter=True)
+                .limit(10)
+                .to_arrow()
+            ),
         ),
     }
     print("## Vector search against LanceDB", lancedb.__version__, "(median ms per query)\n")
