@@ -87,11 +87,7 @@ impl PyOutput {
     }
 
     fn __len__(&self) -> usize {
-        match &self.output {
-            Output::Status(_) => 0,
-            Output::Search(s) => s.hits.len(),
-            other => other.to_result_set().rows.len(),
-        }
+        self.output.len()
     }
 
     /// The result as a `pyarrow.Table` (typed by the statement and the collection; a status

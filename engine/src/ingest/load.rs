@@ -81,7 +81,7 @@ pub(crate) fn load(
     while items.peek().is_some() {
         exec.cancel.check()?;
         let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen)?;
-        let (rows, embeddings) =
+        let (rows, mut embeddings) =
             embed(&mut vectors, tx, collection, rows, &mut failures, &pipeline)?;
         if !failures.is_empty() && !skip_errors {
             return Err(Error::RowsFailed {
@@ -90,6 +90,12 @@ pub(crate) fn load(
             });
         }
         report.skipped.extend(failures);
+        // Captions are embedded once the chunk's rows are known good.
+        if let Vectors::Model(model, spaces) = &vectors
+            && let Some(&(space, _)) = spaces.iter().find(|(_, m)| *m == Modality::Text)
+        {
+            embeddings.push((space, caption_vectors(model, &rows, &pipeline)?));
+        }
         let ids = stage(tx, collection, rows, &embeddings)?;
         bar.inc(ids.len() as u64);
         report.ids.extend(ids);
@@ -142,7 +148,8 @@ fn read_image(image: &ImageRef) -> std::result::Result<Vec<u8>, String> {
 /// The vectors of a chunk, per space, and the rows that keep them (failures moved out).
 type Embedded = (Vec<ReadRow>, Vec<(SpaceId, Vec<f32>)>);
 
-/// Embeds and validates a chunk.
+/// Embeds and validates a chunk's images (with the model, captions come after the failure
+/// check: `caption_vectors`).
 fn embed(
     vectors: &mut Vectors<'_>,
     tx: &mut storage::Transaction<'_>,
@@ -154,20 +161,11 @@ fn embed(
     match vectors {
         Vectors::Model(model, spaces) => {
             let (rows, images) = embed_images_of(model, rows, failures, pipeline)?;
-            let texts: Vec<&str> = rows
-                .iter()
-                .flat_map(|(r, _)| r.texts.iter().map(String::as_str))
-                .collect();
-            let texts: Vec<f32> = embed_texts(&model.encoder, &texts, pipeline)?
-                .into_iter()
-                .flatten()
-                .collect();
             let embeddings = spaces
                 .iter()
-                .map(|&(s, m)| match m {
-                    Modality::Image => (s, images.clone()),
-                    Modality::Text => (s, texts.clone()),
-                })
+                .find(|(_, m)| *m == Modality::Image)
+                .map(|&(space, _)| (space, images))
+                .into_iter()
                 .collect();
             Ok((rows, embeddings))
         }
@@ -205,6 +203,22 @@ fn embed(
             Ok((rows, vec![(image, images), (text, texts)]))
         }
     }
+}
+
+/// The captions' embeddings, in row order.
+fn caption_vectors(
+    model: &LoadedModel,
+    rows: &[ReadRow],
+    pipeline: &PipelineOptions,
+) -> Result<Vec<f32>> {
+    let texts: Vec<&str> = rows
+        .iter()
+        .flat_map(|(r, _)| r.texts.iter().map(String::as_str))
+        .collect();
+    Ok(embed_texts(&model.encoder, &texts, pipeline)?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Image embeddings of the rows that decode; the others become failures.

@@ -74,13 +74,34 @@ impl Output {
         }
     }
 
+    /// Rows (hits) of the result; none for a status alone.
+    pub fn len(&self) -> usize {
+        match self {
+            Output::Status(_) => 0,
+            Output::Table(t) => t.rows.len(),
+            Output::Search(s) => s.hits.len(),
+            Output::Evaluation(e) => e.models.iter().map(|m| m.directions.len()).sum(),
+            Output::Training(t) => t.epochs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The columns and rows `to_arrow` converts: every column, and for searches that fetched
+    /// them the image bytes.
+    pub fn arrow_set(&self) -> ResultSet {
+        match self {
+            Output::Search(s) => s.arrow_set(),
+            other => other.to_result_set(),
+        }
+    }
+
     /// The result as one Arrow record batch (a status alone is a one-row `status` column;
     /// search hits carry an `image_bytes` column when the search fetched the images).
     pub fn to_arrow(&self) -> Result<RecordBatch> {
-        match self {
-            Output::Search(s) => to_record_batch(&s.arrow_set()),
-            other => to_record_batch(&other.to_result_set()),
-        }
+        to_record_batch(&self.arrow_set())
     }
 }
 
