@@ -827,16 +827,7 @@ pub fn generate(config: &ShapesConfig, out: &Path) -> Result<ShapesSummary> {
     if !config.parquet {
         std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
     }
-    let bar = if config.progress {
-        indicatif::ProgressBar::new(config.rows as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "rendering scenes [{bar:30}] {pos}/{len} ({per_sec})",
-    ) {
-        bar.set_style(style);
-    }
+    let bar = mirante::Progress::from(config.progress).steps(config.rows, "rendering scenes");
     let rows: Vec<(Scene, String, Vec<u8>)> = (0..config.rows)
         .into_par_iter()
         .map(|i| {

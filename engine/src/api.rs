@@ -33,7 +33,7 @@ impl Database {
         exec: &ExecOptions,
     ) -> Result<Vec<Vec<f32>>> {
         let model = self.model(model)?;
-        let pipeline = self.pipeline(self.options.progress, &exec.cancel);
+        let pipeline = self.pipeline(exec);
         Ok(mirante_training::embed_texts(
             &model.encoder,
             texts,
@@ -51,7 +51,7 @@ impl Database {
         exec: &ExecOptions,
     ) -> Result<Vec<Vec<f32>>> {
         let model = self.model(model)?;
-        let pipeline = self.pipeline(self.options.progress, &exec.cancel);
+        let pipeline = self.pipeline(exec);
         let out = mirante_training::embed_images(&model.encoder, images, &pipeline)?;
         if !out.failures.is_empty() {
             let list: Vec<String> = out

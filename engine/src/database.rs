@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use mirante_storage::{self as storage, Snapshot};
-use mirante_training::{Device, PipelineOptions};
+use mirante_training::{Device, ImageLimits, PipelineOptions, Progress};
 
 use crate::cancel::CancelToken;
 use crate::error::Result;
@@ -17,7 +17,8 @@ use crate::registry::{self, Registry};
 /// How the engine runs long jobs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Progress bars on stderr for imports, embedding and training.
+    /// Progress bars on stderr for imports, embedding and training (unless a statement's
+    /// [`ExecOptions::progress`] shows them elsewhere).
     pub progress: bool,
     /// Images or texts per model batch.
     pub batch_size: usize,
@@ -27,6 +28,8 @@ pub struct Options {
     /// Bytes of preprocessed pixels kept in memory across statements for ELIP re-ranking
     /// (0 turns the cache off).
     pub pixel_cache_bytes: u64,
+    /// What a user's image may cost (pixels, file size); larger ones are refused.
+    pub image_limits: ImageLimits,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             workers: pipeline.workers,
             device: mirante_training::default_device(),
             pixel_cache_bytes: crate::pixel_cache::DEFAULT_BYTES,
+            image_limits: ImageLimits::default(),
         }
     }
 }
@@ -49,6 +53,9 @@ pub struct ExecOptions {
     pub cancel: CancelToken,
     /// Search hits carry their stored image bytes (for reports and RAG callers).
     pub image_bytes: bool,
+    /// Where this statement's progress shows; [`Progress::Hidden`] leaves it to
+    /// [`Options::progress`].
+    pub progress: Progress,
 }
 
 /// An open Mirante database.
@@ -77,7 +84,8 @@ impl Database {
         registry::migrate(&store, &registry)?;
         Ok(Database {
             writer: Mutex::new(None),
-            models: Models::with_registry(options.device.clone(), registry),
+            models: Models::with_registry(options.device.clone(), registry)
+                .with_image_limits(options.image_limits),
             pixels: PixelCache::new(options.pixel_cache_bytes),
             options,
             store,
@@ -107,13 +115,21 @@ impl Database {
         Ok(self.store.snapshot()?)
     }
 
+    /// Where a statement's progress shows.
+    pub(crate) fn progress(&self, exec: &ExecOptions) -> Progress {
+        match &exec.progress {
+            Progress::Hidden => self.options.progress.into(),
+            chosen => chosen.clone(),
+        }
+    }
+
     /// The embedding pipeline's settings for one statement.
-    pub(crate) fn pipeline(&self, progress: bool, cancel: &CancelToken) -> PipelineOptions {
+    pub(crate) fn pipeline(&self, exec: &ExecOptions) -> PipelineOptions {
         PipelineOptions {
             batch_size: self.options.batch_size,
             workers: self.options.workers,
-            progress,
-            stop: cancel.stop(),
+            progress: self.progress(exec),
+            stop: exec.cancel.stop(),
         }
     }
 

@@ -9,10 +9,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
-}
-
 pub(crate) fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }

@@ -28,7 +28,6 @@ pub mod metrics;
 mod models;
 pub mod output;
 mod pixel_cache;
-mod progress;
 pub mod ranking;
 mod reembed;
 pub mod registry;
@@ -46,6 +45,7 @@ pub use error::{Error, ErrorKind, Result, RowFailure};
 pub use mirante_query as query;
 pub use mirante_storage as storage;
 pub use mirante_training as training;
+pub use mirante_training::{Progress, ProgressBoard, TaskState};
 pub use models::{DEFAULT_MODEL, LoadedElip, LoadedModel, Models};
 pub use output::{
     Cell, CellType, Column, Evaluation, Output, ResultSet, SearchHit, SearchResults, SearchTimings,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use mirante_storage::{Metric, Modality, SpaceSpec};
 use mirante_training::elip::{self as training_elip, ElipMapper};
-use mirante_training::{Device, DualEncoder};
+use mirante_training::{Device, DualEncoder, ImageLimits};
 
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -189,6 +189,8 @@ fn stamps(folder: &Path) -> FileStamps {
 #[derive(Debug)]
 pub struct Models {
     device: Device,
+    /// Set on every encoder loaded.
+    image_limits: ImageLimits,
     /// The database's registry; `None` outside a database (registry names are then unknown).
     registry: Option<Registry>,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
@@ -200,6 +202,7 @@ impl Models {
     pub fn new(device: Device) -> Self {
         Models {
             device,
+            image_limits: ImageLimits::default(),
             registry: None,
             loaded: Mutex::new(HashMap::new()),
             elips: Mutex::new(HashMap::new()),
@@ -212,6 +215,12 @@ impl Models {
             registry: Some(registry),
             ..Models::new(device)
         }
+    }
+
+    /// Encoders loaded from now on refuse images beyond `limits`.
+    pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
+        self.image_limits = limits;
+        self
     }
 
     /// The database's registry.
@@ -262,7 +271,8 @@ impl Models {
             return Ok(m.clone());
         }
         let folder = self.folder(&key)?;
-        let encoder = DualEncoder::load(&folder, &self.device)?;
+        let mut encoder = DualEncoder::load(&folder, &self.device)?;
+        encoder.processor.limits = self.image_limits;
         let fingerprint = encoder.fingerprint()?;
         let model = Arc::new(LoadedModel {
             key: key.clone(),

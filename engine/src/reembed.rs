@@ -100,7 +100,7 @@ fn embed_segment(
     exec: &ExecOptions,
 ) -> Result<Vec<f32>> {
     exec.cancel.check()?;
-    let pipeline = db.pipeline(db.options.progress, &exec.cancel);
+    let pipeline = db.pipeline(exec);
     let rows = (0..seg.len()).map(|i| seg.row(i));
     match modality {
         Modality::Image => {

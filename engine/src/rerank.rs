@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mirante_training::DualEncoder;
 use mirante_training::elip::{self as training_elip, ElipMapper};
+use mirante_training::{DualEncoder, Progress};
 use rayon::prelude::*;
 
 use crate::cancel::CancelToken;
@@ -122,7 +122,7 @@ pub(crate) fn reranked_text_ranks(
     first: &[Option<u32>],
     (top, fusions): (usize, &[f64]),
     pixels: impl Fn(u32) -> Result<Arc<Vec<f32>>> + Sync,
-    (progress, cancel): (bool, &CancelToken),
+    (progress, cancel): (&Progress, &CancelToken),
 ) -> Result<Vec<Vec<Option<u32>>>> {
     let queries: Vec<usize> = (0..problem.texts.len())
         .filter(|&t| first[t].is_some_and(|r| (r as usize) <= top))
@@ -136,7 +136,7 @@ pub(crate) fn reranked_text_ranks(
         .par_iter()
         .map(|&i| Ok((i, pixels(i)?)))
         .collect::<Result<_>>()?;
-    let bar = crate::progress::steps(progress, queries.len(), "re-ranking");
+    let bar = progress.steps(queries.len(), "re-ranking");
     let mut ranks = vec![first.to_vec(); fusions.len()];
     for (&t, top_k) in queries.iter().zip(&candidates) {
         cancel.check()?;

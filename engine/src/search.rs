@@ -12,7 +12,6 @@ use mirante_storage::{self as storage, Modality, RowRef, Snapshot, SpaceId};
 use crate::catalog::RowValues;
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result};
-use crate::fsio;
 use crate::models::LoadedModel;
 use crate::output::{Column, SearchHit, SearchResults, SearchTimings};
 use crate::spaces::Spaces;
@@ -121,7 +120,9 @@ fn query_vector(
             .collect()),
         (SearchQuery::Image(path), Some(m)) => {
             let path = std::path::Path::new(path);
-            embed_image(m, &fsio::read(path)?, &path.display().to_string())
+            let limit = db.options.image_limits.max_file_bytes;
+            let bytes = mirante_training::imageio::read_file(path, limit)?;
+            embed_image(m, &bytes, &path.display().to_string())
         }
         (SearchQuery::ImageBytes(bytes), Some(m)) => embed_image(m, bytes, "the query image"),
         (SearchQuery::Vector(v), _) => {

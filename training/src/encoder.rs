@@ -179,6 +179,7 @@ fn clip_processor_defaults() -> ImageProcessor {
             [0.268_629_54, 0.261_302_58, 0.275_777_11],
         )),
         convert_rgb: true,
+        limits: crate::imageio::ImageLimits::default(),
     }
 }
 
@@ -195,6 +196,7 @@ fn siglip_processor_defaults() -> ImageProcessor {
         rescale: Some(1.0 / 255.0),
         normalize: Some(([0.5; 3], [0.5; 3])),
         convert_rgb: true,
+        limits: crate::imageio::ImageLimits::default(),
     }
 }
 

@@ -49,6 +49,19 @@ pub enum Error {
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 
+    /// Training met a non-finite loss, gradient or weight (a learning rate far too high, say).
+    /// It stops there: nothing from that step on is saved.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: {detail}; stopped without saving \
+         anything from this point (lower the learning rate, now {lr})"
+    )]
+    Diverged {
+        epoch: usize,
+        step: usize,
+        detail: String,
+        lr: f64,
+    },
+
     /// The caller's stop flag was raised ([`crate::Stop`]); checked between batches and steps.
     #[error("cancelled")]
     Cancelled,

@@ -123,8 +123,8 @@ pub struct FinetuneConfig {
     pub precision: Option<Precision>,
     /// Epochs without a better validation metric before stopping.
     pub patience: usize,
-    /// Show a progress bar.
-    pub progress: bool,
+    /// Where the steps' progress shows.
+    pub progress: crate::Progress,
     /// Checked before every step.
     pub stop: crate::Stop,
 }
@@ -143,7 +143,7 @@ impl Default for FinetuneConfig {
             seed: 0,
             precision: None,
             patience: 2,
-            progress: false,
+            progress: crate::Progress::Hidden,
             stop: crate::Stop::default(),
         }
     }
@@ -439,17 +439,7 @@ pub(crate) fn train_pairs<E: From<Error>>(
         .div_ceil(config.accumulation.max(1))
         .max(2);
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let bar = if config.progress {
-        let b = indicatif::ProgressBar::new(total_steps as u64);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
-        {
-            b.set_style(style);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = config.progress.steps(total_steps, "fine-tuning");
 
     let base_score = validate()?;
     let mut report = FinetuneReport {
@@ -492,14 +482,22 @@ pub(crate) fn train_pairs<E: From<Error>>(
             let Some((loss, grads)) = computed else {
                 continue;
             };
+            let norm = optimiser.gradient_norm(&grads)?;
+            let diverged = |detail: String| Error::Diverged {
+                epoch,
+                step: step + 1,
+                detail,
+                lr: config.optimiser.lr,
+            };
+            if !loss.is_finite() || !norm.is_finite() {
+                let detail = format!("the loss is {loss} and the gradient norm {norm}");
+                return Err(diverged(detail).into());
+            }
             loss_sum += loss;
             loss_count += 1;
             let scale = match config.clip_norm {
-                Some(max) => {
-                    let norm = optimiser.gradient_norm(&grads)?;
-                    if norm > max { max / (norm + 1e-6) } else { 1.0 }
-                }
-                None => 1.0,
+                Some(max) if norm > max => max / (norm + 1e-6),
+                _ => 1.0,
             };
             optimiser.step_scaled(&grads, scale)?;
             step += 1;
@@ -513,6 +511,16 @@ pub(crate) fn train_pairs<E: From<Error>>(
             bar.inc(1);
         }
         let seconds = started.elapsed().as_secs_f64();
+        // Finite gradients can still carry the weights past f32's range.
+        if !optimiser.weights_finite()? {
+            return Err(Error::Diverged {
+                epoch,
+                step,
+                detail: "the weights are no longer finite".into(),
+                lr: config.optimiser.lr,
+            }
+            .into());
+        }
         let validation = validate()?;
         report.epochs.push(EpochReport {
             epoch,

@@ -10,10 +10,12 @@ mod error;
 pub mod finetune;
 mod fused;
 mod hub;
+pub mod imageio;
 mod layers;
 pub mod negatives;
 mod pipeline;
 pub mod preprocess;
+mod progress;
 pub mod scratch;
 mod siglip;
 mod spm;
@@ -29,9 +31,11 @@ pub use finetune::{
     save_checkpoint,
 };
 pub use hub::{hub_cache_dir, resolve_model};
+pub use imageio::ImageLimits;
 pub use layers::Autocast;
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};
 pub use preprocess::ImageProcessor;
+pub use progress::{Progress, ProgressBoard, TaskState};
 pub use siglip::{Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 pub use stop::Stop;
 pub use tokenize::{Canonicalize, TextTokenizer, Tokens};

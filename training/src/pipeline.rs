@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crossbeam_channel::bounded;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::encoder::DualEncoder;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::progress::Progress;
 use crate::stop::Stop;
 
 /// An image to embed: a file, or bytes already in memory (e.g. read from a database blob).
@@ -31,10 +31,8 @@ impl ImageSource {
     fn pixels(&self, encoder: &DualEncoder) -> Result<Vec<f32>> {
         match self {
             ImageSource::Path(p) => {
-                let bytes = std::fs::read(p).map_err(|e| Error::Image {
-                    source_name: p.display().to_string(),
-                    detail: e.to_string(),
-                })?;
+                let limit = encoder.processor.limits.max_file_bytes;
+                let bytes = crate::imageio::read_file(p, limit)?;
                 encoder.pixels(&bytes, &p.display().to_string())
             }
             ImageSource::Bytes { source, bytes } => encoder.pixels(bytes, source),
@@ -64,8 +62,8 @@ pub struct PipelineOptions {
     pub batch_size: usize,
     /// Decode/resize threads.
     pub workers: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where the progress of a job shows.
+    pub progress: Progress,
     /// Checked before every model batch.
     pub stop: Stop,
 }
@@ -75,24 +73,10 @@ impl Default for PipelineOptions {
         PipelineOptions {
             batch_size: 32,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            progress: false,
+            progress: Progress::Hidden,
             stop: Stop::default(),
         }
     }
-}
-
-fn progress_bar(len: usize, show: bool, what: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Embeds images: workers decode and preprocess, the calling thread runs the model batch by
@@ -104,7 +88,7 @@ pub fn embed_images(
 ) -> Result<Embedded> {
     let batch = options.batch_size.max(1);
     let workers = options.workers.max(1);
-    let bar = progress_bar(inputs.len(), options.progress, "embedding images");
+    let bar = options.progress.steps(inputs.len(), "embedding images");
     let mut out = Embedded {
         embeddings: vec![None; inputs.len()],
         failures: Vec::new(),
@@ -180,7 +164,7 @@ pub fn embed_texts(
     texts: &[&str],
     options: &PipelineOptions,
 ) -> Result<Vec<Vec<f32>>> {
-    let bar = progress_bar(texts.len(), options.progress, "embedding texts");
+    let bar = options.progress.steps(texts.len(), "embedding texts");
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(options.batch_size.max(1)) {
         options.stop.check()?;

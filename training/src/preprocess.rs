@@ -93,7 +93,14 @@ pub struct ImageProcessor {
     pub rescale: Option<f64>,
     pub normalize: Option<([f32; 3], [f32; 3])>,
     pub convert_rgb: bool,
+    /// What an image given to this processor may cost.
+    pub limits: crate::imageio::ImageLimits,
 }
+
+/// The most pixels a processed image may have: a model input is far smaller. Only a
+/// checkpoint that resizes by the shortest edge without cropping can ask for more (an extreme
+/// aspect ratio), and it is refused rather than allocated.
+const MAX_OUTPUT_PIXELS: u64 = 4096 * 4096;
 
 #[derive(Debug, Deserialize)]
 struct RawSize {
@@ -228,42 +235,77 @@ impl ImageProcessor {
         (h, w)
     }
 
-    /// Decodes image bytes and returns channel-first f32 pixel values (3 x H x W).
+    /// Decodes image bytes ([`crate::imageio::decode`], within this processor's pixel limit)
+    /// and returns channel-first f32 pixel values (3 x H x W).
     pub fn process_bytes(&self, bytes: &[u8], source: &str) -> Result<(Vec<f32>, u32, u32)> {
-        let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
-            source_name: source.to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok(self.process(&to_rgb(img)))
+        let img = crate::imageio::decode(bytes, source, self.limits.max_pixels)?;
+        self.process(&to_rgb(img), source)
     }
 
     /// Resizes, crops, rescales and normalises an RGB image into channel-first f32 values.
-    pub fn process(&self, rgb: &image::RgbImage) -> (Vec<f32>, u32, u32) {
-        let mut img = rgb.clone();
-        if let Some((to, filter)) = self.resize {
-            let (h, w) = resize_output_size(to, img.height(), img.width());
-            img = resize_like_pil(&img, w, h, filter);
+    /// Only the part of the resized image that the crop keeps is computed, so an extreme aspect
+    /// ratio (a million pixels by one) costs no more than the model input.
+    pub fn process(&self, rgb: &image::RgbImage, source: &str) -> Result<(Vec<f32>, u32, u32)> {
+        let (in_w, in_h) = rgb.dimensions();
+        let (rh, rw) = match self.resize {
+            Some((to, _)) => resize_output_size(to, in_h, in_w),
+            None => (in_h, in_w),
+        };
+        let (h, w) = self.center_crop.unwrap_or((rh, rw));
+        if h as u64 * w as u64 > MAX_OUTPUT_PIXELS {
+            return Err(Error::Image {
+                source_name: source.to_string(),
+                detail: format!(
+                    "{in_w} x {in_h} pixels would be resized to {rw} x {rh}, above the \
+                     {MAX_OUTPUT_PIXELS} pixels a model input may have"
+                ),
+            });
         }
-        if let Some((ch, cw)) = self.center_crop {
-            img = center_crop(&img, ch, cw);
-        }
-        let (w, h) = img.dimensions();
+        // transformers' `center_crop`: offsets `(size - crop) // 2`, zeros where the crop
+        // reaches past the image.
+        let top = (rh as i64 - h as i64) / 2;
+        let left = (rw as i64 - w as i64) / 2;
+        let rows = top.max(0) as u32..(top + h as i64).min(rh as i64).max(0) as u32;
+        let cols = left.max(0) as u32..(left + w as i64).min(rw as i64).max(0) as u32;
+        let kept = match self.resize {
+            Some((_, filter)) => resize_window(rgb, (rw, rh), (cols.clone(), rows.clone()), filter),
+            None => image::imageops::crop_imm(
+                rgb,
+                cols.start,
+                rows.start,
+                cols.len() as u32,
+                rows.len() as u32,
+            )
+            .to_image(),
+        };
         let plane = (w * h) as usize;
         let mut out = vec![0f32; 3 * plane];
-        for (i, p) in img.pixels().enumerate() {
+        let channel = |c: usize, v: u8| {
+            // transformers: astype(float64) * scale, cast to float32, then (x - mean) / std.
+            let mut v = match self.rescale {
+                Some(s) => (v as f64 * s) as f32,
+                None => v as f32,
+            };
+            if let Some((mean, std)) = self.normalize {
+                v = (v - mean[c]) / std[c];
+            }
+            v
+        };
+        let zero = [channel(0, 0), channel(1, 0), channel(2, 0)];
+        for c in 0..3 {
+            out[c * plane..(c + 1) * plane].fill(zero[c]);
+        }
+        let (dy, dx) = (
+            (rows.start as i64 - top) as usize,
+            (cols.start as i64 - left) as usize,
+        );
+        for (x, y, p) in kept.enumerate_pixels() {
+            let i = (y as usize + dy) * w as usize + x as usize + dx;
             for c in 0..3 {
-                // transformers: astype(float64) * scale, cast to float32, then (x - mean) / std.
-                let mut v = match self.rescale {
-                    Some(s) => (p[c] as f64 * s) as f32,
-                    None => p[c] as f32,
-                };
-                if let Some((mean, std)) = self.normalize {
-                    v = (v - mean[c]) / std[c];
-                }
-                out[c * plane + i] = v;
+                out[c * plane + i] = channel(c, p[c]);
             }
         }
-        (out, h, w)
+        Ok((out, h, w))
     }
 }
 
@@ -326,20 +368,22 @@ pub fn to_rgb(img: image::DynamicImage) -> image::RgbImage {
 /// Pillow's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output pixel, the first input
-/// index, the number of taps, and fixed-point weights.
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the output pixels `range` of a
+/// resize from `in_size` to `out_size`: per output pixel, the first input index, the number of
+/// taps, and fixed-point weights (each pixel's are independent of the others').
 fn coefficients(
     in_size: u32,
     out_size: u32,
     filter: Resample,
+    range: std::ops::Range<u32>,
 ) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = (support.ceil() as usize) * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size as usize);
-    let mut kk = vec![0i32; out_size as usize * ksize];
-    for xx in 0..out_size as usize {
+    let mut bounds = Vec::with_capacity(range.len());
+    let mut kk = vec![0i32; range.len() * ksize];
+    for (i, xx) in range.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -352,7 +396,7 @@ fn coefficients(
         for (x, w) in weights.iter().enumerate() {
             let w = if total != 0.0 { w / total } else { *w };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if w < 0.0 {
+            kk[i * ksize + x] = if w < 0.0 {
                 (-0.5 + fixed) as i32
             } else {
                 (0.5 + fixed) as i32
@@ -367,32 +411,50 @@ fn clip8(v: i64) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `Image.resize((width, height), filter)` of Pillow for an RGB image: a horizontal pass over the
-/// rows the vertical pass needs, then a vertical pass, each skipped when that size is unchanged.
-pub fn resize_like_pil(
+/// The window `(cols, rows)` of Pillow's `Image.resize((width, height), filter)` of an RGB
+/// image, computed as Pillow computes the whole (a horizontal pass over the input rows the
+/// vertical pass needs, then a vertical pass, each skipped when that size is unchanged; nearest
+/// neighbour samples at pixel centres) without computing the rest.
+fn resize_window(
     img: &image::RgbImage,
-    width: u32,
-    height: u32,
+    (width, height): (u32, u32),
+    (cols, rows): (std::ops::Range<u32>, std::ops::Range<u32>),
     filter: Resample,
 ) -> image::RgbImage {
     let (in_w, in_h) = img.dimensions();
-    if filter == Resample::Nearest {
-        return image::imageops::resize(img, width, height, image::imageops::FilterType::Nearest);
+    let (w, h) = (cols.len(), rows.len());
+    if w == 0 || h == 0 {
+        return image::RgbImage::new(w as u32, h as u32);
     }
-    let (hb, hk, hks) = coefficients(in_w, width, filter);
-    let (mut vb, vk, vks) = coefficients(in_h, height, filter);
-    let (w, h) = (width as usize, height as usize);
-    // Rows are processed on raw interleaved RGB buffers: three accumulators per tap.
-    let mut current: Vec<u8> = img.as_raw().clone();
-    let mut cur_w = in_w as usize;
-    if width != in_w {
-        let first = vb[0].0;
-        let last = vb[h - 1].0 + vb[h - 1].1;
-        for b in &mut vb {
-            b.0 -= first;
-        }
-        let src = img.as_raw();
-        let stride = in_w as usize * 3;
+    if filter == Resample::Nearest {
+        let source = |i: u32, size: u32, out: u32| {
+            (((i as f64 + 0.5) * size as f64 / out as f64) as u32).min(size - 1)
+        };
+        let (c0, r0) = (cols.start, rows.start);
+        return image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            *img.get_pixel(source(c0 + x, in_w, width), source(r0 + y, in_h, height))
+        });
+    }
+    let src = img.as_raw();
+    let stride = in_w as usize * 3;
+    // The input rows each output row reads (identity when the height is unchanged).
+    let (mut vb, vk, vks) = if height != in_h {
+        coefficients(in_h, height, filter, rows.clone())
+    } else {
+        (
+            rows.clone().map(|y| (y as usize, 1)).collect(),
+            Vec::new(),
+            0,
+        )
+    };
+    let first = vb[0].0;
+    let last = vb[h - 1].0 + vb[h - 1].1;
+    for b in &mut vb {
+        b.0 -= first;
+    }
+    // Horizontal pass over those rows, for the window's columns only.
+    let current: Vec<u8> = if width != in_w {
+        let (hb, hk, hks) = coefficients(in_w, width, filter, cols.clone());
         let mut tmp = vec![0u8; (last - first) * w * 3];
         for y in 0..(last - first) {
             let row = &src[(y + first) * stride..(y + first + 1) * stride];
@@ -411,11 +473,16 @@ pub fn resize_like_pil(
                 }
             }
         }
-        current = tmp;
-        cur_w = w;
-    }
-    if height != in_h {
-        let stride = cur_w * 3;
+        tmp
+    } else {
+        let (a, b) = (cols.start as usize * 3, cols.end as usize * 3);
+        (first..last)
+            .flat_map(|y| &src[y * stride + a..y * stride + b])
+            .copied()
+            .collect()
+    };
+    let out = if height != in_h {
+        let stride = w * 3;
         let mut out = vec![0u8; h * stride];
         for (yy, &(ymin, n)) in vb.iter().enumerate() {
             let k = &vk[yy * vks..yy * vks + n];
@@ -430,26 +497,79 @@ pub fn resize_like_pil(
                 *o = clip8(a);
             }
         }
-        current = out;
-    }
-    image::RgbImage::from_raw(width, height, current)
-        .unwrap_or_else(|| image::RgbImage::new(width, height))
+        out
+    } else {
+        current
+    };
+    image::RgbImage::from_raw(w as u32, h as u32, out)
+        .unwrap_or_else(|| image::RgbImage::new(w as u32, h as u32))
 }
 
-/// transformers' `center_crop`: offsets `(size - crop) // 2`, padding with zeros when the crop is
-/// larger than the image.
-fn center_crop(img: &image::RgbImage, height: u32, width: u32) -> image::RgbImage {
-    let (w, h) = img.dimensions();
-    let top = (h as i64 - height as i64) / 2;
-    let left = (w as i64 - width as i64) / 2;
-    let mut out = image::RgbImage::new(width, height);
-    for y in 0..height as i64 {
-        for x in 0..width as i64 {
-            let (sy, sx) = (y + top, x + left);
-            if sy >= 0 && sx >= 0 && sy < h as i64 && sx < w as i64 {
-                out.put_pixel(x as u32, y as u32, *img.get_pixel(sx as u32, sy as u32));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(width: u32, height: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(width, height, |x, y| {
+            let v = x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503);
+            image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+        })
+    }
+
+    #[test]
+    fn a_window_of_the_resize_equals_the_same_pixels_of_the_whole_resize() {
+        for (img, (width, height)) in [
+            (noise(300, 40), (1680, 224)),
+            (noise(40, 300), (224, 1680)),
+            (noise(500, 400), (280, 224)),
+            (noise(224, 100), (224, 300)),
+            (noise(100, 224), (300, 224)),
+        ] {
+            for filter in [
+                Resample::Bicubic,
+                Resample::Bilinear,
+                Resample::Lanczos,
+                Resample::Nearest,
+            ] {
+                let whole = resize_window(&img, (width, height), (0..width, 0..height), filter);
+                let (cols, rows) = (width / 3..width / 3 + 150, height / 4..height / 4 + 100);
+                let window =
+                    resize_window(&img, (width, height), (cols.clone(), rows.clone()), filter);
+                let expected = image::imageops::crop_imm(&whole, cols.start, rows.start, 150, 100);
+                assert_eq!(window, expected.to_image(), "{filter:?} {width}x{height}");
             }
         }
     }
-    out
+
+    #[test]
+    fn an_extreme_aspect_ratio_costs_no_more_than_the_model_input() {
+        let processor = ImageProcessor {
+            resize: Some((ResizeTo::ShortestEdge(224), Resample::Bicubic)),
+            center_crop: Some((224, 224)),
+            rescale: Some(1.0 / 255.0),
+            normalize: None,
+            convert_rgb: true,
+            limits: crate::imageio::ImageLimits::default(),
+        };
+        // Resized whole, this line (a smooth ramp) would be 224 million pixels wide.
+        let line = image::RgbImage::from_fn(1_000_000, 1, |x, _| {
+            image::Rgb([(x / 3922) as u8, 100, 200])
+        });
+        let (pixels, h, w) = processor.process(&line, "line").unwrap();
+        assert_eq!((h, w, pixels.len()), (224, 224, 3 * 224 * 224));
+        // Every row is the ramp's middle stretch: red about 127 (of 255), green 100.
+        for y in 0..224 {
+            let (red, green) = (pixels[y * 224 + 112], pixels[224 * 224 + y * 224 + 112]);
+            assert!((red * 255.0 - 127.0).abs() < 1.5, "{red}");
+            assert!((green * 255.0 - 100.0).abs() < 0.01, "{green}");
+        }
+
+        // Without a crop the whole resize is the input: refused, not allocated.
+        let uncropped = ImageProcessor {
+            center_crop: None,
+            ..processor
+        };
+        let err = uncropped.process(&line, "line").unwrap_err().to_string();
+        assert!(err.contains("above the 16777216 pixels"), "{err}");
+    }
 }

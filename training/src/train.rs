@@ -690,6 +690,16 @@ impl Optimizer {
         Ok(sum.sqrt())
     }
 
+    /// Whether every trained variable holds finite values only.
+    pub fn weights_finite(&self) -> Result<bool> {
+        for slot in &self.slots {
+            if !sum_of_squares(slot.var.as_tensor())?.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// One update from the gradients of a loss.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step_scaled(grads, 1.0)

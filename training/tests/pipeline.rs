@@ -41,7 +41,6 @@ fn order_is_kept_and_failures_are_reported() {
             &PipelineOptions {
                 batch_size: batch,
                 workers,
-                progress: false,
                 ..Default::default()
             },
         )
@@ -86,7 +85,6 @@ fn order_is_kept_and_failures_are_reported() {
         &PipelineOptions {
             batch_size: 2,
             workers: 1,
-            progress: false,
             ..Default::default()
         },
     )

@@ -370,7 +370,7 @@ fn embed(
         .with_context(|| format!("loading model {model}"))?;
     let options = PipelineOptions {
         batch_size,
-        progress,
+        progress: progress.into(),
         ..Default::default()
     };
     let sources: Vec<ImageSource> = images.iter().cloned().map(ImageSource::Path).collect();

@@ -19,7 +19,9 @@ use arrow::pyarrow::PyArrowType;
 use mirante::query::options::{EmbeddingColumns, ImportOptions};
 use mirante::storage::Modality;
 use mirante::training::ImageSource;
-use mirante::{Database, EmbeddingVectors, ExecOptions, Options};
+use mirante::{
+    Database, EmbeddingVectors, ExecOptions, Options, Progress, ProgressBoard, TaskState,
+};
 use numpy::{PyArray1, PyArray2, ToPyArray};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -31,16 +33,41 @@ use crate::output::PyOutput;
 /// How often a waiting call looks for Ctrl-C.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
-/// Runs `work` on a worker thread without the GIL; KeyboardInterrupt (or another signal's
-/// exception) cancels it and is raised once the work has stopped.
-/// `statement` is the text errors are rendered against (with a caret under the position).
+/// How one call into the engine runs: its statement options, the text its errors are rendered
+/// against (with a caret under the position), and the progress drawer, a Python object whose
+/// `update(tasks)` and `close()` draw the call's progress board (the package's tqdm bars).
+struct Call<'a> {
+    exec: ExecOptions,
+    statement: Option<&'a str>,
+    progress: Option<&'a Py<PyAny>>,
+}
+
+impl Call<'_> {
+    fn plain() -> Self {
+        Call {
+            exec: ExecOptions::default(),
+            statement: None,
+            progress: None,
+        }
+    }
+}
+
+/// Runs `work` on a worker thread without the GIL. The calling thread waits in slices: it
+/// draws the progress board and checks for signals; KeyboardInterrupt (or another signal's
+/// exception) cancels the work and is raised once the work has stopped.
 fn run<T: Send>(
     py: Python<'_>,
-    (exec, statement): (ExecOptions, Option<&str>),
+    call: Call<'_>,
     work: impl FnOnce(&ExecOptions) -> mirante::Result<T> + Send,
 ) -> PyResult<T> {
+    let Call {
+        mut exec,
+        statement,
+        progress,
+    } = call;
+    let mut drawer = progress.map(|factory| Drawer::new(factory, &mut exec));
     let cancel = exec.cancel.clone();
-    std::thread::scope(|s| {
+    let result = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded(1);
         s.spawn(move || {
             // The receiver is gone only when the caller stopped waiting: nothing to report.
@@ -56,6 +83,9 @@ fn run<T: Send>(
                     };
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Some(d) = drawer.as_mut() {
+                        d.draw(py);
+                    }
                     if interrupted.is_none()
                         && let Err(signal) = py.check_signals()
                     {
@@ -70,7 +100,69 @@ fn run<T: Send>(
                 }
             }
         }
-    })
+    });
+    if let Some(d) = drawer {
+        d.close(py);
+    }
+    result
+}
+
+/// Draws one call's progress board through the package's drawer, made when the first job
+/// starts (a call that ends within one slice draws nothing). A drawer that fails (no tqdm, a
+/// closed stream) only loses the bars: the statement goes on.
+struct Drawer<'a> {
+    factory: &'a Py<PyAny>,
+    board: ProgressBoard,
+    drawn: Option<Py<PyAny>>,
+    last: Vec<TaskState>,
+}
+
+impl<'a> Drawer<'a> {
+    fn new(factory: &'a Py<PyAny>, exec: &mut ExecOptions) -> Self {
+        let board = ProgressBoard::default();
+        exec.progress = Progress::Watched(board.clone());
+        Drawer {
+            factory,
+            board,
+            drawn: None,
+            last: Vec::new(),
+        }
+    }
+
+    fn draw(&mut self, py: Python<'_>) {
+        let tasks = self.board.tasks();
+        if tasks == self.last {
+            return;
+        }
+        let rows: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.what.as_str(),
+                    t.position,
+                    t.length,
+                    t.message.as_str(),
+                    t.finished,
+                )
+            })
+            .collect();
+        if self.drawn.is_none() {
+            self.drawn = self.factory.call0(py).ok();
+        }
+        if let Some(d) = &self.drawn {
+            let _ = d.call_method1(py, "update", (rows,));
+        }
+        self.last = tasks;
+    }
+
+    fn close(mut self, py: Python<'_>) {
+        if self.drawn.is_some() {
+            self.draw(py);
+        }
+        if let Some(d) = &self.drawn {
+            let _ = d.call_method0(py, "close");
+        }
+    }
 }
 
 /// An open database (`mirante.connect` returns the package's wrapper of it).
@@ -78,6 +170,8 @@ fn run<T: Send>(
 #[derive(Debug)]
 struct PyDatabase {
     db: Arc<Database>,
+    /// Makes a progress drawer per call (`None`: no progress shown).
+    progress: Option<Py<PyAny>>,
 }
 
 /// An image for `embed_images` or a search: a path, or encoded bytes with a name.
@@ -110,24 +204,29 @@ fn matrix<'py>(py: Python<'py>, rows: Vec<Vec<f32>>, dim: usize) -> Bound<'py, P
 #[pymethods]
 impl PyDatabase {
     #[new]
-    #[pyo3(signature = (path, *, device=None, progress=false))]
+    /// `progress`: a callable returning an object with `update(tasks)` and `close()` that
+    /// draws a call's progress (each task: what, position, length or None, message,
+    /// finished); `None` shows none.
+    #[pyo3(signature = (path, *, device=None, progress=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         device: Option<String>,
-        progress: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let device = mirante::training::select_device(device.as_deref())
             .map_err(|e| to_py(py, &mirante::Error::from(e), None))?;
         let options = Options {
-            progress,
             device,
             ..Options::default()
         };
-        let db = run(py, (ExecOptions::default(), None), move |_| {
+        let db = run(py, Call::plain(), move |_| {
             Database::open_with(&path, options)
         })?;
-        Ok(PyDatabase { db: Arc::new(db) })
+        Ok(PyDatabase {
+            db: Arc::new(db),
+            progress,
+        })
     }
 
     /// The database's folder.
@@ -145,7 +244,7 @@ impl PyDatabase {
             image_bytes,
             ..ExecOptions::default()
         };
-        let outputs = run(py, (exec, Some(script)), move |exec| {
+        let outputs = run(py, self.call(exec, Some(script)), move |exec| {
             let mut out = Vec::new();
             db.sql_each(&text, exec, |o| out.push(o))?;
             Ok(out)
@@ -191,7 +290,7 @@ impl PyDatabase {
             }),
         };
         let db = Arc::clone(&self.db);
-        let report = run(py, (ExecOptions::default(), None), move |exec| {
+        let report = run(py, self.call(ExecOptions::default(), None), move |exec| {
             let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
             let source = mirante::ingest::from_arrow(&schema, reader, &options)?;
             db.collection(&collection)?
@@ -249,7 +348,7 @@ impl PyDatabase {
             image_bytes,
             ..ExecOptions::default()
         };
-        let results = run(py, (exec, None), move |exec| {
+        let results = run(py, self.call(exec, None), move |exec| {
             let c = db.collection(&collection)?;
             let mut s = match query {
                 Query::Text(t) => c.search_text(&t),
@@ -294,7 +393,7 @@ impl PyDatabase {
         model: Option<String>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let db = Arc::clone(&self.db);
-        let (rows, dim) = run(py, (ExecOptions::default(), None), move |exec| {
+        let (rows, dim) = run(py, self.call(ExecOptions::default(), None), move |exec| {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let rows = db.embed_texts(&refs, model.as_deref(), exec)?;
             let dim = db.model(model.as_deref())?.dim();
@@ -317,7 +416,7 @@ impl PyDatabase {
             .map(|(i, item)| image_source(item, i))
             .collect::<PyResult<Vec<_>>>()?;
         let db = Arc::clone(&self.db);
-        let (rows, dim) = run(py, (ExecOptions::default(), None), move |exec| {
+        let (rows, dim) = run(py, self.call(ExecOptions::default(), None), move |exec| {
             let rows = db.embed_images(&sources, model.as_deref(), exec)?;
             let dim = db.model(model.as_deref())?.dim();
             Ok((rows, dim))
@@ -347,7 +446,7 @@ impl PyDatabase {
             }
         };
         let db = Arc::clone(&self.db);
-        let embeddings = run(py, (ExecOptions::default(), None), move |_| {
+        let embeddings = run(py, Call::plain(), move |_| {
             db.collection(&collection)?
                 .embeddings(model.as_deref(), modality)
         })?;
@@ -373,6 +472,17 @@ impl PyDatabase {
 
     fn __repr__(&self) -> String {
         format!("Database('{}')", self.db.path().display())
+    }
+}
+
+impl PyDatabase {
+    /// A call with this database's progress drawer.
+    fn call<'a>(&'a self, exec: ExecOptions, statement: Option<&'a str>) -> Call<'a> {
+        Call {
+            exec,
+            statement,
+            progress: self.progress.as_ref(),
+        }
     }
 }
 

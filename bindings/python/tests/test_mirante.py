@@ -287,6 +287,34 @@ def test_python_threads_run_while_a_statement_runs_and_searches_run_in_parallel(
     assert results == [expected] * 8
 
 
+def test_long_statements_draw_progress_as_they_go(tmp_path, capsys):
+    class Recorder:
+        updates: list[list[tuple]] = []
+        closed = 0
+
+        def update(self, tasks):
+            Recorder.updates.append(list(tasks))
+
+        def close(self):
+            Recorder.closed += 1
+
+    raw = mirante._mirante.Database(str(tmp_path / "raw"), progress=Recorder)
+    db = mirante.Database(raw)
+    db.create_collection("many", model=str(TINY_CLIP)).add(many_rows(600))
+    assert Recorder.closed == 1 and len(Recorder.updates) >= 2, Recorder.updates
+    seen = [tasks[0] for tasks in Recorder.updates]
+    assert {t[0] for t in seen} == {"importing"}
+    positions = [t[1] for t in seen]
+    assert positions == sorted(positions) and positions[0] < 600
+    assert seen[-1] == ("importing", 600, None, "", True)
+
+    # The package's own drawer: tqdm bars on stderr.
+    db = mirante.connect(tmp_path / "bars", progress=True)
+    db.create_collection("many", model=str(TINY_CLIP)).add(many_rows(600))
+    err = capsys.readouterr().err
+    assert "importing" in err and "rows" in err, err
+
+
 def test_ctrl_c_during_add_leaves_the_previous_version(db):
     c = db.create_collection("many", model=str(TINY_CLIP))
     c.add(many_rows(5))

@@ -217,7 +217,7 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan, exec: &ExecOptions) -> Res
                 &ranks.text_to_image,
                 (r.top as usize, &[elip.fusion_for(r)]),
                 pixels,
-                (db.options.progress, &exec.cancel),
+                (&db.progress(exec), &exec.cancel),
             )?
             .remove(0);
             models.push(ModelEvaluation {

@@ -6,12 +6,12 @@
 
 use mirante_query::options::EmbeddingColumns;
 use mirante_storage::{self as storage, ImageData, Modality, NewRow, SpaceId};
-use mirante_training::{ImageSource, PipelineOptions, embed_images, embed_texts};
+use mirante_training::imageio::{self, ImageLimits};
+use mirante_training::{ImageSource, PipelineOptions, Progress, embed_images, embed_texts};
 
 use super::source::{ImageRef, Item, Record};
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result, RowFailure};
-use crate::fsio;
 use crate::models::LoadedModel;
 use crate::spaces::{Spaces, stage_external};
 
@@ -70,8 +70,13 @@ pub(crate) fn load(
             None => Vectors::None,
         },
     };
-    let pipeline = db.pipeline(false, &exec.cancel);
-    let bar = crate::progress::rows(db.options.progress, "importing");
+    // Images are embedded under the import's own counter.
+    let pipeline = PipelineOptions {
+        progress: Progress::Hidden,
+        ..db.pipeline(exec)
+    };
+    let bar = db.progress(exec).rows("importing");
+    let limits = db.options.image_limits;
     let mut report = LoadReport {
         embedded: !matches!(vectors, Vectors::None),
         ..Default::default()
@@ -80,9 +85,15 @@ pub(crate) fn load(
     let mut seen = 0usize;
     while items.peek().is_some() {
         exec.cancel.check()?;
-        let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen)?;
-        let (rows, mut embeddings) =
-            embed(&mut vectors, tx, collection, rows, &mut failures, &pipeline)?;
+        let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen, limits)?;
+        let (rows, mut embeddings) = embed(
+            &mut vectors,
+            tx,
+            collection,
+            (rows, &mut failures),
+            &pipeline,
+            limits,
+        )?;
         if !failures.is_empty() && !skip_errors {
             return Err(Error::RowsFailed {
                 total: seen,
@@ -108,6 +119,7 @@ pub(crate) fn load(
 fn read(
     items: impl Iterator<Item = Result<Item>>,
     seen: &mut usize,
+    limits: ImageLimits,
 ) -> Result<(Vec<ReadRow>, Vec<RowFailure>)> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
@@ -115,7 +127,7 @@ fn read(
         *seen += 1;
         match item? {
             Item::Bad(f) => failures.push(f),
-            Item::Row(r) => match read_image(&r.image) {
+            Item::Row(r) => match read_image(&r.image, limits.max_file_bytes) {
                 Ok(bytes) => rows.push((r, bytes)),
                 Err(reason) => failures.push(failure(&r, reason)),
             },
@@ -132,13 +144,10 @@ fn failure(r: &Record, reason: String) -> RowFailure {
     }
 }
 
-fn read_image(image: &ImageRef) -> std::result::Result<Vec<u8>, String> {
+fn read_image(image: &ImageRef, max_bytes: u64) -> std::result::Result<Vec<u8>, String> {
     match image {
-        ImageRef::Path(p) => fsio::read(p).map_err(|e| match e {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                "image file not found".to_string()
-            }
-            Error::Io { source, .. } => source.to_string(),
+        ImageRef::Path(p) => imageio::read_file(p, max_bytes).map_err(|e| match e {
+            mirante_training::Error::Image { detail, .. } => detail,
             other => other.to_string(),
         }),
         ImageRef::Bytes { bytes, .. } => Ok(bytes.clone()),
@@ -154,9 +163,9 @@ fn embed(
     vectors: &mut Vectors<'_>,
     tx: &mut storage::Transaction<'_>,
     collection: &str,
-    rows: Vec<ReadRow>,
-    failures: &mut Vec<RowFailure>,
+    (rows, failures): (Vec<ReadRow>, &mut Vec<RowFailure>),
     pipeline: &PipelineOptions,
+    limits: ImageLimits,
 ) -> Result<Embedded> {
     match vectors {
         Vectors::Model(model, spaces) => {
@@ -169,9 +178,9 @@ fn embed(
                 .collect();
             Ok((rows, embeddings))
         }
-        Vectors::None => Ok((decodable(rows, failures), Vec::new())),
+        Vectors::None => Ok((decodable(rows, failures, limits), Vec::new())),
         Vectors::External(columns, spaces) => {
-            let rows = decodable(rows, failures);
+            let rows = decodable(rows, failures, limits);
             let Some(first) = rows.first().and_then(|(r, _)| r.vectors.as_ref()) else {
                 return Ok((rows, Vec::new()));
             };
@@ -256,16 +265,19 @@ fn embed_images_of(
 }
 
 /// Without a model, still refuse what no model could read later.
-fn decodable(rows: Vec<ReadRow>, failures: &mut Vec<RowFailure>) -> Vec<ReadRow> {
+fn decodable(
+    rows: Vec<ReadRow>,
+    failures: &mut Vec<RowFailure>,
+    limits: ImageLimits,
+) -> Vec<ReadRow> {
     let mut kept = Vec::with_capacity(rows.len());
     for (r, bytes) in rows {
-        match image::ImageReader::new(std::io::Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())
-            .and_then(|i| i.into_dimensions().map_err(|e| e.to_string()))
-        {
+        match imageio::check(&bytes, "", limits.max_pixels) {
             Ok(_) => kept.push((r, bytes)),
-            Err(reason) => failures.push(failure(&r, format!("cannot decode image: {reason}"))),
+            Err(mirante_training::Error::Image { detail, .. }) => {
+                failures.push(failure(&r, format!("cannot decode image: {detail}")))
+            }
+            Err(other) => failures.push(failure(&r, other.to_string())),
         }
     }
     kept

@@ -109,10 +109,17 @@ pub(super) fn hub_dataset(id: &str) -> Result<PathBuf> {
 }
 
 /// Files under `root` (recursively, sorted) with one of `extensions`.
+///
+/// Symbolic links are followed, but each directory is walked once: a link back to an ancestor
+/// (a loop) or a second link to a walked directory adds nothing.
 pub(super) fn files_with(root: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut walked = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
+        if !walked.insert(fsio::canonicalize(&dir)?) {
+            continue;
+        }
         for path in fsio::list_dir(&dir)? {
             let name = path.file_name().unwrap_or_default();
             if name.to_string_lossy().starts_with('.') {

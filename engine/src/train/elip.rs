@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use mirante_query::options::{ElipOptions, PromptInit};
 use mirante_query::{EvalMetric, TrainPlan};
-use mirante_training::DualEncoder;
 use mirante_training::elip::{self as training_elip, ElipConfig, ElipMapper, Negatives};
 use mirante_training::finetune::{FinetuneReport, PairData};
+use mirante_training::{DualEncoder, Progress};
 use rayon::prelude::*;
 
 use super::data::{embed_captions, embed_images};
@@ -97,7 +97,7 @@ impl Validation {
             &self.first,
             (top, fusions),
             |i| Ok(Arc::clone(&self.pixels[i as usize])),
-            (false, cancel),
+            (&Progress::Hidden, cancel),
         )?;
         Ok(ranks
             .iter()

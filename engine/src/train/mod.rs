@@ -118,7 +118,7 @@ impl<'a> Job<'a> {
                 PrecisionChoice::Bf16 => Precision::Bf16,
             }),
             patience: t.patience,
-            progress: self.db.options.progress,
+            progress: self.db.progress(self.exec),
             stop: self.exec.cancel.stop(),
             ..FinetuneConfig::default()
         }

@@ -20,7 +20,9 @@ pandas, polars and Python lists, and speak the Arrow PyCapsule stream interface
 
 Long calls release the GIL, so other Python threads keep running and many threads can search
 one :class:`Database` at once; Ctrl-C (KeyboardInterrupt) stops the running statement with
-nothing half-committed. Errors are :class:`Error` subclasses whose messages are the CLI's.
+nothing half-committed. Imports, embedding, fine-tuning and re-ranking show tqdm progress bars
+in notebooks and terminals (``connect(path, progress=False)`` turns them off). Errors are
+:class:`Error` subclasses whose messages are the CLI's.
 
 Across processes: open the database in each process (after ``fork``, open it again in the
 child). Any number of processes read; one writes at a time (the others get
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from . import _mirante
+from . import _mirante, _progress
 from ._mirante import (
     CancelledError,
     CorruptionError,
@@ -89,12 +90,14 @@ def connect(
     """Opens the database in folder ``path``, creating it if the folder holds none.
 
     ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default: ``MIRANTE_DEVICE``, else the
-    CPU). ``progress`` shows progress bars of long statements on stderr (default: when stderr
-    is a terminal).
+    CPU). ``progress`` shows tqdm bars of long statements (imports, embedding, fine-tuning,
+    re-ranking): widgets in notebooks, text on terminals (default: in a Jupyter kernel or when
+    stderr is a terminal).
     """
     if progress is None:
-        progress = sys.stderr.isatty()
-    return Database(_mirante.Database(os.fspath(path), device=device, progress=progress))
+        progress = _progress.wanted()
+    drawer = _progress.Bars if progress else None
+    return Database(_mirante.Database(os.fspath(path), device=device, progress=drawer))
 
 
 def _quote(value: str) -> str:

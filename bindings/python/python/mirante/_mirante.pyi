@@ -1,8 +1,8 @@
 """Type stubs of the extension module (the engine's calls under the `mirante` package)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,12 @@ class DataError(Error): ...
 class CancelledError(Error): ...
 class InternalError(Error): ...
 
+class ProgressDrawer(Protocol):
+    """Draws one call's jobs: (what, position, length or None, message, finished) each."""
+
+    def update(self, tasks: list[tuple[str, int, int | None, str, bool]]) -> None: ...
+    def close(self) -> None: ...
+
 class Output:
     @property
     def kind(self) -> str: ...
@@ -45,7 +51,11 @@ class Output:
 
 class Database:
     def __init__(
-        self, path: str | PathLike[str], *, device: str | None = None, progress: bool = False
+        self,
+        path: str | PathLike[str],
+        *,
+        device: str | None = None,
+        progress: Callable[[], ProgressDrawer] | None = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -1,0 +1,201 @@
+//! Hostile input through the whole engine: images that cost far more than their bytes
+//! (extreme aspect ratios, pixel counts above the limit, truncated JPEGs) and paths that are not
+//! image files (devices, FIFOs, directory loops). Each must end in a clear error or a bounded
+//! success, never an abort, a hang or unbounded memory.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mirante::training::ImageLimits;
+use mirante::{Database, Options};
+use mirante_tests::{error, one, tiny_clip};
+
+fn collection(dir: &Path, options: Options) -> Database {
+    let db = Database::open_with(dir.join("db"), options).unwrap();
+    one(
+        &db,
+        &format!(
+            "CREATE COLLECTION images WITH (model = '{}')",
+            tiny_clip().display()
+        ),
+    );
+    db
+}
+
+fn png(path: &Path, width: u32, height: u32) -> PathBuf {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8])
+    })
+    .save(path)
+    .unwrap();
+    path.to_path_buf()
+}
+
+/// Runs `work` on its own thread and fails the test if it takes over a minute (a hang).
+fn within_a_minute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(work()));
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the statement hung")
+}
+
+fn count(db: &Database) -> i64 {
+    match one(db, "SELECT count(*) FROM images").rows[0][0] {
+        mirante::Cell::Int(n) => n,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_image_a_million_pixels_by_one_is_imported_and_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path(), Options::default());
+    // Resized whole by the shortest edge it would be 224 million pixels wide (150 GB).
+    let line = png(&dir.path().join("line.png"), 1_000_000, 1);
+    let column = png(&dir.path().join("column.png"), 1, 1_000_000);
+    one(
+        &db,
+        &format!(
+            "INSERT INTO images (image, text) VALUES ('{}', 'a line'), ('{}', 'a column')",
+            line.display(),
+            column.display()
+        ),
+    );
+    let hits = one(
+        &db,
+        &format!("SEARCH images BY IMAGE '{}' LIMIT 2", line.display()),
+    );
+    assert_eq!(hits.rows.len(), 2);
+}
+
+#[test]
+fn images_beyond_the_limits_fail_their_rows_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    png(&folder.join("small.png"), 32, 32);
+    png(&folder.join("large.png"), 400, 300);
+    // A JPEG cut inside its scan, as a failed download leaves it.
+    let jpeg = std::fs::read(png(&folder.join("whole.png"), 128, 128)).unwrap();
+    let mut encoded = std::io::Cursor::new(Vec::new());
+    image::load_from_memory(&jpeg)
+        .unwrap()
+        .write_to(&mut encoded, image::ImageFormat::Jpeg)
+        .unwrap();
+    std::fs::remove_file(folder.join("whole.png")).unwrap();
+    let jpeg = encoded.into_inner();
+    std::fs::write(folder.join("cut.jpg"), &jpeg[..jpeg.len() * 3 / 4]).unwrap();
+    let db = collection(
+        dir.path(),
+        Options {
+            image_limits: ImageLimits {
+                max_pixels: 100_000,
+                ..ImageLimits::default()
+            },
+            ..Options::default()
+        },
+    );
+    let import = format!("IMPORT INTO images FROM '{}'", folder.display());
+    let err = error(&db, &import);
+    assert!(
+        err.contains("large.png")
+            && err.contains("400 x 300 = 120000 pixels is above the limit of 100000")
+            && err.contains("cut.jpg")
+            && err.contains("truncated"),
+        "{err}"
+    );
+    assert_eq!(count(&db), 0, "a failed import commits nothing");
+    one(&db, &format!("{import} ON ERROR SKIP"));
+    assert_eq!(count(&db), 1);
+    let err = error(
+        &db,
+        &format!(
+            "SEARCH images BY IMAGE '{}'",
+            folder.join("large.png").display()
+        ),
+    );
+    assert!(err.contains("is above the limit"), "{err}");
+}
+
+#[test]
+fn paths_that_are_not_image_files_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path(), Options::default());
+    let err = within_a_minute({
+        let db = Database::open(dir.path().join("db")).unwrap();
+        move || error(&db, "SEARCH images BY IMAGE '/dev/zero'")
+    });
+    assert!(err.contains("not a regular file (a device)"), "{err}");
+
+    // A FIFO named like an image in an image folder: nobody ever writes to it.
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    png(&folder.join("a.png"), 16, 16);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(folder.join("x.png"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let import = format!("IMPORT INTO images FROM '{}'", folder.display());
+    let err = within_a_minute({
+        let db = Database::open(dir.path().join("db")).unwrap();
+        let import = import.clone();
+        move || error(&db, &import)
+    });
+    assert!(
+        err.contains("x.png") && err.contains("not a regular file (a FIFO)"),
+        "{err}"
+    );
+    one(&db, &format!("{import} ON ERROR SKIP"));
+    assert_eq!(count(&db), 1);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_directory_symlink_loop_imports_each_image_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = collection(dir.path(), Options::default());
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(folder.join("cats")).unwrap();
+    png(&folder.join("cats/a.png"), 16, 16);
+    png(&folder.join("cats/b.png"), 16, 16);
+    // A link back to the root, and a second way into `cats`.
+    std::os::unix::fs::symlink(&folder, folder.join("cats/loop")).unwrap();
+    std::os::unix::fs::symlink(folder.join("cats"), folder.join("again")).unwrap();
+    within_a_minute({
+        let db = Database::open(dir.path().join("db")).unwrap();
+        let sql = format!("IMPORT INTO images FROM '{}'", folder.display());
+        move || one(&db, &sql)
+    });
+    assert_eq!(count(&db), 2);
+}
+
+#[test]
+fn a_diverging_finetune_stops_with_an_error_and_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("squares");
+    mirante_tests::write_square_images(&folder);
+    let db = collection(dir.path(), Options::default());
+    one(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", folder.display()),
+    );
+    let err = error(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{}' ON images WITH (epochs = 3, batch_size = 8, lr = 1e30) AS 'ft'",
+            tiny_clip().display()
+        ),
+    );
+    assert!(
+        err.contains("training diverged at epoch 1") && err.contains("lower the learning rate"),
+        "{err}"
+    );
+    assert!(db.registry().names().unwrap().is_empty());
+    assert!(!dir.path().join("db/models/ft").exists());
+}
