@@ -110,12 +110,48 @@ pub const KEYWORDS: &[&str] = &[
     "WITH",
 ];
 
+/// The most AND / OR operators one statement may hold. Conditions nest one level per operator,
+/// and every stage that walks them (conversion, binding, evaluation, dropping) recurses: this
+/// bound (SQLite's default expression depth) keeps them within the 2 MiB stack of a library
+/// host's thread. Long lists of values belong in `IN (...)`, which has no such limit.
+pub const MAX_BOOLEAN_OPERATORS: usize = 1000;
+
+/// Refuses a statement with more than [`MAX_BOOLEAN_OPERATORS`] AND / OR operators, before any
+/// tree is built from it.
+fn check_boolean_operators(tokens: &[TokenWithSpan]) -> Result<()> {
+    let mut count = 0;
+    for t in tokens {
+        match &t.token {
+            Token::SemiColon => count = 0,
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && (w.value.eq_ignore_ascii_case("AND")
+                        || w.value.eq_ignore_ascii_case("OR")) =>
+            {
+                count += 1;
+                if count > MAX_BOOLEAN_OPERATORS {
+                    return Err(Error::syntax(
+                        format!(
+                            "the statement holds more than {MAX_BOOLEAN_OPERATORS} AND / OR \
+                             operators; compare one column with many values with IN (...)"
+                        ),
+                        pos(t.span.start),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses `;`-separated statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let dialect = GenericDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::syntax(e.message, pos(e.location)))?;
+    check_boolean_operators(&tokens)?;
     let mut p = StatementParser {
         p: Parser::new(&dialect).with_tokens_with_locations(tokens),
         end: end_of(sql),
@@ -140,6 +176,7 @@ pub fn parse_predicate(text: &str) -> Result<Expr> {
     let tokens = Tokenizer::new(&dialect, text)
         .tokenize_with_location()
         .map_err(|e| Error::syntax(e.message, pos(e.location)))?;
+    check_boolean_operators(&tokens)?;
     let mut p = StatementParser {
         p: Parser::new(&dialect).with_tokens_with_locations(tokens),
         end: end_of(text),
@@ -319,10 +356,11 @@ impl StatementParser<'_> {
     /// An expression that ends before the first of `stops` outside parentheses: sqlparser would
     /// otherwise read words such as MATCH as operators.
     fn expr_until(&mut self, stops: &[&str]) -> Result<Expr> {
+        // The condition's tokens, consumed one by one (linear in its length), up to the stop.
         let mut tokens = Vec::new();
         let mut depth = 0i32;
         loop {
-            let t = self.p.peek_nth_token_ref(tokens.len()).clone();
+            let t = self.p.peek_token_ref();
             match &t.token {
                 Token::EOF | Token::SemiColon => break,
                 Token::Word(w)
@@ -336,15 +374,14 @@ impl StatementParser<'_> {
                 Token::RParen => depth -= 1,
                 _ => {}
             }
-            tokens.push(t);
+            tokens.push(self.p.next_token());
         }
-        let stop = self.p.peek_nth_token_ref(tokens.len()).clone();
+        let stop = self.p.peek_token_ref().clone();
         let stop_pos = if stop.token == Token::EOF {
             self.end
         } else {
             pos(stop.span.start)
         };
-        let count = tokens.len();
         tokens.push(TokenWithSpan::new(Token::EOF, stop.span));
         let dialect = GenericDialect {};
         let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
@@ -355,9 +392,6 @@ impl StatementParser<'_> {
                 format!("unexpected '{}' in the WHERE condition", rest.token),
                 pos(rest.span.start),
             ));
-        }
-        for _ in 0..count {
-            self.p.next_token();
         }
         convert_expr(&e)
     }
@@ -478,14 +512,14 @@ impl StatementParser<'_> {
             }
             "EXPLAIN" => {
                 self.p.next_token();
-                let inner = self.statement()?;
-                if matches!(inner, Statement::Explain(_)) {
+                // Refused before descending: a chain of thousands would exhaust the stack.
+                if self.peek_word().as_deref() == Some("EXPLAIN") {
                     return Err(Error::syntax(
                         "EXPLAIN EXPLAIN is not a statement",
                         pos(start.span.start),
                     ));
                 }
-                Ok(Statement::Explain(Box::new(inner)))
+                Ok(Statement::Explain(Box::new(self.statement()?)))
             }
             "SELECT" | "INSERT" | "DELETE" => {
                 let end = self.end;

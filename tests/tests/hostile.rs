@@ -199,3 +199,103 @@ fn a_diverging_finetune_stops_with_an_error_and_saves_nothing() {
     assert!(db.registry().names().unwrap().is_empty());
     assert!(!dir.path().join("db/models/ft").exists());
 }
+
+/// Runs `work` on a thread with the 2 MiB stack a library host's threads get (the main thread's
+/// 8 MiB would hide an overflow); an overflow aborts the test process.
+fn on_a_small_stack<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(work)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deep_and_long_statements_run_or_fail_clearly_on_a_small_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("squares");
+    mirante_tests::write_square_images(&folder);
+    let db = collection(dir.path(), Options::default());
+    one(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", folder.display()),
+    );
+    let db = std::sync::Arc::new(db);
+    let ors = |n: usize| {
+        (0..n)
+            .map(|i| format!("id = {i}"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    // At the limit (1,000 operators) every kind of statement runs.
+    let at_limit = ors(1001);
+    for sql in [
+        format!("SELECT count(*) FROM images WHERE {at_limit}"),
+        format!("SEARCH images BY TEXT 'red' WHERE {at_limit} LIMIT 3"),
+        format!("EVALUATE recall@1 ON images WHERE {at_limit}"),
+        format!("DELETE FROM images WHERE id > 100 AND ({})", ors(1000)),
+    ] {
+        let db = std::sync::Arc::clone(&db);
+        on_a_small_stack(move || {
+            db.sql(&sql)
+                .unwrap_or_else(|e| panic!("{}", e.render(&sql)));
+        });
+    }
+    // Beyond it, and far beyond, a clear error with a position.
+    for n in [1002, 100_000] {
+        let sql = format!("SELECT * FROM images WHERE {}", ors(n));
+        let db = std::sync::Arc::clone(&db);
+        let err = on_a_small_stack(move || error(&db, &sql));
+        assert!(err.contains("more than 1000 AND / OR operators"), "{err}");
+    }
+    let filter = ors(100_000);
+    let db2 = std::sync::Arc::clone(&db);
+    let err = on_a_small_stack(move || {
+        let c = db2.collection("images").unwrap();
+        c.search_text("red")
+            .filter(&filter)
+            .run()
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("more than 1000"), "{err}");
+    for sql in [
+        format!("{}SELECT 1", "EXPLAIN ".repeat(100_000)),
+        format!(
+            "SELECT * FROM images WHERE {}id = 1{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        ),
+        format!(
+            "SELECT * FROM images WHERE {}id = 1",
+            "NOT ".repeat(100_000)
+        ),
+        format!(
+            "SEARCH images BY TEXT 'red' WHERE {}id = 1{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        ),
+    ] {
+        let db = std::sync::Arc::clone(&db);
+        let err = on_a_small_stack(move || error(&db, &sql));
+        assert!(
+            err.contains("EXPLAIN EXPLAIN")
+                || err.contains("nested too deeply")
+                || err.contains("syntax error at line 1, column 216"),
+            "{err}"
+        );
+    }
+    // A long IN list parses in linear time in SEARCH as in SELECT (a hang detector, not a
+    // timing test: quadratic parsing took minutes here).
+    let list: Vec<String> = (0..200_000).map(|i| i.to_string()).collect();
+    let list = list.join(", ");
+    let db2 = std::sync::Arc::clone(&db);
+    let hits = within_a_minute(move || {
+        one(
+            &db2,
+            &format!("SEARCH images BY TEXT 'red' WHERE id IN ({list}) LIMIT 3"),
+        )
+    });
+    assert_eq!(hits.rows.len(), 3);
+}

@@ -96,8 +96,10 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Tokenizes `text` with the checkpoint's special tokens.
+    /// Tokenizes `text` with the checkpoint's special tokens. Only its first
+    /// [`MAX_TEXT_BYTES`] bytes are read.
     pub fn encode(&self, text: &str) -> Result<Tokens> {
+        let text = prefix(text, MAX_TEXT_BYTES);
         let text = match self.canonicalize {
             Canonicalize::None => text.to_string(),
             Canonicalize::Siglip { lowercase } => crate::spm::siglip_canonicalize(text, lowercase),
@@ -107,7 +109,7 @@ impl TextTokenizer {
             .encode(text.as_str(), true)
             .map_err(|e| Error::Tokenizer {
                 path: self.path.clone(),
-                detail: format!("encoding {text:?}: {e}"),
+                detail: format!("encoding {:?}: {e}", prefix(&text, 80)),
             })?;
         let mut ids = enc.get_ids().to_vec();
         if let Some(pad) = self.pad_to_max {
@@ -119,5 +121,42 @@ impl TextTokenizer {
             }
         }
         Ok(Tokens { ids })
+    }
+}
+
+/// The bytes of a text the tokenizer reads. Models read at most a few hundred tokens and every
+/// token covers at least one byte, so the cut keeps every token a model reads (unless the text
+/// opens with this much whitespace, which tokenizers drop), while a caption or query of
+/// gigabytes costs no more than this.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_of_many_megabytes_tokenizes_as_its_prefix() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny/tokenizer.json");
+        let tokenizer = TextTokenizer::from_file(&path, 77, None).unwrap();
+        let huge = "a photo of a cat on a mat ".repeat(2_000_000);
+        let short = "a photo of a cat on a mat ".repeat(20);
+        assert_eq!(
+            tokenizer.encode(&huge).unwrap().ids,
+            tokenizer.encode(&short).unwrap().ids
+        );
+        // The cut falls inside a two-byte character: it moves back to the boundary.
+        let accents = "é".repeat(MAX_TEXT_BYTES);
+        assert_eq!(prefix("aé", 2), "a");
+        assert_eq!(tokenizer.encode(&accents).unwrap().ids.len(), 77);
     }
 }

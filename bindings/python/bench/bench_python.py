@@ -1,8 +1,8 @@
 """Benchmarks of the Python package, each against its peer in the same run:
 
-1. the per-call overhead of ``Collection.search`` from Python over the engine's own time for the
-   same search (the Rust API's work: embedding the query, the index search, fetching the rows),
-   a top-10 text search on ``--rows`` rows with the built-in model;
+1. the per-call overhead of ``Collection.search`` from Python over the Rust API: the same top-10
+   text searches on the same database (``--rows`` rows, the built-in model), timed through the
+   Rust API by ``api_search_bench`` and through Python in the same run;
 2. ``Result.to_arrow()`` of a 10,000-row ``SELECT``;
 3. four Python threads searching one database against one thread;
 4. flat and filtered vector searches against LanceDB's Python API on the same vectors (the
@@ -10,8 +10,11 @@
 
     python bindings/python/bench/bench_python.py [--rows 100000] [--queries 50] [--out DIR]
 
-Needs the package built (scripts/test-python.sh), ``lancedb`` (``pip install lancedb==0.40.0``)
-and the ``mirante`` command-line tool, which renders the images (``MIRANTE_BIN``).
+Needs the package built in release (``maturin develop --release -m bindings/python/Cargo.toml``),
+``lancedb`` (``pip install lancedb==0.40.0``), and two release binaries: the ``mirante``
+command-line tool, which renders the images, and ``api_search_bench``
+(``cargo build --release -p mirante-cli -p mirante-tests --bins``; ``MIRANTE_BIN`` and
+``MIRANTE_API_BENCH`` override where they are looked for).
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ import mirante
 REPO = Path(__file__).resolve().parents[3]
 
 
-def cli() -> str:
-    for c in (os.environ.get("MIRANTE_BIN"), REPO / "target/release/mirante"):
+def release_binary(name: str, variable: str) -> str:
+    for c in (os.environ.get(variable), REPO / "target/release" / name):
         if c and Path(c).is_file():
             return str(c)
-    raise SystemExit("set MIRANTE_BIN to the mirante binary")
+    raise SystemExit(f"build target/release/{name} or set {variable}")
 
 
 def median_ms(samples: list[float]) -> float:
@@ -77,7 +80,8 @@ def main() -> None:
         shutil.rmtree(work)
     data = work / "data"
     subprocess.run(
-        [cli(), "dataset", "shapes", "--out", str(data), "--rows", "3000", "--seed", "3"],
+        [release_binary("mirante", "MIRANTE_BIN"), "dataset", "shapes", "--out", str(data)]
+        + ["--rows", "3000", "--seed", "3"],
         check=True,
         capture_output=True,
     )
@@ -91,24 +95,44 @@ def main() -> None:
     scenes = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
     queries = [s["text"][0] for s in scenes[: args.queries]]
 
-    # 1. Python over the engine, per call.
+    # 1. Python over the Rust API, per call: the same searches, rounds and warm-up.
+    rounds = 3
+    query_file = work / "queries.txt"
+    query_file.write_text("\n".join(queries) + "\n")
+    rust = json.loads(
+        subprocess.run(
+            [
+                release_binary("api_search_bench", "MIRANTE_API_BENCH"),
+                str(work / "bench.db"),
+                "shapes",
+                str(query_file),
+                "10",
+                str(rounds),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     for q in queries[:5]:
         coll.search(text=q, limit=10)
-    walls, engines, overheads = [], [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        r = coll.search(text=q, limit=10)
-        wall = time.perf_counter() - t0
-        engine = sum(r.timings.values())
-        walls.append(wall)
-        engines.append(engine)
-        overheads.append(wall - engine)
-    ratio = statistics.median(overheads) / statistics.median(engines)
-    print("## Collection.search(text=..., limit=10), median of", len(queries), "queries\n")
+    walls, engines = [], []
+    for _ in range(rounds):
+        for q in queries:
+            t0 = time.perf_counter()
+            r = coll.search(text=q, limit=10)
+            walls.append(time.perf_counter() - t0)
+            engines.append(sum(r.timings.values()))
+    wall, rust_wall = statistics.median(walls), rust["wall"]
+    print(f"## Collection.search(text=..., limit=10), median of {len(walls)} searches\n")
     print("| part | ms |\n|---|---|")
-    print(f"| Python call, end to end | {median_ms(walls):.3f} |")
-    print(f"| the engine's own time (embed + search + fetch) | {median_ms(engines):.3f} |")
-    print(f"| Python's overhead per call | {median_ms(overheads):.3f} ({100 * ratio:.1f}%) |\n")
+    print(f"| Python call, end to end | {wall * 1e3:.3f} |")
+    print(f"| the same searches through the Rust API | {rust_wall * 1e3:.3f} |")
+    overhead = wall - rust_wall
+    share = 100 * overhead / rust_wall
+    print(f"| Python's overhead per call | {overhead * 1e3:.3f} ({share:.1f}%) |")
+    print("| the engine's timed parts (embed + search + fetch), Python / Rust | ", end="")
+    print(f"{median_ms(engines):.3f} / {rust['engine'] * 1e3:.3f} |\n")
 
     # 2. to_arrow of 10,000 rows.
     result = db.execute("SELECT id, text, split FROM shapes LIMIT 10000")

@@ -40,6 +40,10 @@ struct Call<'a> {
     exec: ExecOptions,
     statement: Option<&'a str>,
     progress: Option<&'a Py<PyAny>>,
+    /// Work bounded to milliseconds (a search without re-ranking): it runs on the calling
+    /// thread, with the GIL released but no signal checks, sparing a thread hand-off that
+    /// would cost as much as the engine's own overhead.
+    quick: bool,
 }
 
 impl Call<'_> {
@@ -48,7 +52,12 @@ impl Call<'_> {
             exec: ExecOptions::default(),
             statement: None,
             progress: None,
+            quick: false,
         }
+    }
+
+    fn quick(self, quick: bool) -> Self {
+        Call { quick, ..self }
     }
 }
 
@@ -64,7 +73,13 @@ fn run<T: Send>(
         mut exec,
         statement,
         progress,
+        quick,
     } = call;
+    if quick {
+        return py
+            .detach(|| work(&exec))
+            .map_err(|e| to_py(py, &e, statement));
+    }
     let mut drawer = progress.map(|factory| Drawer::new(factory, &mut exec));
     let cancel = exec.cancel.clone();
     let result = std::thread::scope(|s| {
@@ -348,7 +363,8 @@ impl PyDatabase {
             image_bytes,
             ..ExecOptions::default()
         };
-        let results = run(py, self.call(exec, None), move |exec| {
+        let quick = rerank.is_none();
+        let results = run(py, self.call(exec, None).quick(quick), move |exec| {
             let c = db.collection(&collection)?;
             let mut s = match query {
                 Query::Text(t) => c.search_text(&t),
@@ -482,6 +498,7 @@ impl PyDatabase {
             exec,
             statement,
             progress: self.progress.as_ref(),
+            quick: false,
         }
     }
 }
