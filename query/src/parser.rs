@@ -504,7 +504,16 @@ impl StatementParser<'_> {
             "VACUUM" => {
                 self.p.next_token();
                 let keep_versions = if self.word("KEEP") {
-                    Some(self.uint("the number of versions to keep")?)
+                    let at = pos(self.p.peek_token_ref().span.start);
+                    let keep = self.uint("the number of versions to keep")?;
+                    if keep == 0 {
+                        // The newest version is the database itself: it is always kept.
+                        return Err(Error::syntax(
+                            "VACUUM KEEP takes at least 1 (the newest version is always kept)",
+                            at,
+                        ));
+                    }
+                    Some(keep)
                 } else {
                     None
                 };
