@@ -25,6 +25,18 @@ fn collection(dir: &Path, options: Options) -> Database {
     db
 }
 
+/// Collection `images` (tiny CLIP) holding the sixteen square images.
+fn squares_collection(dir: &Path) -> Database {
+    let folder = dir.join("squares");
+    mirante_tests::write_square_images(&folder);
+    let db = collection(dir, Options::default());
+    one(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", folder.display()),
+    );
+    db
+}
+
 fn png(path: &Path, width: u32, height: u32) -> PathBuf {
     image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8])
@@ -178,13 +190,7 @@ fn a_directory_symlink_loop_imports_each_image_once() {
 #[test]
 fn a_diverging_finetune_stops_with_an_error_and_saves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("squares");
-    mirante_tests::write_square_images(&folder);
-    let db = collection(dir.path(), Options::default());
-    one(
-        &db,
-        &format!("IMPORT INTO images FROM '{}'", folder.display()),
-    );
+    let db = squares_collection(dir.path());
     let err = error(
         &db,
         &format!(
@@ -214,13 +220,7 @@ fn on_a_small_stack<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
 #[test]
 fn deep_and_long_statements_run_or_fail_clearly_on_a_small_stack() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("squares");
-    mirante_tests::write_square_images(&folder);
-    let db = collection(dir.path(), Options::default());
-    one(
-        &db,
-        &format!("IMPORT INTO images FROM '{}'", folder.display()),
-    );
+    let db = squares_collection(dir.path());
     let db = std::sync::Arc::new(db);
     let ors = |n: usize| {
         (0..n)
