@@ -288,3 +288,20 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod formats {
+    use super::*;
+
+    #[test]
+    fn bmp_and_tiff_decode_as_the_image_folder_lists_them() {
+        let img =
+            image::RgbImage::from_fn(9, 7, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 77]));
+        for format in [image::ImageFormat::Bmp, image::ImageFormat::Tiff] {
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, format).unwrap();
+            let decoded = decode(&out.into_inner(), "x", DEFAULT_MAX_PIXELS).unwrap();
+            assert_eq!(decoded.to_rgb8(), img, "{format:?}");
+        }
+    }
+}
