@@ -132,8 +132,9 @@ pub fn decode(bytes: &[u8], source: &str, max_pixels: u64) -> Result<image::Dyna
 /// What [`decode`] checks before decoding (the header, the pixel limit, a JPEG's end), without
 /// decoding: the image's width and height.
 pub fn check(bytes: &[u8], source: &str, max_pixels: u64) -> Result<(u32, u32)> {
-    let format = reader(bytes, source)?.format();
-    let (width, height) = reader(bytes, source)?
+    let header = reader(bytes, source)?;
+    let format = header.format();
+    let (width, height) = header
         .into_dimensions()
         .map_err(|e| image_error(source, e.to_string()))?;
     let pixels = width as u64 * height as u64;
