@@ -316,9 +316,13 @@ impl Search<'_> {
         self
     }
 
-    /// Also write an HTML report.
-    pub fn report(mut self, path: &str) -> Self {
-        self.plan.into = Some(path.to_string());
+    /// Also write an HTML report to `path`; an existing file is replaced only with
+    /// `overwrite`.
+    pub fn report(mut self, path: &str, overwrite: bool) -> Self {
+        self.plan.into = Some(query::OutputPath {
+            path: path.to_string(),
+            overwrite,
+        });
         self
     }
 

@@ -4,10 +4,12 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use mirante_storage::{self as storage, Snapshot};
 use mirante_training::{Device, ImageLimits, PipelineOptions, Progress};
 
+use crate::access::Access;
 use crate::cancel::CancelToken;
 use crate::error::Result;
 use crate::models::Models;
@@ -30,6 +32,11 @@ pub struct Options {
     pub pixel_cache_bytes: u64,
     /// What a user's image may cost (pixels, file size); larger ones are refused.
     pub image_limits: ImageLimits,
+    /// How long a writing statement waits for another process's writer before failing.
+    pub busy_timeout: Duration,
+    /// The folders statements may read and write outside the database, and whether they may
+    /// download models ([`Access::confined`] for hosts that run their users' statements).
+    pub access: Access,
 }
 
 impl Default for Options {
@@ -42,6 +49,8 @@ impl Default for Options {
             device: mirante_training::default_device(),
             pixel_cache_bytes: crate::pixel_cache::DEFAULT_BYTES,
             image_limits: ImageLimits::default(),
+            busy_timeout: storage::DEFAULT_BUSY_TIMEOUT,
+            access: Access::default(),
         }
     }
 }
@@ -80,12 +89,17 @@ impl Database {
     /// commit (see [`crate::registry`]), so moved and copied databases use their own models.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Database> {
         let store = storage::Database::open_or_create(path)?;
+        store.set_busy_timeout(options.busy_timeout);
         let registry = Registry::new(store.path());
         registry::migrate(&store, &registry)?;
+        let mut options = options;
+        options.access.also(store.path());
+        options.access.also(&mirante_training::hub_cache_dir());
         Ok(Database {
             writer: Mutex::new(None),
             models: Models::with_registry(options.device.clone(), registry)
-                .with_image_limits(options.image_limits),
+                .with_image_limits(options.image_limits)
+                .with_access(options.access.clone()),
             pixels: PixelCache::new(options.pixel_cache_bytes),
             options,
             store,
@@ -108,6 +122,13 @@ impl Database {
             Ok(r) => r,
             Err(_) => unreachable!("Database::open_with gives its models a registry"),
         }
+    }
+
+    /// What is wrong with the database, one message each: a newer version whose manifest cannot
+    /// be read, so that an older one is shown and writes are refused until `RESTORE VERSION`
+    /// accepts it. Empty on a healthy database; hosts should show these to their users.
+    pub fn warnings(&self) -> Vec<String> {
+        self.store.warnings()
     }
 
     /// A snapshot of the newest committed version.
@@ -133,8 +154,17 @@ impl Database {
         }
     }
 
-    /// The writer, taken (with the database's writer lock) on first use in a statement.
+    /// The writer, taken (with the database's writer lock) on first use in a statement. Fails
+    /// before any work while a newer version is damaged (see [`storage::Database::warnings`]).
     pub(crate) fn writer(&self) -> Result<WriterGuard<'_>> {
+        let guard = self.writer_for_restore()?;
+        guard.check_writable()?;
+        Ok(guard)
+    }
+
+    /// The writer even while a newer version is damaged: `RESTORE VERSION` is how the user
+    /// accepts the fallback.
+    pub(crate) fn writer_for_restore(&self) -> Result<WriterGuard<'_>> {
         let mut guard = self
             .writer
             .lock()

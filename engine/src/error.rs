@@ -146,7 +146,7 @@ impl Error {
         use mirante_training::Error as T;
         match self {
             Error::Storage(S::Io { .. } | S::Corruption { .. } | S::Locked { .. })
-            | Error::Storage(S::UnsupportedFormat { .. })
+            | Error::Storage(S::UnsupportedFormat { .. } | S::DamagedNewerVersion { .. })
             | Error::Storage(S::Faiss { .. })
             | Error::Model(T::Io { .. } | T::Weights { .. } | T::Tensor(_))
             | Error::Io { .. }

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
 pub(crate) fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
@@ -56,9 +60,6 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))
 }
 
-pub(crate) fn copy(from: &Path, to: &Path) -> Result<u64> {
-    std::fs::copy(from, to).map_err(|e| Error::io(to, e))
-}
 
 pub(crate) fn metadata(path: &Path) -> Result<std::fs::Metadata> {
     std::fs::metadata(path).map_err(|e| Error::io(path, e))

@@ -15,6 +15,7 @@
 //! # Ok::<(), mirante::Error>(())
 //! ```
 
+mod access;
 mod api;
 mod cancel;
 mod catalog;
@@ -37,6 +38,7 @@ mod search;
 mod spaces;
 mod train;
 
+pub use access::Access;
 pub use api::{Collection, EmbeddingVectors, Embeddings, Search};
 pub use cancel::CancelToken;
 pub use catalog::SnapshotCatalog;

@@ -13,6 +13,7 @@ use mirante_storage::{Metric, Modality, SpaceSpec};
 use mirante_training::elip::{self as training_elip, ElipMapper};
 use mirante_training::{Device, DualEncoder, ImageLimits};
 
+use crate::access::Access;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::registry::{LINEAGE_FILE, Registry};
@@ -191,6 +192,8 @@ pub struct Models {
     device: Device,
     /// Set on every encoder loaded.
     image_limits: ImageLimits,
+    /// Which model folders may be read and whether Hub ids may download.
+    access: Access,
     /// The database's registry; `None` outside a database (registry names are then unknown).
     registry: Option<Registry>,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
@@ -203,6 +206,7 @@ impl Models {
         Models {
             device,
             image_limits: ImageLimits::default(),
+            access: Access::default(),
             registry: None,
             loaded: Mutex::new(HashMap::new()),
             elips: Mutex::new(HashMap::new()),
@@ -220,6 +224,13 @@ impl Models {
     /// Encoders loaded from now on refuse images beyond `limits`.
     pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
         self.image_limits = limits;
+        self
+    }
+
+    /// Model folders outside `access`'s roots are refused, and Hub ids download only if it
+    /// allows.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
         self
     }
 
@@ -261,7 +272,14 @@ impl Models {
         if let Some(name) = Registry::name_of(key) {
             return self.registry()?.existing(name);
         }
-        Ok(mirante_training::resolve_model(key)?)
+        let path = Path::new(key);
+        if path.is_dir() {
+            self.access.check_read(path)?;
+        }
+        Ok(mirante_training::resolve_model_with(
+            key,
+            self.access.downloads,
+        )?)
     }
 
     /// Loads (or returns the already loaded) model a locator names.

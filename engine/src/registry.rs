@@ -233,14 +233,23 @@ impl Registry {
         fsio::remove_dir_all(&doomed)
     }
 
-    /// Copies model `name`'s files (lineage included) into `to`; returns how many.
-    pub fn export(&self, name: &str, to: &Path) -> Result<usize> {
+    /// Copies model `name`'s files (lineage included) into folder `to`; returns how many.
+    /// Files already there are replaced only with `overwrite`, and never through a symbolic
+    /// link.
+    pub fn export(&self, name: &str, to: &Path, overwrite: bool) -> Result<usize> {
         let from = self.existing(name)?;
         fsio::create_dir_all(to)?;
         let mut files = 0;
         for path in fsio::list_dir(&from)? {
             if let Some(file) = path.file_name() {
-                fsio::copy(&path, &to.join(file))?;
+                let mut out = crate::access::create_file(&to.join(file), overwrite)?;
+                let mut input = fsio::open(&path)?;
+                std::io::copy(&mut input, &mut out)
+                    .and_then(|_| out.sync_all())
+                    .map_err(|e| Error::Io {
+                        path: to.join(file),
+                        source: e,
+                    })?;
                 files += 1;
             }
         }
@@ -375,12 +384,15 @@ pub(crate) fn migrate(store: &mirante_storage::Database, registry: &Registry) ->
     if renames.is_empty() && lineages.is_empty() {
         return Ok(0);
     }
-    // Another process writing, or a database opened read-only: the next open that can write
-    // migrates. Until then, references keep their old paths (a moved database reports its
-    // registry models missing, as older releases did).
+    // Another process writing, a database opened read-only, or a damaged newer version that
+    // refuses writes: the next open that can write migrates. Until then, references keep their
+    // old paths (a moved database reports its registry models missing, as older releases did).
     let Ok(mut writer) = store.writer() else {
         return Ok(0);
     };
+    if writer.check_writable().is_err() {
+        return Ok(0);
+    }
     let changed = renames.len() + lineages.len();
     for (name, mut lineage, base) in lineages {
         lineage.base = Registry::key(&base);
@@ -440,7 +452,7 @@ mod tests {
         assert_eq!(r.lineage("m").unwrap().lineage_format, LINEAGE_FORMAT);
         assert!(matches!(r.install("m"), Err(Error::ModelExists { .. })));
         let out = dir.path().join("out");
-        assert_eq!(r.export("m", &out).unwrap(), 2);
+        assert_eq!(r.export("m", &out, false).unwrap(), 2);
         r.remove("m").unwrap();
         assert!(matches!(r.lineage("m"), Err(Error::UnknownModel { .. })));
     }

@@ -3,13 +3,11 @@
 //! captions and metadata; an evaluation's metrics, models compared, and its worst failures.
 
 use std::io::Cursor;
-use std::path::Path;
 
 use base64::Engine as _;
 use mirante_query::Target;
 
-use crate::error::Result;
-use crate::fsio;
+use crate::error::{Error, Result};
 use crate::output::{Cell, Evaluation, Failure, Item, SearchResults};
 
 /// Longest side of a thumbnail, in pixels.
@@ -90,7 +88,7 @@ table.metrics th:first-child,table.metrics td:first-child{text-align:left}\
 
 /// Writes the report of an evaluation: the metrics table (with deltas against the first model),
 /// one bar chart per metric, and the worst failures of each model and direction.
-pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
+pub fn write_evaluation_report(file: std::fs::File, e: &Evaluation) -> Result<()> {
     let mut html = page_head(
         &format!("Mirante: evaluation of {}", e.collection),
         &[STYLE, EVAL_STYLE],
@@ -98,7 +96,19 @@ pub fn write_evaluation_report(path: &Path, e: &Evaluation) -> Result<()> {
     html.push_str(&evaluation_summary(e));
     html.push_str(&evaluation_failures(e));
     finish_page(&mut html);
-    fsio::write(path, html)
+    write_page(file, &html)
+}
+
+/// Writes a finished page into the report's file (created by the statement, see
+/// [`crate::access`]), durably.
+fn write_page(mut file: std::fs::File, html: &str) -> Result<()> {
+    use std::io::Write;
+    file.write_all(html.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::Io {
+            path: "the report".into(),
+            source: e,
+        })
 }
 
 /// The start of a report page, up to the opened `<body>`.
@@ -324,14 +334,14 @@ fn failure_html(f: &Failure) -> String {
 }
 
 /// Writes the report of `results` to `path` (the hits must carry their image bytes).
-pub fn write_search_report(path: &Path, results: &SearchResults) -> Result<()> {
+pub fn write_search_report(file: std::fs::File, results: &SearchResults) -> Result<()> {
     let mut html = page_head(
         &format!("Mirante: {} in {}", results.query, results.collection),
         &[STYLE],
     );
     html.push_str(&search_sections(results));
     finish_page(&mut html);
-    fsio::write(path, html)
+    write_page(file, &html)
 }
 
 /// A search's heading and hits (thumbnail, score bar, captions, metadata).

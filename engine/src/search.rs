@@ -121,6 +121,7 @@ fn query_vector(
         (SearchQuery::Image(path), Some(m)) => {
             let path = std::path::Path::new(path);
             let limit = db.options.image_limits.max_file_bytes;
+            db.options.access.check_read(path)?;
             let bytes = mirante_training::imageio::read_file(path, limit)?;
             embed_image(m, &bytes, &path.display().to_string())
         }
@@ -252,9 +253,10 @@ pub(crate) fn run(db: &Database, plan: &SearchPlan, exec: &ExecOptions) -> Resul
         },
         report: None,
     };
-    if let Some(path) = &plan.into {
-        crate::report::write_search_report(std::path::Path::new(path), &results)?;
-        results.report = Some(path.clone());
+    if let Some(into) = &plan.into {
+        let file = crate::access::create_checked(&db.options.access, into)?;
+        crate::report::write_search_report(file, &results)?;
+        results.report = Some(into.path.clone());
     }
     Ok(results)
 }

@@ -34,6 +34,14 @@ impl Literal {
     }
 }
 
+/// A file or folder a statement writes: `'<path>' [OVERWRITE]`. Without `OVERWRITE`, an
+/// existing one is an error rather than replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPath {
+    pub path: String,
+    pub overwrite: bool,
+}
+
 impl std::fmt::Display for Literal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -204,8 +212,8 @@ pub struct Search {
     pub filter: Option<Expr>,
     pub model: Option<String>,
     pub limit: Option<u64>,
-    /// `INTO 'results.html'`: also write an HTML report.
-    pub into: Option<String>,
+    /// `INTO 'results.html' [OVERWRITE]`: also write an HTML report.
+    pub into: Option<OutputPath>,
     pub rerank: Option<Rerank>,
 }
 
@@ -335,8 +343,8 @@ pub struct Evaluate {
     pub models: Vec<String>,
     /// `USING INDEX`: rank through the collection's search (ANN index) instead of exactly.
     pub use_index: bool,
-    /// `INTO 'report.html'`.
-    pub into: Option<String>,
+    /// `INTO 'report.html' [OVERWRITE]`.
+    pub into: Option<OutputPath>,
     pub rerank: Option<Rerank>,
 }
 
@@ -389,10 +397,11 @@ pub enum Statement {
     DropModel {
         name: String,
     },
-    /// `EXPORT MODEL '<name>' TO '<folder>'`: copies a registry model out (Hugging Face layout).
+    /// `EXPORT MODEL '<name>' TO '<folder>' [OVERWRITE]`: copies a registry model out (Hugging
+    /// Face layout).
     ExportModel {
         name: String,
-        folder: String,
+        folder: OutputPath,
     },
     CreateIndex {
         collection: Name,
@@ -419,6 +428,11 @@ pub enum Statement {
     },
     Vacuum {
         keep_versions: Option<u64>,
+    },
+    /// `RESTORE VERSION n`: commits retained version `n` again (an undo of later commits), and
+    /// accepts the fallback when newer manifests are damaged.
+    Restore {
+        version: u64,
     },
     Explain(Box<Statement>),
 }

@@ -192,7 +192,7 @@ pub struct SearchPlan {
     pub filter: Option<Predicate>,
     pub model: Option<String>,
     pub limit: u64,
-    pub into: Option<String>,
+    pub into: Option<OutputPath>,
     pub rerank: Option<RerankPlan>,
 }
 
@@ -219,7 +219,7 @@ pub struct EvaluatePlan {
     pub models: Vec<String>,
     /// Rank through the search path (ANN index) and compare with exact ranks.
     pub use_index: bool,
-    pub into: Option<String>,
+    pub into: Option<OutputPath>,
     /// Text-to-image ranks re-ranked by ELIP, reported beside the first stage's.
     pub rerank: Option<RerankPlan>,
 }
@@ -329,7 +329,7 @@ pub enum Plan {
     },
     ExportModel {
         name: String,
-        folder: String,
+        folder: OutputPath,
     },
     CreateIndex {
         collection: String,
@@ -353,6 +353,9 @@ pub enum Plan {
     },
     Vacuum {
         keep_versions: u64,
+    },
+    Restore {
+        version: u64,
     },
     Explain(Box<Plan>),
 }
@@ -612,6 +615,7 @@ impl Binder<'_> {
             Statement::Vacuum { keep_versions } => Plan::Vacuum {
                 keep_versions: keep_versions.unwrap_or(1),
             },
+            Statement::Restore { version } => Plan::Restore { version },
         })
     }
 

@@ -9,7 +9,8 @@ pub mod options;
 mod parser;
 
 pub use ast::{
-    Direction, EvalMetric, Expr, Literal, SearchQuery, Statement, Target, Training, TrainingKind,
+    Direction, EvalMetric, Expr, Literal, OutputPath, SearchQuery, Statement, Target, Training,
+    TrainingKind,
 };
 pub use binder::{
     Catalog, ColumnInfo, ColumnKind, ColumnPlan, ColumnRef, DEFAULT_RERANK_TOP,

@@ -35,6 +35,7 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "ALTER COLLECTION",
     "COMPACT",
     "VACUUM",
+    "RESTORE VERSION",
     "EXPLAIN",
 ];
 
@@ -87,8 +88,10 @@ pub const KEYWORDS: &[&str] = &[
     "OFFSET",
     "ON",
     "OR",
+    "OVERWRITE",
     "REEMBED",
     "RERANK",
+    "RESTORE",
     "ROW",
     "SEARCH",
     "SELECT",
@@ -106,6 +109,7 @@ pub const KEYWORDS: &[&str] = &[
     "VALIDATE",
     "VACUUM",
     "VALUES",
+    "VERSION",
     "WHERE",
     "WITH",
 ];
@@ -320,6 +324,14 @@ impl StatementParser<'_> {
         }
     }
 
+    /// `'<path>' [OVERWRITE]`.
+    fn output_path(&mut self, what: &str) -> Result<OutputPath> {
+        Ok(OutputPath {
+            path: self.string(what)?,
+            overwrite: self.word("OVERWRITE"),
+        })
+    }
+
     fn uint(&mut self, what: &str) -> Result<u64> {
         let next = self.p.peek_token();
         if let Token::Number(n, _) = &next.token
@@ -433,7 +445,7 @@ impl StatementParser<'_> {
                 self.expect_word("TO")?;
                 Ok(Statement::ExportModel {
                     name,
-                    folder: self.string("the folder to write")?,
+                    folder: self.output_path("the folder to write")?,
                 })
             }
             "FINETUNE" => self.finetune(),
@@ -518,6 +530,13 @@ impl StatementParser<'_> {
                     None
                 };
                 Ok(Statement::Vacuum { keep_versions })
+            }
+            "RESTORE" => {
+                self.p.next_token();
+                self.expect_word("VERSION")?;
+                Ok(Statement::Restore {
+                    version: self.uint("the version to restore")?,
+                })
             }
             "EXPLAIN" => {
                 self.p.next_token();
@@ -746,7 +765,7 @@ impl StatementParser<'_> {
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    self.once(&mut s.into, "INTO", at, |p| p.string("the report's path"))?;
+                    self.once(&mut s.into, "INTO", at, |p| p.output_path("the report's path"))?;
                 }
                 Some("RERANK") => self.once(&mut s.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,
@@ -955,7 +974,7 @@ impl StatementParser<'_> {
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    self.once(&mut e.into, "INTO", at, |p| p.string("the report's path"))?;
+                    self.once(&mut e.into, "INTO", at, |p| p.output_path("the report's path"))?;
                 }
                 Some("RERANK") => self.once(&mut e.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,
@@ -1471,7 +1490,7 @@ mod tests {
         let Statement::Evaluate(e) = one(
             "evaluate Recall@1, recall @ 5, MRR, ndcg@10, median_rank, mean_similarity on c \
              where split = 'test' and year > 2000 direction image_to_text \
-             using model 'a', 'b' using index into 'r.html'",
+             using model 'a', 'b' using index into 'r.html' overwrite",
         ) else {
             panic!("not an evaluation");
         };
@@ -1490,7 +1509,13 @@ mod tests {
         assert_eq!(e.directions, vec![Direction::ImageToText]);
         assert_eq!(e.models, vec!["a".to_string(), "b".to_string()]);
         assert!(e.use_index);
-        assert_eq!(e.into.as_deref(), Some("r.html"));
+        assert_eq!(
+            e.into,
+            Some(OutputPath {
+                path: "r.html".into(),
+                overwrite: true
+            })
+        );
 
         let Statement::Evaluate(e) = one("EVALUATE ON c DIRECTION both") else {
             panic!("not an evaluation");
@@ -1529,7 +1554,10 @@ mod tests {
             one("EXPORT MODEL 'clip-art' TO '/tmp/x'"),
             Statement::ExportModel {
                 name: "clip-art".into(),
-                folder: "/tmp/x".into()
+                folder: OutputPath {
+                    path: "/tmp/x".into(),
+                    overwrite: false
+                }
             }
         );
         assert_eq!(
@@ -1581,7 +1609,13 @@ mod tests {
         };
         assert_eq!(s.target, Some(Target::Images));
         assert_eq!(s.model.as_deref(), Some("m"));
-        assert_eq!(s.into.as_deref(), Some("r.html"));
+        assert_eq!(
+            s.into,
+            Some(OutputPath {
+                path: "r.html".into(),
+                overwrite: false
+            })
+        );
         assert!(matches!(s.filter, Some(Expr::And(_, _))));
     }
 
@@ -1684,6 +1718,10 @@ mod tests {
             Statement::Vacuum {
                 keep_versions: Some(3)
             }
+        ));
+        assert!(matches!(
+            one("RESTORE VERSION 12"),
+            Statement::Restore { version: 12 }
         ));
         assert!(matches!(
             one("CREATE INDEX ON art USING 'IVF16,Flat'"),

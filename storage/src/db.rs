@@ -7,10 +7,12 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::manifest::{self, FILES_DIR, Manifest, VERSIONS_DIR};
+use crate::pins::Pins;
 use crate::snapshot::Snapshot;
 use crate::writer::Writer;
 
@@ -54,6 +56,7 @@ impl FileCache {
 pub(crate) struct Shared {
     pub root: PathBuf,
     pub cache: FileCache,
+    pub pins: Pins,
 }
 
 #[derive(Debug)]
@@ -62,9 +65,25 @@ pub(crate) struct DbInner {
     /// The newest snapshot handed out, kept alive so that its loaded files stay warm between
     /// statements.
     latest: Mutex<Option<Snapshot>>,
-    /// Errors of manifests newer than the one opened that could not be read.
-    skipped: Mutex<Vec<String>>,
+    /// Manifests newer than the version shown that could not be read.
+    skipped: Mutex<Vec<DamagedVersion>>,
+    busy_timeout: Mutex<Duration>,
 }
+
+/// How long a writer waits for another one by default: long enough for the other's statement
+/// to commit, short enough that a stuck holder is reported.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A committed version whose manifest could not be read, so that an older one is shown instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedVersion {
+    pub version: u64,
+    /// Why it could not be read (the path and what is wrong).
+    pub error: String,
+}
+
+/// Attempts at reading the newest manifest while vacuums keep removing the one just listed.
+const SNAPSHOT_ATTEMPTS: usize = 64;
 
 /// A Mirante database: a directory holding versioned manifests and immutable data files.
 ///
@@ -80,7 +99,7 @@ impl Database {
     pub fn create(path: impl AsRef<Path>) -> Result<Database> {
         let root = path.as_ref().to_path_buf();
         fsio::create_dir(&root)?;
-        let lock = acquire_lock(&root)?;
+        let lock = acquire_lock(&root, DEFAULT_BUSY_TIMEOUT)?;
         if !manifest::list_versions(&root)?.is_empty() {
             return Err(Error::DatabaseExists { path: root });
         }
@@ -106,11 +125,13 @@ impl Database {
         let db = Database {
             inner: Arc::new(DbInner {
                 shared: Arc::new(Shared {
+                    pins: Pins::new(&root),
                     root,
                     cache: FileCache::default(),
                 }),
                 latest: Mutex::new(None),
                 skipped: Mutex::new(Vec::new()),
+                busy_timeout: Mutex::new(DEFAULT_BUSY_TIMEOUT),
             }),
         };
         db.snapshot()?;
@@ -131,44 +152,78 @@ impl Database {
         &self.inner.shared.root
     }
 
-    /// A snapshot of the newest committed version.
+    /// A snapshot of the newest committed version whose manifest reads back valid. Newer ones
+    /// that do not are listed by [`Database::damaged_versions`], and writes are refused until
+    /// [`Writer::restore`] accepts the fallback.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let versions = manifest::list_versions(self.path())?;
-        let newest = versions.last().copied();
-        let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(snap), Some(v)) = (latest.as_ref(), newest)
-            && snap.version() == v
-        {
-            return Ok(snap.clone());
+        for _ in 0..SNAPSHOT_ATTEMPTS {
+            let versions = manifest::list_versions(self.path())?;
+            let newest = versions.last().copied();
+            let mut latest = self.inner.latest.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(snap), Some(v)) = (latest.as_ref(), newest)
+                && snap.version() == v
+            {
+                return Ok(snap.clone());
+            }
+            match newest_readable(&self.inner.shared, &versions)? {
+                Some((snap, damaged)) => {
+                    *self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()) = damaged;
+                    *latest = Some(snap.clone());
+                    return Ok(snap);
+                }
+                // A vacuum removed what was listed: list again.
+                None => continue,
+            }
         }
-        let (m, skipped) = manifest::read_latest(self.path())?;
-        *self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner()) =
-            skipped.iter().map(|e| e.to_string()).collect();
-        let snap = Snapshot::new(self.inner.shared.clone(), Arc::new(m));
-        *latest = Some(snap.clone());
-        Ok(snap)
+        Err(Error::Io {
+            path: self.path().join(VERSIONS_DIR),
+            source: std::io::Error::other(format!(
+                "the newest manifest was removed {SNAPSHOT_ATTEMPTS} times in a row while \
+                 being read"
+            )),
+        })
     }
 
     /// A snapshot of committed version `version` (time travel), while vacuum has kept it.
     pub fn snapshot_at(&self, version: u64) -> Result<Snapshot> {
+        // Pinned before it is read, so that a vacuum from now on keeps it.
+        let pin = self.inner.shared.pins.pin(version);
         let versions = manifest::list_versions(self.path())?;
+        let gone = || Error::NotFound {
+            kind: "version",
+            name: version.to_string(),
+            hint: format!(
+                "; retained versions are {}",
+                match (versions.first(), versions.last()) {
+                    (Some(a), Some(b)) => format!("{a}..={b}"),
+                    _ => "none".into(),
+                }
+            ),
+        };
         if !versions.contains(&version) {
-            return Err(Error::NotFound {
-                kind: "version",
-                name: version.to_string(),
-                hint: format!(
-                    "; retained versions are {}",
-                    match (versions.first(), versions.last()) {
-                        (Some(a), Some(b)) => format!("{a}..={b}"),
-                        _ => "none".into(),
-                    }
-                ),
-            });
+            return Err(gone());
         }
-        Ok(Snapshot::new(
-            self.inner.shared.clone(),
-            Arc::new(manifest::read(self.path(), version)?),
-        ))
+        let manifest = match manifest::read(self.path(), version) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(gone());
+            }
+            other => other?,
+        };
+        Ok(Snapshot::new(self.inner.shared.clone(), Arc::new(manifest), pin))
+    }
+
+    /// Makes `snap` (of a version this handle's writer just committed) the handle's newest.
+    pub(crate) fn set_latest(&self, snap: Snapshot) {
+        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+    }
+
+    /// Forgets the damaged versions once `RESTORE VERSION` has moved them aside.
+    pub(crate) fn clear_damaged(&self) {
+        self.inner
+            .skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Committed versions still on disk, ascending.
@@ -176,9 +231,9 @@ impl Database {
         manifest::list_versions(self.path())
     }
 
-    /// Problems met while opening: manifests newer than the current version that failed
-    /// validation and were skipped.
-    pub fn warnings(&self) -> Vec<String> {
+    /// Versions newer than the one [`Database::snapshot`] shows whose manifests could not be
+    /// read (damaged or unreadable files), newest first. Empty on a healthy database.
+    pub fn damaged_versions(&self) -> Vec<DamagedVersion> {
         self.inner
             .skipped
             .lock()
@@ -186,16 +241,92 @@ impl Database {
             .clone()
     }
 
-    /// Takes the writer lock. Fails with [`Error::Locked`] naming the holder when another writer
-    /// (in any process) has it.
+    /// One message per damaged version, for hosts that print warnings: what was skipped, what
+    /// is shown instead, and how to accept it.
+    pub fn warnings(&self) -> Vec<String> {
+        let damaged = self.damaged_versions();
+        let shown = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Snapshot::version);
+        damaged
+            .iter()
+            .map(|d| fallback_message(d, shown.unwrap_or(0)))
+            .collect()
+    }
+
+    /// Takes the writer lock, waiting up to the busy timeout (see
+    /// [`Database::set_busy_timeout`]) while another writer (in any process) has it; then fails
+    /// with [`Error::Locked`] naming the holder.
     pub fn writer(&self) -> Result<Writer> {
-        let lock = acquire_lock(self.path())?;
+        let lock = acquire_lock(self.path(), self.busy_timeout())?;
         Writer::new(self.clone(), lock)
+    }
+
+    /// How long [`Database::writer`] waits for another writer to finish, as SQLite's
+    /// `busy_timeout` ([`DEFAULT_BUSY_TIMEOUT`] unless set); zero fails at once.
+    pub fn set_busy_timeout(&self, timeout: Duration) {
+        *self.inner.busy_timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
+    }
+
+    pub fn busy_timeout(&self) -> Duration {
+        *self.inner.busy_timeout.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Takes the exclusive lock on `root/LOCK` and records who holds it.
-pub(crate) fn acquire_lock(root: &Path) -> Result<File> {
+/// A snapshot of the newest of `versions` whose manifest reads back valid, plus the newer ones
+/// that did not; `None` when a listed manifest was removed (by a vacuum) before it was read.
+/// Each version is pinned before its manifest is read (see [`crate::pins`]).
+fn newest_readable(
+    shared: &Arc<Shared>,
+    versions: &[u64],
+) -> Result<Option<(Snapshot, Vec<DamagedVersion>)>> {
+    let mut damaged = Vec::new();
+    let mut newest_error = None;
+    for &version in versions.iter().rev() {
+        let pin = shared.pins.pin(version);
+        match manifest::read(&shared.root, version) {
+            Ok(m) => {
+                return Ok(Some((
+                    Snapshot::new(shared.clone(), Arc::new(m), pin),
+                    damaged,
+                )));
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+            Err(e) => {
+                damaged.push(DamagedVersion {
+                    version,
+                    error: e.to_string(),
+                });
+                newest_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(newest_error.unwrap_or_else(|| Error::NotADatabase {
+        path: shared.root.clone(),
+        detail: format!("no manifest in {}", shared.root.join(VERSIONS_DIR).display()),
+    }))
+}
+
+/// What a damaged newer version means for the user, and the way out.
+pub(crate) fn fallback_message(damaged: &DamagedVersion, shown: u64) -> String {
+    format!(
+        "version {} cannot be read ({}); showing version {shown} instead, so the commits after \
+         version {shown} are missing. Writes are refused until this is resolved: put back an intact \
+         copy of the file, or accept version {shown} with `RESTORE VERSION {shown}`",
+        damaged.version, damaged.error
+    )
+}
+
+/// Takes the exclusive lock on `root/LOCK`, polling for up to `busy` while another holds it, and
+/// records who holds it.
+pub(crate) fn acquire_lock(root: &Path, busy: Duration) -> Result<File> {
     let path = root.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -204,22 +335,31 @@ pub(crate) fn acquire_lock(root: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(Error::Locked {
-                path: root.to_path_buf(),
-                holder: if holder.is_empty() {
-                    "holder unknown".into()
-                } else {
-                    holder.to_string()
-                },
-            });
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if start.elapsed() < busy => {
+                std::thread::sleep(pause.min(busy.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Error::Locked {
+                    path: root.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
+                    waited: start.elapsed(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
-        Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     let me = format!(
         "pid {} ({}), since unix ms {}",

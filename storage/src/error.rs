@@ -34,9 +34,18 @@ pub enum Error {
         newest: u32,
     },
 
-    /// Another process (or another handle in this one) holds the writer lock.
-    #[error("database {path} is locked by another writer ({holder})")]
-    Locked { path: PathBuf, holder: String },
+    /// Another process (or another handle in this one) held the writer lock for longer than the
+    /// busy timeout.
+    #[error(
+        "database {path} is locked by another writer ({holder}); gave up after {:.1} s (the busy \
+         timeout)",
+        .waited.as_secs_f64()
+    )]
+    Locked {
+        path: PathBuf,
+        holder: String,
+        waited: std::time::Duration,
+    },
 
     /// The directory is not a Mirante database (or holds no committed version).
     #[error("{path} is not a Mirante database: {detail}")]
@@ -82,6 +91,11 @@ pub enum Error {
     /// FAISS refused an operation (bad factory string, training failure, ...).
     #[error("FAISS error while {context}: {detail}")]
     Faiss { context: String, detail: String },
+
+    /// A newer committed version cannot be read, so the database shows an older one; writing on
+    /// top of it would make the loss permanent. The message says how to resolve it.
+    #[error("{message}")]
+    DamagedNewerVersion { message: String },
 
     /// The caller asked a long operation to stop (compaction between merges); what was
     /// committed before stays committed.

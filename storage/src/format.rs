@@ -105,7 +105,11 @@ pub fn check_envelope(path: &Path, kind: FileKind, bytes: &[u8]) -> Result<Heade
     if bytes[0..8] != kind.magic() {
         return Err(Error::corruption(
             path,
-            format!("bad magic {:?}, expected {:?}", &bytes[0..8], kind.magic()),
+            format!(
+                "bad magic \"{}\", expected \"{}\"",
+                bytes[0..8].escape_ascii(),
+                kind.magic().escape_ascii()
+            ),
         ));
     }
     if crc32c::crc32c(&bytes[0..60]) != u32_at(bytes, 60) {

@@ -15,7 +15,7 @@ use faiss::{Index, MetricType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsio;
+use crate::{factory, fsio};
 
 /// Below this many vectors a segment keeps no FAISS index: an exact scan of its memory-mapped
 /// column is as fast, and tiny commits stay cheap.
@@ -60,16 +60,17 @@ impl IndexSpec {
     }
 
     /// Fewest vectors a segment needs before it gets this index: FAISS's k-means wants 39
-    /// training points per centroid (IVF lists; 256 centroids per PQ sub-quantizer).
+    /// training points per centroid (IVF lists; `2^bits` per PQ sub-quantizer).
     pub fn min_items(&self) -> usize {
-        let mut n = MIN_INDEXED_ITEMS;
-        if let Some(lists) = self.ivf_lists() {
-            n = n.max(39 * lists);
-        }
-        if self.factory.contains("PQ") {
-            n = n.max(39 * 256);
-        }
-        n
+        let training = match factory::parse(&self.factory, None) {
+            Ok(f) => f.min_training,
+            // A spec stored before specs were checked: its IVF lists and 8-bit PQ codes.
+            Err(_) => {
+                let pq = if self.factory.contains("PQ") { 256 } else { 0 };
+                39 * self.ivf_lists().unwrap_or(0).max(pq)
+            }
+        };
+        MIN_INDEXED_ITEMS.max(training)
     }
 
     /// Parameters applied to every built index: the user's, or `efSearch=64` for HNSW and
@@ -103,7 +104,19 @@ impl IndexSpec {
                         "index parameter '{kv}' has a non-numeric value"
                     ))
                 })?;
-                Ok((k.trim().to_string(), v))
+                let k = k.trim();
+                let Some(&(_, most)) = PARAMETERS.iter().find(|(name, _)| *name == k) else {
+                    return Err(Error::InvalidArgument(format!(
+                        "index parameter '{k}' is not one of {}",
+                        PARAMETERS.map(|(n, _)| n).join(", ")
+                    )));
+                };
+                if v.fract() != 0.0 || !(1.0..=most).contains(&v) {
+                    return Err(Error::InvalidArgument(format!(
+                        "index parameter {k}={v} must be a whole number from 1 to {most}"
+                    )));
+                }
+                Ok((k.to_string(), v))
             })
             .collect()
     }
@@ -121,14 +134,36 @@ impl IndexSpec {
         )
     }
 
-    /// Checks that FAISS accepts the factory string and parameters for `dim`-sized vectors.
+    /// Checks what does not depend on the vectors' dimension: the factory string's grammar and
+    /// bounds (see [`crate::factory`]) and the parameters.
+    pub fn validate_syntax(&self) -> Result<()> {
+        factory::parse(&self.factory, None)?;
+        self.parsed_params().map(drop)
+    }
+
+    /// Checks the spec for `dim`-sized vectors: grammar, bounds and dimensions, then a trial
+    /// build (train, add, search) of the same structure on a few hundred synthetic vectors, so
+    /// that what FAISS would refuse at the first large segment is refused now.
     pub fn validate(&self, dim: usize) -> Result<()> {
-        let index = faiss::index_factory(dim as u32, &self.factory, MetricType::InnerProduct)
-            .map_err(|e| Error::InvalidArgument(format!(
-                "FAISS rejects index factory string '{}' ({e}); examples: Flat, HNSW32, IVF256,Flat, IVF256,PQ16",
+        let parsed = factory::parse(&self.factory, Some(dim))?;
+        self.parsed_params()?;
+        let refused = |e: faiss::error::Error| {
+            Error::InvalidArgument(format!(
+                "index '{}' is refused: FAISS cannot build it for {dim}-dimensional vectors ({e})",
                 self.factory
-            )))?;
-        self.apply_params(&index)
+            ))
+        };
+        let n = parsed.trial_items.max(64);
+        let vectors = trial_vectors(n, dim);
+        let mut index = faiss::index_factory(dim as u32, &parsed.trial, MetricType::InnerProduct)
+            .map_err(refused)?;
+        if !index.is_trained() {
+            index.train(&vectors).map_err(refused)?;
+        }
+        index.add(&vectors).map_err(refused)?;
+        self.apply_params(&index)?;
+        index.search(&vectors[..dim], 1).map_err(refused)?;
+        Ok(())
     }
 
     fn apply_params(&self, index: &IndexImpl) -> Result<()> {
@@ -165,6 +200,23 @@ pub(crate) fn build(spec: &IndexSpec, dim: usize, vectors: &[f32], path: &Path) 
         .ok_or_else(|| Error::InvalidArgument(format!("non-UTF-8 path {}", path.display())))?;
     faiss::write_index(&index, path_str).map_err(|e| Error::faiss(ctx(), e))?;
     fsio::sync_file(path)
+}
+
+/// Search parameters a spec may set, with their largest values (each costs search time or
+/// memory in proportion).
+const PARAMETERS: [(&str, f64); 3] = [("nprobe", 65_536.0), ("efSearch", 4096.0), ("k_factor", 64.0)];
+
+/// `n` deterministic pseudo-random vectors of `dim` values in [-1, 1), for trial builds.
+fn trial_vectors(n: usize, dim: usize) -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n * dim)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
 }
 
 /// A loaded FAISS index segment.

@@ -272,23 +272,3 @@ pub(crate) fn read(root: &Path, version: u64) -> Result<Manifest> {
     }
     Ok(manifest)
 }
-
-/// The newest manifest that reads back valid, plus the errors of newer ones that did not.
-pub(crate) fn read_latest(root: &Path) -> Result<(Manifest, Vec<Error>)> {
-    let versions = list_versions(root)?;
-    let mut skipped = Vec::new();
-    for &v in versions.iter().rev() {
-        match read(root, v) {
-            Ok(m) => return Ok((m, skipped)),
-            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
-            Err(e) => skipped.push(e),
-        }
-    }
-    match skipped.into_iter().next() {
-        Some(newest_error) => Err(newest_error),
-        None => Err(Error::NotADatabase {
-            path: root.to_path_buf(),
-            detail: format!("no manifest in {}", root.join(VERSIONS_DIR).display()),
-        }),
-    }
-}

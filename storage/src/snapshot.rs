@@ -12,6 +12,7 @@ use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
 use crate::index::LoadedIndex;
 use crate::manifest::{CollectionMeta, FILES_DIR, FileRef, Manifest, SegmentMeta};
+use crate::pins::Pin;
 use crate::rows::{BlobFile, RowRef, RowsFile};
 use crate::schema::{Modality, Schema, SpaceId};
 
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub(crate) manifest: Arc<Manifest>,
     /// Strong references to the files this snapshot loaded, so they stay mapped while it lives.
     held: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
+    /// Keeps vacuums from removing this version's files while the snapshot lives.
+    _pin: Arc<Pin>,
 }
 
 /// One segment of a collection in a snapshot: its rows, deletions and embedding columns.
@@ -62,11 +65,12 @@ impl RowHandle {
 }
 
 impl Snapshot {
-    pub(crate) fn new(shared: Arc<Shared>, manifest: Arc<Manifest>) -> Snapshot {
+    pub(crate) fn new(shared: Arc<Shared>, manifest: Arc<Manifest>, pin: Arc<Pin>) -> Snapshot {
         Snapshot {
             shared,
             manifest,
             held: Arc::default(),
+            _pin: pin,
         }
     }
 

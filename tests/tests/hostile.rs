@@ -299,3 +299,92 @@ fn deep_and_long_statements_run_or_fail_clearly_on_a_small_stack() {
     });
     assert_eq!(hits.rows.len(), 3);
 }
+
+#[test]
+fn malformed_and_non_utf8_metadata_lines_fail_their_rows_or_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, contents) in [
+        (
+            "metadata.jsonl",
+            b"{\"file_name\": \"a.png\", \"text\": \"first\"}\n{\"file_name\": \"b.png\", \"te\n\
+              {\"file_name\": \"c.png\", \"text\": \"caf\xe9\"}\n[1, 2]\n\
+              {\"file_name\": \"d.png\", \"text\": \"last\"}\n"
+                .to_vec(),
+        ),
+        (
+            "metadata.csv",
+            b"file_name,text\na.png,first\nb.png,caf\xe9\nc.png,one,too many\nd.png,last\n".to_vec(),
+        ),
+    ] {
+        let folder = dir.path().join(file.replace('.', "-"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for name in ["a.png", "b.png", "c.png", "d.png"] {
+            png(&folder.join(name), 16, 16);
+        }
+        std::fs::write(folder.join(file), contents).unwrap();
+        let db = collection(&folder, Options::default());
+        let import = format!("IMPORT INTO images FROM '{}'", folder.display());
+        let err = error(&db, &import);
+        let expected: &[&str] = if file.ends_with("jsonl") {
+            &[
+                "metadata.jsonl line 2: not valid JSON",
+                "metadata.jsonl line 3: not UTF-8",
+                "metadata.jsonl line 4: expected a JSON object",
+            ]
+        } else {
+            &[
+                "metadata.csv line 3: not UTF-8",
+                "metadata.csv line 4: has 3 fields where the header has 2",
+            ]
+        };
+        for e in expected {
+            assert!(err.contains(e), "{file}: {e}: {err}");
+        }
+        assert_eq!(count(&db), 0, "a failed import commits nothing");
+        let skipped = one(&db, &format!("{import} ON ERROR SKIP"));
+        assert_eq!(skipped.rows.len(), expected.len(), "{skipped:?}");
+        assert_eq!(count(&db), 2, "{file}: the good lines are imported");
+    }
+}
+
+#[test]
+fn index_specs_are_checked_where_they_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(squares_collection(dir.path()));
+    // Specs FAISS accepts but that crash it, cost memory without bound, cannot be trained on
+    // the segments they would meet, or do not fit the collection's vectors: each refused with
+    // the reason, at CREATE INDEX and at CREATE COLLECTION.
+    for (spec, why) in [
+        ("HNSW0", "accepts 2 to 128"),
+        ("HNSW100000", "accepts 2 to 128"),
+        ("IVF0,Flat", "accepts 1 to 65536"),
+        ("IVF16_HNSW0,Flat", "accepts 2 to 128"),
+        ("PQ8x24", "accepts 1 to 12"),
+        ("PQ7", "must divide"),
+        ("PCA48,Flat", "outputs 48 dimensions from 24"),
+        ("IDMap,Flat", "not an index Mirante accepts"),
+        ("IVF16", "needs a storage"),
+    ] {
+        let err = error(&db, &format!("CREATE INDEX ON images USING '{spec}'"));
+        assert!(err.contains(why), "{spec}: {err}");
+        let err = error(
+            &db,
+            &format!(
+                "CREATE COLLECTION other WITH (model = '{}', index = '{spec}')",
+                tiny_clip().display()
+            ),
+        );
+        assert!(err.contains(why), "{spec}: {err}");
+    }
+    let long = format!("{}Flat", "PCA8,".repeat(10_000));
+    let err = on_a_small_stack({
+        let db = db.clone();
+        move || error(&db, &format!("CREATE INDEX ON images USING '{long}'"))
+    });
+    assert!(err.contains("the limit is 256"), "{err}");
+    // Specs within the bounds build, and the collection answers as before.
+    for spec in ["HNSW16", "IVF4,Flat", "PCA16,IVF2,SQ8,RFlat", "L2norm,Flat"] {
+        one(&db, &format!("CREATE INDEX ON images USING '{spec}'"));
+    }
+    assert_eq!(count(&db), 16);
+}

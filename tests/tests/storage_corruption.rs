@@ -130,22 +130,25 @@ fn built_with_newest_manifest(dir: &Path) -> (Vec<u64>, PathBuf) {
 }
 
 #[test]
-fn a_corrupted_newest_manifest_falls_back_to_the_previous_version_with_a_warning() {
+fn a_corrupted_newest_manifest_is_shown_loudly_and_refuses_writes_until_restored() {
     let dir = tempfile::tempdir().unwrap();
     let (versions, path) = built_with_newest_manifest(dir.path());
     let newest = *versions.last().unwrap();
+    let previous = versions[versions.len() - 2];
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let db = Database::open(dir.path()).unwrap();
-    assert_eq!(
-        db.snapshot().unwrap().version(),
-        versions[versions.len() - 2]
-    );
+    assert_eq!(db.snapshot().unwrap().version(), previous);
+    let damaged = db.damaged_versions();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].version, newest);
     let warnings = db.warnings();
     assert!(
-        warnings[0].contains("body checksum mismatch"),
+        warnings[0].contains("body checksum mismatch")
+            && warnings[0].contains(&format!("showing version {previous}"))
+            && warnings[0].contains(&format!("RESTORE VERSION {previous}")),
         "{warnings:?}"
     );
     // The version before the delete still holds row 3.
@@ -156,10 +159,63 @@ fn a_corrupted_newest_manifest_falls_back_to_the_previous_version_with_a_warning
         err.to_string().contains(&format!("{newest:020}.manifest")),
         "{err}"
     );
-    // The next commit does not reuse the damaged version number.
+    // Writing on top would make the loss permanent: every write and vacuum is refused, and the
+    // damaged file stays where it is.
     let mut w = db.writer().unwrap();
+    for err in [
+        w.delete("a", &[4]).unwrap_err(),
+        w.vacuum(1).unwrap_err(),
+        w.check_writable().unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, mirante::storage::Error::DamagedNewerVersion { .. }),
+            "{err}"
+        );
+    }
+    assert!(path.exists());
+    assert_eq!(db.versions().unwrap(), versions);
+    // Accepting the fallback moves the damaged manifest aside and commits the shown version
+    // again, under a new number; writes work after it.
+    assert_eq!(w.restore(previous).unwrap(), newest + 1);
+    assert!(!path.exists());
+    assert!(
+        dir.path()
+            .join("_versions/damaged")
+            .join(path.file_name().unwrap())
+            .exists()
+    );
+    assert!(db.warnings().is_empty());
     w.delete("a", &[4]).unwrap();
-    assert_eq!(w.version(), newest + 1);
+    assert_eq!(w.version(), newest + 2);
+    drop(w);
+    let reopened = Database::open(dir.path()).unwrap();
+    assert!(reopened.warnings().is_empty());
+    let snap = reopened.snapshot().unwrap();
+    assert_eq!(snap.version(), newest + 2);
+    assert!(snap.get("a", 3).unwrap().is_some());
+    assert!(snap.get("a", 4).unwrap().is_none());
+}
+
+#[test]
+fn restore_commits_an_older_version_again_without_reusing_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (versions, _) = built_with_newest_manifest(dir.path());
+    let db = Database::open(dir.path()).unwrap();
+    let first_rows = db.snapshot_at(versions[2]).unwrap().collection("a").unwrap().clone();
+    let newest_next_id = db.snapshot().unwrap().collection("a").unwrap().next_row_id;
+    let mut w = db.writer().unwrap();
+    let restored = w.restore(versions[2]).unwrap();
+    assert_eq!(restored, versions.last().unwrap() + 1);
+    let snap = db.snapshot().unwrap();
+    let c = snap.collection("a").unwrap();
+    // Version 3: collection `a` with its space but no rows yet, and no collection `b`.
+    assert!(c.segments.is_empty() && first_rows.segments.is_empty());
+    assert!(snap.collection("b").is_err());
+    // Ids handed out after the restored version are not handed out again.
+    assert!(first_rows.next_row_id < newest_next_id);
+    assert_eq!(c.next_row_id, newest_next_id);
+    let err = w.restore(10_000).unwrap_err();
+    assert!(err.to_string().contains("retained versions are"), "{err}");
 }
 
 #[test]

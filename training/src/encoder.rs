@@ -249,7 +249,7 @@ fn siglip_tokenizer(folder: &Path, text_positions: usize) -> Result<TextTokenize
     };
     let pad_id = inner.token_to_id(&pad).ok_or_else(|| Error::Tokenizer {
         path: path.clone(),
-        detail: format!("pad token {pad:?} is not in the vocabulary"),
+        detail: format!("pad token '{pad}' is not in the vocabulary"),
     })?;
     // transformers 5's Siglip2Tokenizer pads on the left unless the config says otherwise.
     let class_default_left =

@@ -46,9 +46,67 @@ fn repo(id: &str) -> Repo {
     }
 }
 
+/// Splits `org/name[@revision]` and checks both parts, so that neither can name a path outside
+/// the cache: names are letters, digits, `.`, `_` and `-` (as the Hub allows), revisions are
+/// branch, tag or commit names (those characters and `/`), and neither holds `..`.
+pub fn hub_id(locator: &str) -> Result<(&str, &str)> {
+    let (id, revision) = locator.split_once('@').unwrap_or((locator, "main"));
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "'{locator}' is not a valid Hugging Face Hub id: {why} (expected org/name or \
+             org/name@revision)"
+        ))
+    };
+    let name_ok = |part: &str| {
+        (1..=96).contains(&part.len())
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !part.contains("..")
+            && !part.starts_with(['.', '-'])
+    };
+    match id.split_once('/') {
+        Some((org, name)) if name_ok(org) && name_ok(name) => {}
+        _ => return Err(bad("the id must be two names of letters, digits, '.', '_' or '-'")),
+    }
+    let revision_ok = (1..=255).contains(&revision.len())
+        && revision
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && !revision.contains("..")
+        && !revision.contains("//")
+        && !revision.starts_with(['/', '.'])
+        && !revision.ends_with('/');
+    if !revision_ok {
+        return Err(bad(&format!(
+            "revision '{revision}' is not a branch, tag or commit name"
+        )));
+    }
+    Ok((id, revision))
+}
+
+/// A file name a repository's index lists (a weight shard), which must stay in its folder.
+fn plain_file_name(name: &str) -> std::result::Result<&str, String> {
+    let plain = !name.is_empty()
+        && !name.contains(['/', '\\'])
+        && name != "."
+        && name != "..";
+    if plain {
+        Ok(name)
+    } else {
+        Err(format!("the weight index names '{name}', which is not a plain file name"))
+    }
+}
+
 /// The folder holding the checkpoint named `model`: `model` itself if it is a directory, else
 /// the Hub id's snapshot in the cache, downloading missing files when allowed.
 pub fn resolve_model(model: &str) -> Result<PathBuf> {
+    resolve_model_with(model, true)
+}
+
+/// [`resolve_model`], downloading only when `downloads` (else the cache alone is used, as with
+/// `HF_HUB_OFFLINE`): hosts that run their users' statements turn downloads off.
+pub fn resolve_model_with(model: &str, downloads: bool) -> Result<PathBuf> {
     let as_path = Path::new(model);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
@@ -62,8 +120,8 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
             detail: "not a folder, nor a Hugging Face Hub id of the form org/name".into(),
         });
     }
+    let (id, revision) = hub_id(model)?;
     let cache_dir = hub_cache_dir();
-    let (id, revision) = model.split_once('@').unwrap_or((model, "main"));
     let repo_dir = cache_dir.join(format!("models--{}", id.replace('/', "--")));
     // A commit hash names its snapshot directly; branch and tag names go through refs/.
     let pinned = repo_dir
@@ -79,6 +137,8 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
     };
     let download_error = if offline() {
         "HF_HUB_OFFLINE is set".to_string()
+    } else if !downloads {
+        "downloads are turned off here".to_string()
     } else {
         match download(model, &cache_dir) {
             Ok(folder) => return Ok(folder),
@@ -124,7 +184,8 @@ fn download(model: &str, cache_dir: &Path) -> std::result::Result<PathBuf, Strin
         shards.sort_unstable();
         shards.dedup();
         for shard in shards {
-            repo.get(shard).map_err(|e| e.to_string())?;
+            repo.get(plain_file_name(shard)?)
+                .map_err(|e| e.to_string())?;
         }
     }
     config

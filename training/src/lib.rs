@@ -30,7 +30,7 @@ pub use finetune::{
     FinetuneConfig, FinetuneReport, Freeze, PairData, Precision, TrainImage, finetune,
     save_checkpoint,
 };
-pub use hub::{hub_cache_dir, resolve_model};
+pub use hub::{hub_cache_dir, hub_id, resolve_model, resolve_model_with};
 pub use imageio::ImageLimits;
 pub use layers::Autocast;
 pub use pipeline::{Embedded, Failure, ImageSource, PipelineOptions, embed_images, embed_texts};

@@ -59,8 +59,15 @@ impl ClipArchitecture {
             || !self.text_width.is_multiple_of(self.text_heads)
         {
             return Err(Error::InvalidArgument(format!(
-                "inconsistent architecture {self:?}: every size must be positive, the image size \
-                 a multiple of the patch size and each width a multiple of its head count"
+                "inconsistent architecture (image {} px in {} px patches, vision width {} with {} \
+                 heads, text width {} with {} heads): every size must be positive, the image size \
+                 a multiple of the patch size and each width a multiple of its head count",
+                self.image_size,
+                self.patch_size,
+                self.vision_width,
+                self.vision_heads,
+                self.text_width,
+                self.text_heads
             )));
         }
         Ok(())

@@ -109,7 +109,7 @@ impl TextTokenizer {
             .encode(text.as_str(), true)
             .map_err(|e| Error::Tokenizer {
                 path: self.path.clone(),
-                detail: format!("encoding {:?}: {e}", prefix(&text, 80)),
+                detail: format!("encoding '{}': {e}", prefix(&text, 80)),
             })?;
         let mut ids = enc.get_ids().to_vec();
         if let Some(pad) = self.pad_to_max {

@@ -93,12 +93,16 @@ enum Command {
         /// Show progress bars for imports and embedding.
         #[arg(long)]
         progress: bool,
+        #[command(flatten)]
+        open: shell::OpenArgs,
     },
     /// Interactive shell: history, multi-line statements ended by ';', completion of keywords
     /// and collection names, and dot commands (.help, .mode, .timer, .quit).
     Shell {
         /// Database directory (created if missing).
         db: PathBuf,
+        #[command(flatten)]
+        open: shell::OpenArgs,
     },
     /// Prints the collections, segments and versions of a database.
     Info {
@@ -231,8 +235,9 @@ fn main() -> Result<()> {
             statements,
             format,
             progress,
-        } => shell::run_sql(&db, statements, format, progress),
-        Command::Shell { db } => shell::repl(&db),
+            open,
+        } => shell::run_sql(&db, statements, format, progress, &open),
+        Command::Shell { db, open } => shell::repl(&db, &open),
         Command::Pretrain {
             out,
             work,
@@ -626,15 +631,15 @@ fn info(path: &PathBuf) -> Result<()> {
     let snap = db.snapshot()?;
     let versions = db.versions()?;
     println!(
-        "{}: version {} ({} retained: {:?}..={:?})",
+        "{}: version {} ({} retained: {}..={})",
         path.display(),
         snap.version(),
         versions.len(),
-        versions.first(),
-        versions.last()
+        versions.first().copied().unwrap_or_default(),
+        versions.last().copied().unwrap_or_default()
     );
     for w in db.warnings() {
-        println!("warning: {w}");
+        eprintln!("warning: {w}");
     }
     for c in snap.collections() {
         println!(

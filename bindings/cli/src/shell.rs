@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use mirante::{CancelToken, Database, ExecOptions, Options, Output, TableStyle};
@@ -102,12 +102,42 @@ impl Running {
     }
 }
 
+/// How `sql` and `shell` open their database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OpenArgs {
+    /// Seconds a write waits for another process's writer to finish before failing (as
+    /// SQLite's busy timeout; 0 fails at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = mirante::storage::DEFAULT_BUSY_TIMEOUT.as_secs_f64())]
+    busy_timeout: f64,
+}
+
+/// Opens the database and says on stderr what is wrong with it (a damaged newer version, which
+/// is shown as an older one and refuses writes until restored).
+fn open(db: &Path, progress: bool, args: &OpenArgs) -> Result<Database> {
+    let busy_timeout = Duration::try_from_secs_f64(args.busy_timeout)
+        .map_err(|e| anyhow::anyhow!("--busy-timeout {}: {e}", args.busy_timeout))?;
+    let database = Database::open_with(
+        db,
+        Options {
+            progress,
+            busy_timeout,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("opening database {}", db.display()))?;
+    for w in database.warnings() {
+        eprintln!("warning: {}: {w}", db.display());
+    }
+    Ok(database)
+}
+
 /// `mirante sql`: runs the statements, printing each result as its statement finishes.
 pub fn run_sql(
     db: &Path,
     statements: Option<String>,
     format: Format,
     progress: bool,
+    open_args: &OpenArgs,
 ) -> Result<()> {
     let text = match statements {
         Some(t) => t,
@@ -119,14 +149,7 @@ pub fn run_sql(
             t
         }
     };
-    let database = Database::open_with(
-        db,
-        Options {
-            progress,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("opening database {}", db.display()))?;
+    let database = open(db, progress, open_args)?;
     let running = Running::default();
     running.install()?;
     let printer = Printer {
@@ -307,17 +330,8 @@ impl Shell {
 }
 
 /// `mirante shell`.
-pub fn repl(db: &Path) -> Result<()> {
-    let database = Arc::new(
-        Database::open_with(
-            db,
-            Options {
-                progress: std::io::stderr().is_terminal(),
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("opening database {}", db.display()))?,
-    );
+pub fn repl(db: &Path, open_args: &OpenArgs) -> Result<()> {
+    let database = Arc::new(open(db, std::io::stderr().is_terminal(), open_args)?);
     let mut editor: Editor<ShellHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(ShellHelper {
         db: database.clone(),

@@ -229,3 +229,59 @@ fn shell_reads_multi_line_statements_and_dot_commands() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown or incomplete dot command"));
 }
+
+/// A flipped byte in the newest manifest: every command says so on stderr, reads show the
+/// previous version, writes fail until `RESTORE VERSION` accepts it.
+#[test]
+fn a_damaged_newest_manifest_is_reported_and_blocks_writes_until_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let created = sql(
+        &db,
+        "CREATE COLLECTION a WITH (model = NULL); CREATE COLLECTION b WITH (model = NULL)",
+        "csv",
+    );
+    assert!(created.status.success());
+    let newest = std::fs::read_dir(db.join("_versions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&newest, &bytes).unwrap();
+    let shown: u64 = newest
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        - 1;
+
+    let read = sql(&db, "SHOW COLLECTIONS", "csv");
+    let (out, err) = (
+        String::from_utf8_lossy(&read.stdout),
+        String::from_utf8_lossy(&read.stderr),
+    );
+    assert!(read.status.success(), "{err}");
+    assert!(out.contains('a') && !out.contains("\nb,"), "{out}");
+    assert!(
+        err.contains("warning:") && err.contains(&format!("RESTORE VERSION {shown}")),
+        "{err}"
+    );
+    let info = Command::new(BIN).arg("info").arg(&db).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stderr).contains("cannot be read"));
+
+    let write = sql(&db, "DROP COLLECTION a", "csv");
+    assert!(!write.status.success());
+    assert!(String::from_utf8_lossy(&write.stderr).contains("Writes are refused"));
+    assert!(newest.exists());
+
+    let restore = sql(&db, &format!("RESTORE VERSION {shown}"), "csv");
+    assert!(restore.status.success());
+    let write = sql(&db, "DROP COLLECTION a", "csv");
+    assert!(write.status.success());
+    assert!(String::from_utf8_lossy(&write.stderr).is_empty());
+}

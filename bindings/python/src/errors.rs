@@ -106,7 +106,9 @@ pub fn to_py(py: Python<'_>, e: &mirante::Error, statement: Option<&str>) -> PyE
             err
         }
         mirante::Error::Storage(StorageError::Locked { .. }) => LockedError::new_err(message),
-        mirante::Error::Storage(StorageError::Corruption { .. })
+        mirante::Error::Storage(
+            StorageError::Corruption { .. } | StorageError::DamagedNewerVersion { .. },
+        )
         | mirante::Error::Corrupt { .. } => CorruptionError::new_err(message),
         mirante::Error::Storage(StorageError::NotFound { .. })
         | mirante::Error::UnknownModel { .. } => NotFoundError::new_err(message),

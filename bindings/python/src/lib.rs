@@ -222,17 +222,22 @@ impl PyDatabase {
     /// `progress`: a callable returning an object with `update(tasks)` and `close()` that
     /// draws a call's progress (each task: what, position, length or None, message,
     /// finished); `None` shows none.
-    #[pyo3(signature = (path, *, device=None, progress=None))]
+    #[pyo3(signature = (path, *, device=None, progress=None, busy_timeout=5.0))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         device: Option<String>,
         progress: Option<Py<PyAny>>,
+        busy_timeout: f64,
     ) -> PyResult<Self> {
         let device = mirante::training::select_device(device.as_deref())
             .map_err(|e| to_py(py, &mirante::Error::from(e), None))?;
+        let busy_timeout = std::time::Duration::try_from_secs_f64(busy_timeout).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!("busy_timeout {busy_timeout}: {e}"))
+        })?;
         let options = Options {
             device,
+            busy_timeout,
             ..Options::default()
         };
         let db = run(py, Call::plain(), move |_| {
@@ -248,6 +253,12 @@ impl PyDatabase {
     #[getter]
     fn path(&self) -> PathBuf {
         self.db.path().to_path_buf()
+    }
+
+    /// What is wrong with the database (a damaged newer version shown as an older one), one
+    /// message each; empty when healthy.
+    fn warnings(&self) -> Vec<String> {
+        self.db.warnings()
     }
 
     /// Runs `;`-separated statements; one output per statement.
@@ -311,6 +322,16 @@ impl PyDatabase {
             db.collection(&collection)?
                 .add(source, &options, skip_errors, exec)
         })?;
+        if let Some(merge) = &report.merge_error {
+            let message = std::ffi::CString::new(merge.replace('\0', " "))
+                .unwrap_or_else(|_| c"merging segments failed".into());
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
+                &message,
+                2,
+            )?;
+        }
         let skipped = report
             .skipped
             .into_iter()

@@ -5,6 +5,7 @@ to `add` and `search`, embeddings equal to transformers', threads, and Ctrl-C.""
 from __future__ import annotations
 
 import _thread
+import fcntl
 import io
 import json
 import math
@@ -109,6 +110,53 @@ def test_errors_are_typed_and_say_what_the_cli_says(db, images):
         issubclass(c, mirante.Error)
         for c in (mirante.LockedError, mirante.CorruptionError, mirante.CancelledError)
     )
+
+
+def test_a_damaged_newest_version_warns_and_refuses_writes_until_restored(tmp_path):
+    path = tmp_path / "db"
+    db = mirante.connect(path, progress=False)
+    db.execute("CREATE COLLECTION notes WITH (model = NULL)")
+    db.execute("CREATE COLLECTION later WITH (model = NULL)")
+    del db
+    newest = sorted((path / "_versions").glob("*.manifest"))[-1]
+    damaged = bytearray(newest.read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    newest.write_bytes(bytes(damaged))
+    with pytest.warns(mirante.DamagedVersionWarning, match="RESTORE VERSION"):
+        db = mirante.connect(path, progress=False)
+    assert db.collections() == ["notes"]
+    assert "checksum" in db.warnings[0]
+    with pytest.raises(mirante.CorruptionError, match="Writes are refused"):
+        db.execute("CREATE COLLECTION third WITH (model = NULL)")
+    shown = int(newest.name.split(".")[0]) - 1
+    db.execute(f"RESTORE VERSION {shown}")
+    assert db.warnings == []
+    db.execute("CREATE COLLECTION third WITH (model = NULL)")
+    assert db.collections() == ["notes", "third"]
+
+
+def test_a_second_writer_waits_for_the_busy_timeout_then_raises_locked(tmp_path):
+    path = tmp_path / "db"
+    mirante.connect(path, progress=False).execute("CREATE COLLECTION a WITH (model = NULL)")
+    # Another writer holds the lock (as a writing process does while its statement runs).
+    with open(path / "LOCK", "r+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = mirante.connect(path, progress=False, busy_timeout=0.2)
+        with pytest.raises(mirante.LockedError, match="busy timeout"):
+            db.execute("CREATE COLLECTION b WITH (model = NULL)")
+        waiting = mirante.connect(path, progress=False, busy_timeout=30)
+        done = threading.Event()
+
+        def write():
+            waiting.execute("CREATE COLLECTION b WITH (model = NULL)")
+            done.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert not done.wait(0.5)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    thread.join(timeout=30)
+    assert done.is_set() and "b" in waiting.collections()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ pub(crate) fn explain(db: &Database, plan: &EvaluatePlan) -> Result<Vec<String>>
         "  record: one row per model and direction in {EVALUATIONS}"
     ));
     if let Some(p) = &plan.into {
-        lines.push(format!("  report: {p}"));
+        lines.push(format!("  report: {}", p.path));
     }
     if plan.use_index {
         lines.push(format!(
@@ -255,9 +255,10 @@ pub(crate) fn run(db: &Database, plan: &EvaluatePlan, exec: &ExecOptions) -> Res
     if let Err(e) = record::record(db, &evaluation) {
         evaluation.not_recorded = Some(e.to_string());
     }
-    if let Some(path) = &plan.into {
-        crate::report::write_evaluation_report(std::path::Path::new(path), &evaluation)?;
-        evaluation.report = Some(path.clone());
+    if let Some(into) = &plan.into {
+        let file = crate::access::create_checked(&db.options.access, into)?;
+        crate::report::write_evaluation_report(file, &evaluation)?;
+        evaluation.report = Some(into.path.clone());
     }
     Ok(evaluation)
 }

@@ -44,8 +44,12 @@ pub(super) fn create(
         ModelChoice::None => None,
         ModelChoice::Named(m) => Some(db.models.load(m)?),
     };
+    let index = IndexSpec::new(options.index.clone());
+    if let Some(m) = &model {
+        index.validate(m.dim())?;
+    }
     let mut w = db.writer()?;
-    w.create_collection(name, schema, IndexSpec::new(options.index.clone()))?;
+    w.create_collection(name, schema, index)?;
     if let Some(m) = &model {
         for modality in [Modality::Image, Modality::Text] {
             w.add_space(name, m.space(modality), true)?;
@@ -93,12 +97,27 @@ pub(super) fn compact(db: &Database, collection: &str, exec: &ExecOptions) -> Re
 
 pub(super) fn vacuum(db: &Database, keep: usize) -> Result<Output> {
     let r = db.writer()?.vacuum(keep)?;
+    let in_use = match r.versions_in_use {
+        0 => String::new(),
+        n => format!(
+            "; {n} older version{} kept while open snapshots read {}",
+            plural(n),
+            if n == 1 { "it" } else { "them" }
+        ),
+    };
     Ok(Output::Status(format!(
-        "vacuum kept {keep} version{}: removed {} versions and {} files ({} bytes)",
+        "vacuum kept {keep} version{}: removed {} versions and {} files ({} bytes){in_use}",
         plural(keep),
         r.versions_removed,
         r.files_removed,
         r.bytes_freed
+    )))
+}
+
+pub(super) fn restore(db: &Database, version: u64) -> Result<Output> {
+    let new = db.writer_for_restore()?.restore(version)?;
+    Ok(Output::Status(format!(
+        "restored version {version} as version {new}"
     )))
 }
 

@@ -108,6 +108,7 @@ fn run(db: &Database, plan: Plan, exec: &ExecOptions) -> Result<Output> {
         } => collections::create_index(db, &collection, &factory)?,
         Plan::Compact { collection } => collections::compact(db, &collection, exec)?,
         Plan::Vacuum { keep_versions } => collections::vacuum(db, keep_versions as usize)?,
+        Plan::Restore { version } => collections::restore(db, version)?,
         Plan::ShowModels => Output::Table(models::show(db)?),
         Plan::DropModel { name } => models::drop(db, &name)?,
         Plan::ExportModel { name, folder } => models::export(db, &name, &folder)?,

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use mirante_query::OutputPath;
+
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -166,9 +168,12 @@ pub(super) fn drop(db: &Database, name: &str) -> Result<Output> {
 }
 
 /// `EXPORT MODEL`: the checkpoint files (Hugging Face layout, lineage included) copied out.
-pub(super) fn export(db: &Database, name: &str, folder: &str) -> Result<Output> {
-    let files = db.registry().export(name, Path::new(folder))?;
+pub(super) fn export(db: &Database, name: &str, folder: &OutputPath) -> Result<Output> {
+    let to = Path::new(&folder.path);
+    db.options.access.check_write(to, folder.overwrite)?;
+    let files = db.registry().export(name, to, folder.overwrite)?;
     Ok(Output::Status(format!(
-        "exported model {name} to {folder} ({files} files)"
+        "exported model {name} to {} ({files} files)",
+        folder.path
     )))
 }

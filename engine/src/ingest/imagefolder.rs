@@ -10,12 +10,13 @@ use super::source::{
     files_with, split_of,
 };
 use super::table::{Table, apply_split, read_csv, read_jsonl, table_columns, table_items};
+use crate::access::Access;
 use crate::error::{Error, Result};
 
 /// The imagefolder convention: `metadata.jsonl`/`metadata.csv` files (at the root or in split
 /// folders) with a `file_name` column relative to them; without them every image is a row and
 /// its folder name a `label`.
-pub(super) fn imagefolder(root: &Path, options: &ImportOptions) -> Result<Source> {
+pub(super) fn imagefolder(root: &Path, options: &ImportOptions, access: &Access) -> Result<Source> {
     let mut metadata_files = Vec::new();
     for f in files_with(root, &["jsonl", "csv"])? {
         let name = display_name(&f);
@@ -64,24 +65,33 @@ pub(super) fn imagefolder(root: &Path, options: &ImportOptions) -> Result<Source
         });
     }
     let mut tables = Vec::new();
+    let mut bad = Vec::new();
     for f in &metadata_files {
-        let table = if extension(f) == "csv" {
+        access.check_read(f)?;
+        let read = if extension(f) == "csv" {
             read_csv(f)?
         } else {
             read_jsonl(f)?
         };
-        let table = table
+        let rel = f.strip_prefix(root).unwrap_or(f).display().to_string();
+        let relative = |loc: String| loc.replacen(&display_name(f), &rel, 1);
+        let table = read
+            .table
             .into_iter()
-            .map(|(loc, row)| {
-                let rel = f.strip_prefix(root).unwrap_or(f).display().to_string();
-                (loc.replacen(&display_name(f), &rel, 1), row)
-            })
+            .map(|(loc, row)| (relative(loc), row))
             .collect::<Table>();
+        bad.extend(read.bad.into_iter().map(|item| match item {
+            Item::Bad(mut failure) => {
+                failure.location = relative(failure.location);
+                Item::Bad(failure)
+            }
+            row => row,
+        }));
         tables.push((f, table));
     }
     let all: Table = tables.iter().flat_map(|(_, t)| t.iter().cloned()).collect();
     let (present, columns) = table_columns(&all, options)?;
-    let mut items = Vec::new();
+    let mut items = bad;
     for (f, table) in tables {
         let base = f.parent().unwrap_or(root);
         items.extend(table_items(

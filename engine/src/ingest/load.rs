@@ -10,6 +10,7 @@ use mirante_training::imageio::{self, ImageLimits};
 use mirante_training::{ImageSource, PipelineOptions, Progress, embed_images, embed_texts};
 
 use super::source::{ImageRef, Item, Record};
+use crate::access::Access;
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result, RowFailure};
 use crate::models::LoadedModel;
@@ -85,7 +86,12 @@ pub(crate) fn load(
     let mut seen = 0usize;
     while items.peek().is_some() {
         exec.cancel.check()?;
-        let (rows, mut failures) = read(items.by_ref().take(CHUNK), &mut seen, limits)?;
+        let (rows, mut failures) = read(
+            items.by_ref().take(CHUNK),
+            &mut seen,
+            limits,
+            &db.options.access,
+        )?;
         let (rows, mut embeddings) = embed(
             &mut vectors,
             tx,
@@ -120,6 +126,7 @@ fn read(
     items: impl Iterator<Item = Result<Item>>,
     seen: &mut usize,
     limits: ImageLimits,
+    access: &Access,
 ) -> Result<(Vec<ReadRow>, Vec<RowFailure>)> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
@@ -127,7 +134,7 @@ fn read(
         *seen += 1;
         match item? {
             Item::Bad(f) => failures.push(f),
-            Item::Row(r) => match read_image(&r.image, limits.max_file_bytes) {
+            Item::Row(r) => match read_image(&r.image, limits.max_file_bytes, access) {
                 Ok(bytes) => rows.push((r, bytes)),
                 Err(reason) => failures.push(failure(&r, reason)),
             },
@@ -144,12 +151,19 @@ fn failure(r: &Record, reason: String) -> RowFailure {
     }
 }
 
-fn read_image(image: &ImageRef, max_bytes: u64) -> std::result::Result<Vec<u8>, String> {
+fn read_image(
+    image: &ImageRef,
+    max_bytes: u64,
+    access: &Access,
+) -> std::result::Result<Vec<u8>, String> {
     match image {
-        ImageRef::Path(p) => imageio::read_file(p, max_bytes).map_err(|e| match e {
-            mirante_training::Error::Image { detail, .. } => detail,
-            other => other.to_string(),
-        }),
+        ImageRef::Path(p) => {
+            access.check_read(p).map_err(|e| e.to_string())?;
+            imageio::read_file(p, max_bytes).map_err(|e| match e {
+                mirante_training::Error::Image { detail, .. } => detail,
+                other => other.to_string(),
+            })
+        }
         ImageRef::Bytes { bytes, .. } => Ok(bytes.clone()),
     }
 }

@@ -25,16 +25,21 @@ use self::imagefolder::imagefolder;
 use self::parquet::parquet_source;
 use self::source::{extension, files_with, hub_dataset};
 use self::table::{read_csv, read_jsonl, table_source};
+use crate::access::Access;
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result, RowFailure};
 use crate::output::{Cell, CellType, Column, Output, ResultSet, plural};
 
-/// Opens `source` (see the module docs for what it may be).
-pub fn open(source: &str, options: &ImportOptions) -> Result<Source> {
+/// Opens `source` (see the module docs for what it may be); its files must be within
+/// `access`'s folders.
+pub fn open(source: &str, options: &ImportOptions, access: &Access) -> Result<Source> {
     let path = match source.strip_prefix("hf://datasets/") {
         Some(id) => hub_dataset(id)?,
         None => PathBuf::from(source),
     };
+    if path.exists() {
+        access.check_read(&path)?;
+    }
     let meta = std::path::Path::metadata(&path).map_err(|e| {
         Error::source(
             &path,
@@ -46,9 +51,12 @@ pub fn open(source: &str, options: &ImportOptions) -> Result<Source> {
     let source = if meta.is_dir() {
         let parquet = files_with(&path, &["parquet"])?;
         if !parquet.is_empty() && files_with(&path, &IMAGE_EXTENSIONS)?.is_empty() {
+            for file in &parquet {
+                access.check_read(file)?;
+            }
             parquet_source(&path, parquet, options)?
         } else {
-            imagefolder(&path, options)?
+            imagefolder(&path, options, access)?
         }
     } else {
         match extension(&path).as_str() {
@@ -123,6 +131,9 @@ pub struct AddReport {
     pub skipped: Vec<RowFailure>,
     /// Whether the rows got vectors (the collection's model, or precomputed ones).
     pub embedded: bool,
+    /// Why the merge of small segments after the commit failed, if it did (the rows are
+    /// committed; searches stay correct, only slower, until a COMPACT succeeds).
+    pub merge_error: Option<String>,
 }
 
 /// Loads an opened source into `collection` in one commit (nothing when a row fails, unless
@@ -153,6 +164,12 @@ pub(crate) fn add(
         ids: report.ids,
         skipped: report.skipped,
         embedded: report.embedded,
+        merge_error: w.take_merge_error().map(|e| {
+            format!(
+                "the rows are committed, but merging segments after them failed ({e}); \
+                 COMPACT {collection} retries"
+            )
+        }),
     })
 }
 
@@ -165,7 +182,7 @@ pub(crate) fn import(
     skip_errors: bool,
     exec: &ExecOptions,
 ) -> Result<Output> {
-    let src = open(source, options)?;
+    let src = open(source, options, &db.options.access)?;
     let report = add(
         db,
         collection,
@@ -180,6 +197,9 @@ pub(crate) fn import(
         status.push_str(&format!(
             " without embeddings (the collection has no model; add one with EMBED {collection} USING MODEL '...')"
         ));
+    }
+    if let Some(e) = &report.merge_error {
+        status.push_str(&format!("; warning: {e}"));
     }
     if report.skipped.is_empty() {
         return Ok(Output::Status(status));
@@ -213,7 +233,8 @@ fn literal_value(l: Literal) -> Value {
         Literal::Int(i) => Value::I64(i),
         Literal::Float(f) => Value::F64(f),
         Literal::String(s) => Value::String(s),
-        Literal::List(items) => Value::String(format!("{items:?}")),
+        // The binder lets lists reach caption columns only; spelled as SQL should one get here.
+        list @ Literal::List(_) => Value::String(list.to_string()),
     }
 }
 
@@ -283,8 +304,12 @@ pub(crate) fn insert(
     )?;
     let rows = report.ids.len();
     Ok(Output::Status(format!(
-        "inserted {rows} row{} into {collection}",
-        plural(rows)
+        "inserted {rows} row{} into {collection}{}",
+        plural(rows),
+        report
+            .merge_error
+            .map(|e| format!("; warning: {e}"))
+            .unwrap_or_default()
     )))
 }
 
@@ -305,7 +330,7 @@ mod tests {
              b.jpg,\"[\"\"two\"\", \"\"captions\"\"]\",,2.5,false,12\n",
         )
         .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
+        let src = open(p.to_str().unwrap(), &ImportOptions::default(), &Access::default()).unwrap();
         let types: Vec<(String, ColumnType)> =
             src.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
         assert_eq!(
@@ -342,7 +367,7 @@ mod tests {
             split: Some("train".into()),
             ..Default::default()
         };
-        let src = open(dir.path().to_str().unwrap(), &opts).unwrap();
+        let src = open(dir.path().to_str().unwrap(), &opts, &Access::default()).unwrap();
         let rows: Vec<(String, Option<String>)> = src
             .items
             .map(|i| match i.unwrap() {
@@ -368,7 +393,7 @@ mod tests {
             "{\"file_name\": \"a.jpg\", \"text\": \"ok\"}\n{\"text\": \"no image\"}\n{\"file_name\": \"c.jpg\", \"text\": 3}\n",
         )
         .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default()).unwrap();
+        let src = open(p.to_str().unwrap(), &ImportOptions::default(), &Access::default()).unwrap();
         let bad: Vec<String> = src
             .items
             .filter_map(|i| match i.unwrap() {

@@ -88,7 +88,7 @@ pub(super) fn extension(p: &Path) -> String {
 
 /// The snapshot folder of a dataset in the Hugging Face hub cache: `<id>[@<revision>]`.
 pub(super) fn hub_dataset(id: &str) -> Result<PathBuf> {
-    let (id, revision) = id.split_once('@').unwrap_or((id, "main"));
+    let (id, revision) = mirante_training::hub_id(id)?;
     let repo =
         mirante_training::hub_cache_dir().join(format!("datasets--{}", id.replace('/', "--")));
     let by_commit = repo.join("snapshots").join(revision);
@@ -105,7 +105,14 @@ pub(super) fn hub_dataset(id: &str) -> Result<PathBuf> {
             ),
         )
     })?;
-    Ok(repo.join("snapshots").join(commit.trim()))
+    let commit = commit.trim();
+    if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::source(
+            &refs,
+            format!("holds '{commit}', which is not a commit hash"),
+        ));
+    }
+    Ok(repo.join("snapshots").join(commit))
 }
 
 /// Files under `root` (recursively, sorted) with one of `extensions`.

@@ -26,28 +26,57 @@ pub(super) const TEXT_COLUMNS: [&str; 4] = ["text", "caption", "captions", "sent
 /// A table read from a text format: rows of named JSON values.
 pub(super) type Table = Vec<(String, serde_json::Map<String, serde_json::Value>)>;
 
-pub(super) fn read_jsonl(path: &Path) -> Result<Table> {
-    let text = fsio::read_to_string(path)?;
+/// A table and its lines that could not be read (not UTF-8, malformed): those fail their rows,
+/// or are skipped with `ON ERROR SKIP`, like rows whose image cannot be read.
+pub(super) struct ReadTable {
+    pub table: Table,
+    pub bad: Vec<Item>,
+}
+
+fn bad_line(location: String, reason: String) -> Item {
+    Item::Bad(RowFailure {
+        location,
+        image: None,
+        reason,
+    })
+}
+
+pub(super) fn read_jsonl(path: &Path) -> Result<ReadTable> {
+    let bytes = fsio::read(path)?;
     let name = display_name(path);
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let mut read = ReadTable {
+        table: Vec::new(),
+        bad: Vec::new(),
+    };
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let location = format!("{name} line {}", i + 1);
+        let line = match std::str::from_utf8(line) {
+            Ok(l) => l,
+            Err(e) => {
+                read.bad.push(bad_line(
+                    location,
+                    format!("not UTF-8 text (invalid byte at column {})", e.valid_up_to() + 1),
+                ));
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::source(path, format!("line {}: {e}", i + 1)))?;
-        let serde_json::Value::Object(map) = value else {
-            return Err(Error::source(
-                path,
-                format!("line {}: expected a JSON object", i + 1),
-            ));
-        };
-        rows.push((format!("{name} line {}", i + 1), map));
+        match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(map)) => read.table.push((location, map)),
+            Ok(_) => read
+                .bad
+                .push(bad_line(location, "expected a JSON object".into())),
+            Err(e) => read
+                .bad
+                .push(bad_line(location, format!("not valid JSON: {e}"))),
+        }
     }
-    Ok(rows)
+    Ok(read)
 }
 
-pub(super) fn read_csv(path: &Path) -> Result<Table> {
+pub(super) fn read_csv(path: &Path) -> Result<ReadTable> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(if extension(path) == "tsv" {
             b'\t'
@@ -62,9 +91,18 @@ pub(super) fn read_csv(path: &Path) -> Result<Table> {
         .clone();
     let name = display_name(path);
     let mut raw = Vec::new();
-    for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| Error::source(path, e.to_string()))?;
-        raw.push((format!("{name} line {}", i + 2), rec));
+    let mut bad = Vec::new();
+    for rec in reader.records() {
+        match rec {
+            Ok(rec) => {
+                let line = rec.position().map_or(0, |p| p.line());
+                raw.push((format!("{name} line {line}"), rec));
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                bad.push(bad_line(format!("{name} line {line}"), csv_reason(&e)));
+            }
+        }
     }
     // A CSV column is numeric or boolean only when every non-empty value is.
     let kinds: Vec<fn(&str) -> Option<serde_json::Value>> = (0..headers.len())
@@ -94,7 +132,7 @@ pub(super) fn read_csv(path: &Path) -> Result<Table> {
                 .unwrap_or(|v| Some(serde_json::Value::from(v)))
         })
         .collect();
-    Ok(raw
+    let table = raw
         .into_iter()
         .map(|(loc, rec)| {
             let map = headers
@@ -112,7 +150,22 @@ pub(super) fn read_csv(path: &Path) -> Result<Table> {
                 .collect();
             (loc, map)
         })
-        .collect())
+        .collect();
+    Ok(ReadTable { table, bad })
+}
+
+/// What is wrong with one CSV record, without the position (the location says it).
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => format!(
+            "not UTF-8 text (field {} is not valid UTF-8)",
+            err.field() + 1
+        ),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("has {len} fields where the header has {expected_len}"),
+        _ => e.to_string(),
+    }
 }
 
 /// The column type of JSON values seen in one column, widening int to float and anything mixed
@@ -369,7 +422,7 @@ pub(super) fn apply_split(items: Vec<Item>, options: &ImportOptions) -> Vec<Item
 
 pub(super) fn table_source(
     path: &Path,
-    table: Table,
+    ReadTable { table, bad }: ReadTable,
     split: Option<String>,
     options: &ImportOptions,
 ) -> Result<Source> {
@@ -386,7 +439,8 @@ pub(super) fn table_source(
             ),
         ));
     }
-    let items = table_items(base, table, split, options, &present, &columns)?;
+    let mut items = table_items(base, table, split, options, &present, &columns)?;
+    items.extend(bad);
     let items = apply_split(items, options);
     Ok(Source {
         columns,

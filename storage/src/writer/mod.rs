@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 
 use crate::column::normalize;
-use crate::db::Database;
+use crate::db::{DamagedVersion, Database};
 use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -52,17 +52,22 @@ pub struct Writer {
     manifest: Manifest,
     options: WriterOptions,
     merge_error: Option<Error>,
+    /// Newer versions that could not be read: while there are any, every write except
+    /// [`Writer::restore`] is refused, so that the fallback is never made permanent silently.
+    damaged: Vec<DamagedVersion>,
 }
 
 impl Writer {
     pub(crate) fn new(db: Database, lock: File) -> Result<Writer> {
-        let (manifest, _) = manifest::read_latest(db.path())?;
+        let manifest = db.snapshot()?.manifest().clone();
+        let damaged = db.damaged_versions();
         Ok(Writer {
             db,
             _lock: lock,
             manifest,
             options: WriterOptions::default(),
             merge_error: None,
+            damaged,
         })
     }
 
@@ -87,10 +92,23 @@ impl Writer {
 
     /// A snapshot of the writer's current version.
     pub fn snapshot(&self) -> Snapshot {
+        let shared = &self.db.inner.shared;
         Snapshot::new(
-            self.db.inner.shared.clone(),
+            shared.clone(),
             std::sync::Arc::new(self.manifest.clone()),
+            shared.pins.pin(self.manifest.version),
         )
+    }
+
+    /// Refuses a write while a newer version is damaged (see [`Database::damaged_versions`]).
+    /// Every commit checks it; hosts call it first to fail before any work.
+    pub fn check_writable(&self) -> Result<()> {
+        match self.damaged.first() {
+            None => Ok(()),
+            Some(d) => Err(Error::DamagedNewerVersion {
+                message: crate::db::fallback_message(d, self.manifest.version),
+            }),
+        }
     }
 
     fn files_dir(&self) -> std::path::PathBuf {
@@ -100,6 +118,7 @@ impl Writer {
     /// Publishes `next` as the next version: data files are already fsynced; the `files/`
     /// directory is fsynced so their names are durable, then the manifest is written atomically.
     fn commit(&mut self, mut next: Manifest, message: String) -> Result<u64> {
+        self.check_writable()?;
         let newest_on_disk = manifest::list_versions(self.db.path())?
             .last()
             .copied()
@@ -110,6 +129,9 @@ impl Writer {
         fsio::sync_dir(&self.files_dir())?;
         manifest::write(self.db.path(), &next)?;
         self.manifest = next;
+        // The handle's next snapshot is this version, without reading it back; the old one's
+        // pin goes, so that a vacuum in this process does not keep it.
+        self.db.set_latest(self.snapshot());
         Ok(self.manifest.version)
     }
 
@@ -128,7 +150,7 @@ impl Writer {
             });
         }
         let schema = Schema::new(schema.metadata)?;
-        index.validate(8)?;
+        index.validate_syntax()?;
         let mut next = self.manifest.clone();
         let uid = next.next_collection_uid;
         next.next_collection_uid += 1;
@@ -392,6 +414,9 @@ fn stage_space(
     let id = match c.spaces.iter().find(|s| s.spec == spec) {
         Some(s) => s.id,
         None => {
+            // Every segment of the new space gets the collection's index: it must fit its
+            // vectors now, not fail at the first segment large enough to be indexed.
+            c.index.validate(spec.dim)?;
             let id = c.next_space_id;
             c.next_space_id += 1;
             c.spaces.push(SpaceMeta {

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ __all__ = [
     "CancelledError",
     "Collection",
     "CorruptionError",
+    "DamagedVersionWarning",
     "DataError",
     "Database",
     "Error",
@@ -85,19 +87,39 @@ __all__ = [
 
 
 def connect(
-    path: str | os.PathLike[str], *, device: str | None = None, progress: bool | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    progress: bool | None = None,
+    busy_timeout: float = 5.0,
 ) -> Database:
     """Opens the database in folder ``path``, creating it if the folder holds none.
 
     ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default: ``MIRANTE_DEVICE``, else the
     CPU). ``progress`` shows tqdm bars of long statements (imports, embedding, fine-tuning,
     re-ranking): widgets in notebooks, text on terminals (default: in a Jupyter kernel or when
-    stderr is a terminal).
+    stderr is a terminal). ``busy_timeout`` is how many seconds a writing statement waits for
+    another process's writer before raising :class:`LockedError` (0 fails at once).
+
+    Issues a :class:`DamagedVersionWarning` when the newest version cannot be read.
     """
     if progress is None:
         progress = _progress.wanted()
     drawer = _progress.Bars if progress else None
-    return Database(_mirante.Database(os.fspath(path), device=device, progress=drawer))
+    db = Database(
+        _mirante.Database(
+            os.fspath(path), device=device, progress=drawer, busy_timeout=busy_timeout
+        )
+    )
+    for message in db.warnings:
+        warnings.warn(message, DamagedVersionWarning, stacklevel=2)
+    return db
+
+
+class DamagedVersionWarning(UserWarning):
+    """The newest version's manifest cannot be read, so an older version is shown: the commits
+    after it are missing. Writes raise :class:`CorruptionError` until an intact copy of the file
+    is put back or ``RESTORE VERSION n`` accepts the older version."""
 
 
 def _quote(value: str) -> str:
@@ -289,6 +311,13 @@ class Database:
     def path(self) -> Path:
         """The database's folder."""
         return Path(self._db.path)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is wrong with the database, one message each (see
+        :class:`DamagedVersionWarning`, which :func:`connect` also issues); empty when
+        healthy."""
+        return self._db.warnings()
 
     def execute(self, statement: str) -> Result:
         """Runs one statement (``SEARCH``, ``EVALUATE``, ``FINETUNE``, ...; see
