@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 pub struct Access {
     /// Folders (canonical) under which statements may read and write; `None`: anywhere.
     roots: Option<Vec<PathBuf>>,
+    /// Folders statements may also read but never write when confined: the database's own
+    /// (so that no statement writes over its files) and the Hugging Face cache.
+    read_only: Vec<PathBuf>,
     /// Whether a Hub id that is not in the Hugging Face cache is downloaded.
     pub downloads: bool,
 }
@@ -27,6 +30,7 @@ impl Default for Access {
     fn default() -> Self {
         Access {
             roots: None,
+            read_only: Vec::new(),
             downloads: true,
         }
     }
@@ -48,14 +52,15 @@ impl Access {
             .collect::<Result<Vec<_>>>()?;
         Ok(Access {
             roots: Some(roots),
+            read_only: Vec::new(),
             downloads: false,
         })
     }
 
-    /// Adds a folder statements may use (the database's own, the Hub cache).
-    pub(crate) fn also(&mut self, root: &Path) {
-        if let (Some(roots), Ok(root)) = (self.roots.as_mut(), root.canonicalize()) {
-            roots.push(root);
+    /// Adds a folder statements may read but not write (the database's own, the Hub cache).
+    pub(crate) fn also_read(&mut self, root: &Path) {
+        if let Ok(root) = root.canonicalize() {
+            self.read_only.push(root);
         }
     }
 
@@ -72,6 +77,9 @@ impl Access {
             path: path.to_path_buf(),
             source: e,
         })?;
+        if self.read_only.iter().any(|r| real.starts_with(r)) {
+            return Ok(());
+        }
         self.within(roots, path, &real)
     }
 
@@ -100,13 +108,26 @@ impl Access {
         let existing = path
             .ancestors()
             .skip(1)
-            .map(|a| if a.as_os_str().is_empty() { Path::new(".") } else { a })
+            .map(|a| {
+                if a.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    a
+                }
+            })
             .find(|a| a.exists())
             .unwrap_or(Path::new("."));
         let real = existing.canonicalize().map_err(|e| Error::Io {
             path: existing.to_path_buf(),
             source: e,
         })?;
+        if self.read_only.iter().any(|r| real.starts_with(r)) {
+            return Err(Error::Invalid(format!(
+                "{} is inside the database or the Hugging Face cache, which statements do not \
+                 write to",
+                path.display()
+            )));
+        }
         self.within(roots, path, &real)
     }
 

@@ -93,8 +93,8 @@ impl Database {
         let registry = Registry::new(store.path());
         registry::migrate(&store, &registry)?;
         let mut options = options;
-        options.access.also(store.path());
-        options.access.also(&mirante_training::hub_cache_dir());
+        options.access.also_read(store.path());
+        options.access.also_read(&mirante_training::hub_cache_dir());
         Ok(Database {
             writer: Mutex::new(None),
             models: Models::with_registry(options.device.clone(), registry)

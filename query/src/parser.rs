@@ -765,7 +765,9 @@ impl StatementParser<'_> {
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    self.once(&mut s.into, "INTO", at, |p| p.output_path("the report's path"))?;
+                    self.once(&mut s.into, "INTO", at, |p| {
+                        p.output_path("the report's path")
+                    })?;
                 }
                 Some("RERANK") => self.once(&mut s.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,
@@ -974,7 +976,9 @@ impl StatementParser<'_> {
                 }
                 Some("INTO") => {
                     self.p.next_token();
-                    self.once(&mut e.into, "INTO", at, |p| p.output_path("the report's path"))?;
+                    self.once(&mut e.into, "INTO", at, |p| {
+                        p.output_path("the report's path")
+                    })?;
                 }
                 Some("RERANK") => self.once(&mut e.rerank, "RERANK", at, Self::rerank)?,
                 _ => break,

@@ -209,7 +209,11 @@ impl Database {
             }
             other => other?,
         };
-        Ok(Snapshot::new(self.inner.shared.clone(), Arc::new(manifest), pin))
+        Ok(Snapshot::new(
+            self.inner.shared.clone(),
+            Arc::new(manifest),
+            pin,
+        ))
     }
 
     /// Makes `snap` (of a version this handle's writer just committed) the handle's newest.
@@ -269,11 +273,19 @@ impl Database {
     /// How long [`Database::writer`] waits for another writer to finish, as SQLite's
     /// `busy_timeout` ([`DEFAULT_BUSY_TIMEOUT`] unless set); zero fails at once.
     pub fn set_busy_timeout(&self, timeout: Duration) {
-        *self.inner.busy_timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
+        *self
+            .inner
+            .busy_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = timeout;
     }
 
     pub fn busy_timeout(&self) -> Duration {
-        *self.inner.busy_timeout.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .inner
+            .busy_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -310,7 +322,10 @@ fn newest_readable(
     }
     Err(newest_error.unwrap_or_else(|| Error::NotADatabase {
         path: shared.root.clone(),
-        detail: format!("no manifest in {}", shared.root.join(VERSIONS_DIR).display()),
+        detail: format!(
+            "no manifest in {}",
+            shared.root.join(VERSIONS_DIR).display()
+        ),
     }))
 }
 

@@ -46,7 +46,10 @@ pub(crate) fn parse(factory: &str, dim: Option<usize>) -> Result<Factory> {
     if factory.len() > MAX_FACTORY_LEN {
         return Err(invalid(
             factory,
-            &format!("it is {} bytes long, the limit is {MAX_FACTORY_LEN}", factory.len()),
+            &format!(
+                "it is {} bytes long, the limit is {MAX_FACTORY_LEN}",
+                factory.len()
+            ),
         ));
     }
     let parts: Vec<&str> = factory.split(',').map(str::trim).collect();
@@ -74,7 +77,10 @@ pub(crate) fn parse(factory: &str, dim: Option<usize>) -> Result<Factory> {
         i += 1;
     }
     if let Some(extra) = parts.get(i) {
-        return Err(invalid(factory, &format!("'{extra}' is not expected there")));
+        return Err(invalid(
+            factory,
+            &format!("'{extra}' is not expected there"),
+        ));
     }
     Ok(Factory {
         ivf_lists: p.ivf_lists,
@@ -156,9 +162,12 @@ impl Parser<'_> {
             let quantizer = match quantizer {
                 None => String::new(),
                 Some(q) => {
-                    let m = q
-                        .strip_prefix("HNSW")
-                        .ok_or_else(|| invalid(self.factory, &format!("'{part}': the coarse quantizer after '_' must be HNSW{{M}}")))?;
+                    let m = q.strip_prefix("HNSW").ok_or_else(|| {
+                        invalid(
+                            self.factory,
+                            &format!("'{part}': the coarse quantizer after '_' must be HNSW{{M}}"),
+                        )
+                    })?;
                     format!("_HNSW{}", self.number(part, m, "links per node", HNSW_M)?)
                 }
             };
@@ -168,7 +177,9 @@ impl Parser<'_> {
             let Some(storage) = next else {
                 return Err(invalid(
                     self.factory,
-                    &format!("'{part}' needs a storage after it, e.g. '{part},Flat' or '{part},PQ16'"),
+                    &format!(
+                        "'{part}' needs a storage after it, e.g. '{part},Flat' or '{part},PQ16'"
+                    ),
                 ));
             };
             let storage = self.storage(part, storage)?;
@@ -181,7 +192,10 @@ impl Parser<'_> {
             self.trial.push(storage);
             return Ok(false);
         }
-        Err(invalid(self.factory, &format!("'{part}' is not an index Mirante accepts")))
+        Err(invalid(
+            self.factory,
+            &format!("'{part}' is not an index Mirante accepts"),
+        ))
     }
 
     /// A code storage: `Flat`, `SQ{t}` or a product quantizer; returns its trial form.
@@ -192,7 +206,9 @@ impl Parser<'_> {
         let Some(rest) = s.strip_prefix("PQ") else {
             return Err(invalid(
                 self.factory,
-                &format!("'{part}': storage '{s}' is not Flat, SQ4/SQ6/SQ8/SQfp16/SQbf16 or PQ{{m}}"),
+                &format!(
+                    "'{part}': storage '{s}' is not Flat, SQ4/SQ6/SQ8/SQfp16/SQbf16 or PQ{{m}}"
+                ),
             ));
         };
         let (m, bits, suffix) = if let Some(m) = rest.strip_suffix("x4fsr") {
@@ -222,7 +238,10 @@ impl Parser<'_> {
             .then(|| digits.parse().ok())
             .flatten()
             .ok_or_else(|| {
-                invalid(self.factory, &format!("'{part}' needs a number of {what} where it has '{digits}'"))
+                invalid(
+                    self.factory,
+                    &format!("'{part}' needs a number of {what} where it has '{digits}'"),
+                )
             })?;
         if !(lo..=hi).contains(&n) {
             return Err(invalid(
@@ -252,7 +271,9 @@ impl Parser<'_> {
         match self.dim {
             Some(dim) if m > dim || !dim.is_multiple_of(m) => Err(invalid(
                 self.factory,
-                &format!("'{part}' splits {dim}-dimensional vectors into {m} parts; {m} must divide {dim}"),
+                &format!(
+                    "'{part}' splits {dim}-dimensional vectors into {m} parts; {m} must divide {dim}"
+                ),
             )),
             _ => Ok(()),
         }
@@ -284,9 +305,24 @@ mod tests {
             ("HNSW32", None, 1, "HNSW32"),
             ("HNSW32_PQ16", None, 9984, "HNSW32_PQ16"),
             ("IVF256,Flat", Some(256), 9984, "IVF16,Flat"),
-            ("IVF4096_HNSW32,PQ16x10", Some(4096), 159_744, "IVF16_HNSW32,PQ16x8"),
-            ("PCA64,IVF16,SQ8,RFlat", Some(16), 624, "PCA64,IVF16,SQ8,RFlat"),
-            ("OPQ16_64,IVF1024,PQ16x4fs", Some(1024), 39_936, "OPQ16_64,IVF16,PQ16x4fs"),
+            (
+                "IVF4096_HNSW32,PQ16x10",
+                Some(4096),
+                159_744,
+                "IVF16_HNSW32,PQ16x8",
+            ),
+            (
+                "PCA64,IVF16,SQ8,RFlat",
+                Some(16),
+                624,
+                "PCA64,IVF16,SQ8,RFlat",
+            ),
+            (
+                "OPQ16_64,IVF1024,PQ16x4fs",
+                Some(1024),
+                39_936,
+                "OPQ16_64,IVF16,PQ16x4fs",
+            ),
             ("L2norm,PQ32x4", None, 624, "L2norm,PQ32x4"),
             ("IVF64,PQ8np", Some(64), 9984, "IVF16,PQ8np"),
         ] {
@@ -318,7 +354,12 @@ mod tests {
             assert!(err.contains(why), "{spec}: {err}");
         }
         let long = "PCA8,".repeat(100) + "Flat";
-        assert!(parse(&long, Some(128)).unwrap_err().to_string().contains("bytes long"));
+        assert!(
+            parse(&long, Some(128))
+                .unwrap_err()
+                .to_string()
+                .contains("bytes long")
+        );
         // Without a dimension, only what does not depend on it is checked.
         assert!(parse("PQ7", None).is_ok());
     }

@@ -204,7 +204,11 @@ pub(crate) fn build(spec: &IndexSpec, dim: usize, vectors: &[f32], path: &Path) 
 
 /// Search parameters a spec may set, with their largest values (each costs search time or
 /// memory in proportion).
-const PARAMETERS: [(&str, f64); 3] = [("nprobe", 65_536.0), ("efSearch", 4096.0), ("k_factor", 64.0)];
+const PARAMETERS: [(&str, f64); 3] = [
+    ("nprobe", 65_536.0),
+    ("efSearch", 4096.0),
+    ("k_factor", 64.0),
+];
 
 /// `n` deterministic pseudo-random vectors of `dim` values in [-1, 1), for trial builds.
 fn trial_vectors(n: usize, dim: usize) -> Vec<f32> {

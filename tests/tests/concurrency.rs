@@ -59,6 +59,8 @@ fn readers_never_fail_while_a_writer_compacts_and_vacuums() {
         assert!(reads > 0, "{out}");
     }
     // Every pin went with its snapshot.
-    let pins = std::fs::read_dir(dir.path().join("db/_readers")).unwrap().count();
+    let pins = std::fs::read_dir(dir.path().join("db/_readers"))
+        .unwrap()
+        .count();
     assert_eq!(pins, 0);
 }

@@ -313,7 +313,8 @@ fn malformed_and_non_utf8_metadata_lines_fail_their_rows_or_are_skipped() {
         ),
         (
             "metadata.csv",
-            b"file_name,text\na.png,first\nb.png,caf\xe9\nc.png,one,too many\nd.png,last\n".to_vec(),
+            b"file_name,text\na.png,first\nb.png,caf\xe9\nc.png,one,too many\nd.png,last\n"
+                .to_vec(),
         ),
     ] {
         let folder = dir.path().join(file.replace('.', "-"));
@@ -386,5 +387,162 @@ fn index_specs_are_checked_where_they_are_given() {
     for spec in ["HNSW16", "IVF4,Flat", "PCA16,IVF2,SQ8,RFlat", "L2norm,Flat"] {
         one(&db, &format!("CREATE INDEX ON images USING '{spec}'"));
     }
+    assert_eq!(count(&db), 16);
+}
+
+#[test]
+fn reports_and_exports_never_replace_files_silently_nor_write_through_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = squares_collection(dir.path());
+    let report = dir.path().join("r.html");
+    std::fs::write(&report, "keep me").unwrap();
+    let search = |into: &str| format!("SEARCH images BY TEXT 'a red square' INTO {into}");
+    let err = error(&db, &search(&format!("'{}'", report.display())));
+    assert!(err.contains("already exists; add OVERWRITE"), "{err}");
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "keep me");
+    one(&db, &search(&format!("'{}' OVERWRITE", report.display())));
+    assert!(std::fs::read_to_string(&report).unwrap().contains("<html"));
+    // A link where the report goes is never written through, even with OVERWRITE.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "untouched").unwrap();
+    let link = dir.path().join("link.html");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let err = error(&db, &search(&format!("'{}' OVERWRITE", link.display())));
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+
+    one(
+        &db,
+        &format!(
+            "FINETUNE MODEL '{}' ON images WITH (epochs = 1, batch_size = 4, seed = 0) AS 'ft'",
+            tiny_clip().display()
+        ),
+    );
+    let out = dir.path().join("exported");
+    one(&db, &format!("EXPORT MODEL 'ft' TO '{}'", out.display()));
+    let err = error(&db, &format!("EXPORT MODEL 'ft' TO '{}'", out.display()));
+    assert!(err.contains("already exists; add OVERWRITE"), "{err}");
+    // A file of the folder swapped for a link: OVERWRITE replaces files, never link targets.
+    std::fs::remove_file(out.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("config.json")).unwrap();
+    let err = error(
+        &db,
+        &format!("EXPORT MODEL 'ft' TO '{}' OVERWRITE", out.display()),
+    );
+    assert!(err.contains("config.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+#[test]
+fn a_confined_database_reads_and_writes_only_under_its_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (allowed, outside) = (dir.path().join("allowed"), dir.path().join("outside"));
+    for d in [&allowed, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let model = allowed.join("model");
+    mirante_tests::copy_model(&tiny_clip(), &model);
+    let inside_images = allowed.join("images");
+    mirante_tests::write_square_images(&inside_images);
+    let outside_images = outside.join("images");
+    mirante_tests::write_square_images(&outside_images);
+    let db = Database::open_with(
+        dir.path().join("db"),
+        Options {
+            access: mirante::Access::confined([&allowed]).unwrap(),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    one(
+        &db,
+        &format!(
+            "CREATE COLLECTION images WITH (model = '{}')",
+            model.display()
+        ),
+    );
+    one(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", inside_images.display()),
+    );
+    let outside_file = std::fs::read_dir(&outside_images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    // Each way out is refused with the reason: an import source, an image path in a
+    // metadata file, a link inside an allowed folder, a query image, a model folder, a report,
+    // and a Hub id that would download.
+    let refused = "outside the folders statements may use";
+    for statement in [
+        format!("IMPORT INTO images FROM '{}'", outside_images.display()),
+        format!("SEARCH images BY IMAGE '{}'", outside_file.display()),
+        format!(
+            "CREATE COLLECTION other WITH (model = '{}')",
+            tiny_clip().display()
+        ),
+        format!(
+            "SEARCH images BY TEXT 'x' INTO '{}'",
+            outside.join("r.html").display()
+        ),
+    ] {
+        let err = error(&db, &statement);
+        assert!(err.contains(refused), "{statement}: {err}");
+    }
+    let listed = allowed.join("listed");
+    std::fs::create_dir_all(&listed).unwrap();
+    png(&listed.join("inside.png"), 16, 16);
+    std::fs::write(
+        listed.join("metadata.jsonl"),
+        format!(
+            "{{\"file_name\": \"inside.png\", \"text\": \"ok\"}}\n\
+             {{\"file_name\": \"{}\", \"text\": \"stolen\"}}\n",
+            outside_file.display()
+        ),
+    )
+    .unwrap();
+    let err = error(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", listed.display()),
+    );
+    assert!(err.contains(refused) && err.contains("line 2"), "{err}");
+    let plain = allowed.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    png(&plain.join("inside.png"), 16, 16);
+    std::os::unix::fs::symlink(&outside_file, plain.join("zz-link.png")).unwrap();
+    let err = error(
+        &db,
+        &format!("IMPORT INTO images FROM '{}'", plain.display()),
+    );
+    assert!(
+        err.contains(refused) && err.contains("zz-link.png"),
+        "{err}"
+    );
+    let err = error(
+        &db,
+        "CREATE COLLECTION hub WITH (model = 'mirante-test/not-in-any-cache')",
+    );
+    assert!(err.contains("downloads are turned off"), "{err}");
+    let err = error(
+        &db,
+        "CREATE COLLECTION hub WITH (model = 'org/name@../../../../tmp/x')",
+    );
+    assert!(err.contains("not a valid Hugging Face Hub id"), "{err}");
+    // The database's own folder is readable, never writable.
+    let err = error(
+        &db,
+        &format!(
+            "SEARCH images BY TEXT 'x' INTO '{}'",
+            dir.path().join("db/files/r.html").display()
+        ),
+    );
+    assert!(err.contains("statements do not write to"), "{err}");
+    one(
+        &db,
+        &format!(
+            "SEARCH images BY TEXT 'x' INTO '{}'",
+            allowed.join("r.html").display()
+        ),
+    );
     assert_eq!(count(&db), 16);
 }

@@ -169,7 +169,9 @@ fn a_second_writer_waits_for_the_first_and_is_refused_with_the_holder_named_afte
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(w);
     });
-    other.writer().expect("the lock is taken once the first writer is gone");
+    other
+        .writer()
+        .expect("the lock is taken once the first writer is gone");
     first.join().unwrap();
 }
 

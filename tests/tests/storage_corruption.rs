@@ -201,7 +201,12 @@ fn restore_commits_an_older_version_again_without_reusing_ids() {
     let dir = tempfile::tempdir().unwrap();
     let (versions, _) = built_with_newest_manifest(dir.path());
     let db = Database::open(dir.path()).unwrap();
-    let first_rows = db.snapshot_at(versions[2]).unwrap().collection("a").unwrap().clone();
+    let first_rows = db
+        .snapshot_at(versions[2])
+        .unwrap()
+        .collection("a")
+        .unwrap()
+        .clone();
     let newest_next_id = db.snapshot().unwrap().collection("a").unwrap().next_row_id;
     let mut w = db.writer().unwrap();
     let restored = w.restore(versions[2]).unwrap();

@@ -67,7 +67,11 @@ pub fn hub_id(locator: &str) -> Result<(&str, &str)> {
     };
     match id.split_once('/') {
         Some((org, name)) if name_ok(org) && name_ok(name) => {}
-        _ => return Err(bad("the id must be two names of letters, digits, '.', '_' or '-'")),
+        _ => {
+            return Err(bad(
+                "the id must be two names of letters, digits, '.', '_' or '-'",
+            ));
+        }
     }
     let revision_ok = (1..=255).contains(&revision.len())
         && revision
@@ -87,14 +91,13 @@ pub fn hub_id(locator: &str) -> Result<(&str, &str)> {
 
 /// A file name a repository's index lists (a weight shard), which must stay in its folder.
 fn plain_file_name(name: &str) -> std::result::Result<&str, String> {
-    let plain = !name.is_empty()
-        && !name.contains(['/', '\\'])
-        && name != "."
-        && name != "..";
+    let plain = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
     if plain {
         Ok(name)
     } else {
-        Err(format!("the weight index names '{name}', which is not a plain file name"))
+        Err(format!(
+            "the weight index names '{name}', which is not a plain file name"
+        ))
     }
 }
 
@@ -192,4 +195,40 @@ fn download(model: &str, cache_dir: &Path) -> std::result::Result<PathBuf, Strin
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| "config.json has no parent folder".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_that_could_leave_the_cache_are_refused() {
+        assert_eq!(hub_id("org/name").ok(), Some(("org/name", "main")));
+        assert_eq!(
+            hub_id("org/name@v1.0/fix").ok(),
+            Some(("org/name", "v1.0/fix"))
+        );
+        for bad in [
+            "org/name@../../../tmp/x",
+            "org/name@..",
+            "org/name@/etc",
+            "org/name@a//b",
+            "org/name@main/",
+            "org/..",
+            "../name",
+            "org/na me",
+            "org/name/extra",
+            "org/name@a\\b",
+        ] {
+            let err = hub_id(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("not a valid Hugging Face Hub id"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(plain_file_name("model-00001.safetensors").is_ok());
+        for bad in ["../x.safetensors", "a/b", "..", ""] {
+            assert!(plain_file_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -3,12 +3,12 @@
 //! fit its width.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use mirante::{CancelToken, Database, ExecOptions, Options, Output, TableStyle};
+use mirante::{Access, CancelToken, Database, ExecOptions, Options, Output, TableStyle};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -109,6 +109,15 @@ pub struct OpenArgs {
     /// SQLite's busy timeout; 0 fails at once).
     #[arg(long, value_name = "SECONDS", default_value_t = mirante::storage::DEFAULT_BUSY_TIMEOUT.as_secs_f64())]
     busy_timeout: f64,
+    /// Confine statements to this folder (repeat for several): the files they import, the image
+    /// paths they read, the model folders they load and the reports and models they write must
+    /// be under one of them (the database and the Hugging Face cache stay readable). Implies
+    /// --no-downloads. For hosts that run statements their users send.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_paths: Vec<PathBuf>,
+    /// Never download a model from the Hugging Face Hub; only its local cache is used.
+    #[arg(long)]
+    no_downloads: bool,
 }
 
 /// Opens the database and says on stderr what is wrong with it (a damaged newer version, which
@@ -116,11 +125,18 @@ pub struct OpenArgs {
 fn open(db: &Path, progress: bool, args: &OpenArgs) -> Result<Database> {
     let busy_timeout = Duration::try_from_secs_f64(args.busy_timeout)
         .map_err(|e| anyhow::anyhow!("--busy-timeout {}: {e}", args.busy_timeout))?;
+    let mut access = if args.allow_paths.is_empty() {
+        Access::default()
+    } else {
+        Access::confined(&args.allow_paths).context("--allow-path")?
+    };
+    access.downloads &= !args.no_downloads;
     let database = Database::open_with(
         db,
         Options {
             progress,
             busy_timeout,
+            access,
             ..Default::default()
         },
     )

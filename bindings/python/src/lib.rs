@@ -222,22 +222,30 @@ impl PyDatabase {
     /// `progress`: a callable returning an object with `update(tasks)` and `close()` that
     /// draws a call's progress (each task: what, position, length or None, message,
     /// finished); `None` shows none.
-    #[pyo3(signature = (path, *, device=None, progress=None, busy_timeout=5.0))]
+    #[pyo3(signature = (path, *, device=None, progress=None, busy_timeout=5.0, allowed_paths=None, downloads=true))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         device: Option<String>,
         progress: Option<Py<PyAny>>,
         busy_timeout: f64,
+        allowed_paths: Option<Vec<PathBuf>>,
+        downloads: bool,
     ) -> PyResult<Self> {
         let device = mirante::training::select_device(device.as_deref())
             .map_err(|e| to_py(py, &mirante::Error::from(e), None))?;
         let busy_timeout = std::time::Duration::try_from_secs_f64(busy_timeout).map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("busy_timeout {busy_timeout}: {e}"))
         })?;
+        let mut access = match allowed_paths {
+            Some(roots) => mirante::Access::confined(roots).map_err(|e| to_py(py, &e, None))?,
+            None => mirante::Access::default(),
+        };
+        access.downloads &= downloads;
         let options = Options {
             device,
             busy_timeout,
+            access,
             ..Options::default()
         };
         let db = run(py, Call::plain(), move |_| {

@@ -159,6 +159,21 @@ def test_a_second_writer_waits_for_the_busy_timeout_then_raises_locked(tmp_path)
     assert done.is_set() and "b" in waiting.collections()
 
 
+def test_a_confined_database_refuses_files_outside_its_folders(tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (16, 16), "red").save(outside / "x.png")
+    db = mirante.connect(tmp_path / "db", progress=False, allowed_paths=[allowed])
+    db.execute("CREATE COLLECTION c WITH (model = NULL)")
+    with pytest.raises(mirante.InvalidInputError, match="outside the folders"):
+        db.execute(f"IMPORT INTO c FROM '{outside}'")
+    with pytest.raises(mirante.InvalidInputError, match="outside the folders"):
+        db.execute(f"CREATE COLLECTION d WITH (model = '{TINY_CLIP}')")
+    with pytest.raises(mirante.Error, match="downloads are turned off"):
+        db.execute("CREATE COLLECTION d WITH (model = 'mirante-test/not-cached')")
+
+
 # ---------------------------------------------------------------------------------------------
 # Adding rows
 

@@ -330,7 +330,12 @@ mod tests {
              b.jpg,\"[\"\"two\"\", \"\"captions\"\"]\",,2.5,false,12\n",
         )
         .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default(), &Access::default()).unwrap();
+        let src = open(
+            p.to_str().unwrap(),
+            &ImportOptions::default(),
+            &Access::default(),
+        )
+        .unwrap();
         let types: Vec<(String, ColumnType)> =
             src.columns.iter().map(|c| (c.name.clone(), c.ty)).collect();
         assert_eq!(
@@ -393,7 +398,12 @@ mod tests {
             "{\"file_name\": \"a.jpg\", \"text\": \"ok\"}\n{\"text\": \"no image\"}\n{\"file_name\": \"c.jpg\", \"text\": 3}\n",
         )
         .unwrap();
-        let src = open(p.to_str().unwrap(), &ImportOptions::default(), &Access::default()).unwrap();
+        let src = open(
+            p.to_str().unwrap(),
+            &ImportOptions::default(),
+            &Access::default(),
+        )
+        .unwrap();
         let bad: Vec<String> = src
             .items
             .filter_map(|i| match i.unwrap() {

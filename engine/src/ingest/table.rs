@@ -55,7 +55,10 @@ pub(super) fn read_jsonl(path: &Path) -> Result<ReadTable> {
             Err(e) => {
                 read.bad.push(bad_line(
                     location,
-                    format!("not UTF-8 text (invalid byte at column {})", e.valid_up_to() + 1),
+                    format!(
+                        "not UTF-8 text (invalid byte at column {})",
+                        e.valid_up_to() + 1
+                    ),
                 ));
                 continue;
             }

@@ -366,6 +366,7 @@ impl Writer {
     pub fn set_index(&mut self, collection: &str, spec: IndexSpec) -> Result<u64> {
         let snap = self.snapshot();
         let c = snap.collection(collection)?;
+        spec.validate_syntax()?;
         for s in &c.spaces {
             spec.validate(s.spec.dim)?;
         }

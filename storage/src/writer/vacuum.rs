@@ -37,10 +37,17 @@ impl Writer {
             .iter()
             .enumerate()
             .map(|(i, &v)| (v, i < keep_from && !in_use.contains(&v)))
-            .fold((Vec::new(), Vec::new()), |(mut old, mut kept), (v, remove)| {
-                if remove { old.push(v) } else { kept.push(v) }
-                (old, kept)
-            });
+            .fold(
+                (Vec::new(), Vec::new()),
+                |(mut old, mut kept), (v, remove)| {
+                    if remove {
+                        old.push(v)
+                    } else {
+                        kept.push(v)
+                    }
+                    (old, kept)
+                },
+            );
         // Every manifest's files, read before any is removed: a snapshot that pins a version
         // while this vacuum runs keeps its files (below) even once its manifest is gone.
         let mut files_of: HashMap<u64, Vec<String>> = HashMap::new();

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mirante::storage::{Database, IndexSpec, Metric, Modality};
-use mirante_tests::{assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema, test_space};
+use mirante_tests::{
+    assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema, test_space,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -201,7 +203,10 @@ fn check_newest(db: &Database) -> Result<(), String> {
                 .map_err(|e| failed("get", e))?
                 .is_none()
             {
-                return Err(format!("version {v}: search hit {} is not live", hit.row_id));
+                return Err(format!(
+                    "version {v}: search hit {} is not live",
+                    hit.row_id
+                ));
             }
         }
     }

@@ -92,6 +92,8 @@ def connect(
     device: str | None = None,
     progress: bool | None = None,
     busy_timeout: float = 5.0,
+    allowed_paths: Sequence[str | os.PathLike[str]] | None = None,
+    downloads: bool = True,
 ) -> Database:
     """Opens the database in folder ``path``, creating it if the folder holds none.
 
@@ -101,6 +103,12 @@ def connect(
     stderr is a terminal). ``busy_timeout`` is how many seconds a writing statement waits for
     another process's writer before raising :class:`LockedError` (0 fails at once).
 
+    For a server that runs statements its users send: ``allowed_paths`` confines the files
+    statements read (imports, image paths, model folders) and write (``INTO`` reports,
+    ``EXPORT MODEL``) to those folders (the database and the Hugging Face cache stay readable)
+    and turns downloads off; ``downloads=False`` alone keeps models to the local Hugging Face
+    cache.
+
     Issues a :class:`DamagedVersionWarning` when the newest version cannot be read.
     """
     if progress is None:
@@ -108,7 +116,12 @@ def connect(
     drawer = _progress.Bars if progress else None
     db = Database(
         _mirante.Database(
-            os.fspath(path), device=device, progress=drawer, busy_timeout=busy_timeout
+            os.fspath(path),
+            device=device,
+            progress=drawer,
+            busy_timeout=busy_timeout,
+            allowed_paths=None if allowed_paths is None else [os.fspath(p) for p in allowed_paths],
+            downloads=downloads,
         )
     )
     for message in db.warnings:

@@ -57,6 +57,8 @@ class Database:
         device: str | None = None,
         progress: Callable[[], ProgressDrawer] | None = None,
         busy_timeout: float = 5.0,
+        allowed_paths: list[str | PathLike[str]] | None = None,
+        downloads: bool = True,
     ) -> None: ...
     @property
     def path(self) -> str: ...
