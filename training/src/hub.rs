@@ -138,10 +138,10 @@ pub fn resolve_model_with(model: &str, downloads: bool) -> Result<PathBuf> {
             .repo(repo(model))
             .get("config.json")
     };
-    let download_error = if offline() {
-        "HF_HUB_OFFLINE is set".to_string()
-    } else if !downloads {
+    let download_error = if !downloads {
         "downloads are turned off here".to_string()
+    } else if offline() {
+        "HF_HUB_OFFLINE is set".to_string()
     } else {
         match download(model, &cache_dir) {
             Ok(folder) => return Ok(folder),
