@@ -56,6 +56,7 @@ fn readers_never_fail_while_a_writer_compacts_and_vacuums() {
     for reader in readers {
         let out = finished("reader", reader.wait_with_output().unwrap());
         let reads: u64 = out.trim().strip_prefix("R ").unwrap().parse().unwrap();
+        eprintln!("reader process: {reads} snapshots read and checked");
         assert!(reads > 0, "{out}");
     }
     // Every pin went with its snapshot.
