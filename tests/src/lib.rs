@@ -73,6 +73,17 @@ pub fn keyed_texts(key: u64) -> usize {
     (key % 3 + 1) as usize
 }
 
+/// The image vectors (one per row) and caption vectors (one per caption, in row order) of the
+/// keyed rows `keys` (see [`keyed_row`]), as `Writer::append` takes them.
+pub fn keyed_vectors(keys: &[u64], dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let images = keys.iter().flat_map(|&k| int_vector(k, 0, dim)).collect();
+    let captions = keys
+        .iter()
+        .flat_map(|&k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, dim)))
+        .collect();
+    (images, captions)
+}
+
 /// A vector with small integer components derived from `key` and `item`: inner products of such
 /// vectors are exact in f32 whatever the summation order, so FAISS, Mirante and a reference agree
 /// to the bit, and many ties occur (which exercises the tie-break).

@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
 use mirante::storage::{Database, IndexSpec, Metric, Modality};
-use mirante_tests::{int_vector, keyed_row, keyed_texts, test_schema, test_space};
+use mirante_tests::{keyed_row, keyed_vectors, test_schema, test_space};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -50,11 +50,7 @@ fn run(dir: &str, seed: u64, once: bool) -> mirante::storage::Result<()> {
             rng.random_range(1..40)
         };
         let keys: Vec<u64> = (first..first + n).collect();
-        let iv: Vec<f32> = keys.iter().flat_map(|&k| int_vector(k, 0, DIM)).collect();
-        let tv: Vec<f32> = keys
-            .iter()
-            .flat_map(|&k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, DIM)))
-            .collect();
+        let (iv, tv) = keyed_vectors(&keys, DIM);
         writeln!(out.lock(), "B {} {}", first, first + n - 1).ok();
         out.lock().flush().ok();
         let ids = w.append(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use mirante::storage::{Database, IndexSpec, Metric, Modality};
 use mirante_tests::{
-    assert_keyed_row, int_vector, keyed_row, keyed_texts, test_schema, test_space,
+    assert_keyed_row, int_vector, keyed_row, keyed_vectors, test_schema, test_space,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,11 +95,7 @@ fn write_loop(db: &Database, duration: Duration, seed: u64) -> Result<(u64, u64)
         let first = c.next_row_id;
         let n = rng.random_range(1..200);
         let keys: Vec<u64> = (first..first + n).collect();
-        let iv: Vec<f32> = keys.iter().flat_map(|&k| int_vector(k, 0, DIM)).collect();
-        let tv: Vec<f32> = keys
-            .iter()
-            .flat_map(|&k| (0..keyed_texts(k) as u64).flat_map(move |t| int_vector(k, t + 1, DIM)))
-            .collect();
+        let (iv, tv) = keyed_vectors(&keys, DIM);
         w.append(
             "c",
             keys.iter().map(|&k| keyed_row(k)).collect(),
