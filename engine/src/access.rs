@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fsio;
 
 /// The folders statements may use, and whether they may download.
 #[derive(Debug, Clone)]
@@ -42,13 +43,7 @@ impl Access {
     pub fn confined<P: AsRef<Path>>(roots: impl IntoIterator<Item = P>) -> Result<Access> {
         let roots = roots
             .into_iter()
-            .map(|r| {
-                let r = r.as_ref();
-                r.canonicalize().map_err(|e| Error::Io {
-                    path: r.to_path_buf(),
-                    source: e,
-                })
-            })
+            .map(|r| fsio::canonicalize(r.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         Ok(Access {
             roots: Some(roots),
@@ -73,10 +68,7 @@ impl Access {
         let Some(roots) = &self.roots else {
             return Ok(());
         };
-        let real = path.canonicalize().map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let real = fsio::canonicalize(path)?;
         if self.read_only.iter().any(|r| real.starts_with(r)) {
             return Ok(());
         }
@@ -117,10 +109,7 @@ impl Access {
             })
             .find(|a| a.exists())
             .unwrap_or(Path::new("."));
-        let real = existing.canonicalize().map_err(|e| Error::Io {
-            path: existing.to_path_buf(),
-            source: e,
-        })?;
+        let real = fsio::canonicalize(existing)?;
         if self.read_only.iter().any(|r| real.starts_with(r)) {
             return Err(Error::Invalid(format!(
                 "{} is inside the database or the Hugging Face cache, which statements do not \
@@ -158,7 +147,7 @@ pub(crate) fn create_checked(access: &Access, into: &mirante_query::OutputPath) 
 /// `overwrite` a truncated existing one.
 pub(crate) fn create_file(path: &Path, overwrite: bool) -> Result<File> {
     let mut options = OpenOptions::new();
-    options.write(true).custom_flags(libc_nofollow());
+    options.write(true).custom_flags(libc::O_NOFOLLOW);
     if overwrite {
         options.create(true).truncate(true);
     } else {
@@ -169,18 +158,6 @@ pub(crate) fn create_file(path: &Path, overwrite: bool) -> Result<File> {
             "{} already exists; add OVERWRITE to replace it",
             path.display()
         )),
-        _ => Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        },
+        _ => Error::io(path, e),
     })
-}
-
-/// `O_NOFOLLOW` (Linux and macOS values; the flag makes `open` fail on a link).
-fn libc_nofollow() -> i32 {
-    if cfg!(target_os = "macos") {
-        0x100
-    } else {
-        0o400_000
-    }
 }
