@@ -1,6 +1,8 @@
 """Writes the seed corpora of the fuzz targets (fuzz/corpus/<target>/): every statement of the
-golden files for `statement`, and small images of every decoded format and shape for `image`
-(colour types, bit depths, palettes, alpha, extreme aspect ratios, a truncated JPEG).
+golden files for `statement`; small images of every decoded format and shape for `image`
+(colour types, bit depths, palettes, alpha, extreme aspect ratios, a truncated JPEG); the
+manifests of the committed fixture databases (whole files and bodies) for `manifest`; and
+their row archives, each after the 40-byte prefix of its segment's manifest entry, for `rows`.
 Fuzzing adds its finds beside them; commit the interesting ones. Needs Pillow.
 
 Usage: python3 scripts/make_fuzz_seeds.py
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import struct
 from pathlib import Path
 
 from PIL import Image
@@ -74,6 +78,32 @@ def images() -> None:
     save("image", out.getvalue())
 
 
+HEADER_LEN = 64
+
+
+def databases() -> None:
+    for manifest in sorted((ROOT / "tests" / "fixtures").glob("*/_versions/*.manifest")):
+        data = manifest.read_bytes()
+        save("manifest", data)
+        save("manifest", data[HEADER_LEN:])
+        files = manifest.parent.parent / "files"
+        for collection in json.loads(data[HEADER_LEN:])["collections"]:
+            for seg in collection["segments"]:
+                rows = files / seg["rows_file"]["name"]
+                if not rows.exists():
+                    continue  # vacuumed since
+                shape = struct.pack(
+                    "<5Q",
+                    seg["rows"],
+                    seg["texts"],
+                    seg["min_row_id"],
+                    seg["max_row_id"],
+                    seg["blob_file"]["len"] - HEADER_LEN,
+                )
+                save("rows", shape + rows.read_bytes()[HEADER_LEN:])
+
+
 if __name__ == "__main__":
     statements()
     images()
+    databases()

@@ -11,7 +11,7 @@ use mirante_training::{Device, ImageLimits, PipelineOptions, Progress};
 
 use crate::access::Access;
 use crate::cancel::CancelToken;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::Models;
 use crate::pixel_cache::PixelCache;
 use crate::registry::{self, Registry};
@@ -37,6 +37,9 @@ pub struct Options {
     /// The folders statements may read and write outside the database, and whether they may
     /// download models ([`Access::confined`] for hosts that run their users' statements).
     pub access: Access,
+    /// Refuse every statement that would change the database or write a file (the MCP
+    /// server's default); the database must exist. EVALUATE still runs, unrecorded.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             image_limits: ImageLimits::default(),
             busy_timeout: storage::DEFAULT_BUSY_TIMEOUT,
             access: Access::default(),
+            read_only: false,
         }
     }
 }
@@ -88,10 +92,16 @@ impl Database {
     /// older release stored as absolute paths are rewritten as `registry:<name>` keys in one
     /// commit (see [`crate::registry`]), so moved and copied databases use their own models.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Database> {
-        let store = storage::Database::open_or_create(path)?;
+        let store = if options.read_only {
+            storage::Database::open(path)?
+        } else {
+            storage::Database::open_or_create(path)?
+        };
         store.set_busy_timeout(options.busy_timeout);
         let registry = Registry::new(store.path());
-        registry::migrate(&store, &registry)?;
+        if !options.read_only {
+            registry::migrate(&store, &registry)?;
+        }
         let mut options = options;
         options.access.also_read(store.path());
         options.access.also_read(&mirante_training::hub_cache_dir());
@@ -165,6 +175,9 @@ impl Database {
     /// The writer even while a newer version is damaged: `RESTORE VERSION` is how the user
     /// accepts the fallback.
     pub(crate) fn writer_for_restore(&self) -> Result<WriterGuard<'_>> {
+        if self.options.read_only {
+            return Err(Error::ReadOnly);
+        }
         let mut guard = self
             .writer
             .lock()

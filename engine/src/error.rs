@@ -48,6 +48,20 @@ pub enum Error {
     )]
     ModelExists { name: String },
 
+    /// A statement that would change the database or write a file, on a read-only
+    /// connection.
+    #[error(
+        "the database is open read-only, and this statement would change it or write a file; \
+         open it for writing to run it"
+    )]
+    ReadOnly,
+
+    /// A new registry model whose name another statement is training under right now.
+    #[error(
+        "model '{name}' is being trained by another statement (in this or another process); wait for it to finish or pick another name"
+    )]
+    ModelBeingTrained { name: String },
+
     /// A registry model a collection still searches with.
     #[error("collection {collection} embeds with model '{name}'; switch it to another model first")]
     ModelInUse { name: String, collection: String },

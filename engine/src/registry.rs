@@ -6,7 +6,10 @@
 //!
 //! Installs are atomic: a model is written into `.partial-<name>`, every file and the folder
 //! are fsynced, the folder is renamed to `<name>` and the registry folder fsynced, so a crash
-//! leaves either no model or a whole one.
+//! leaves either no model or a whole one. While it trains, the install holds an exclusive
+//! `flock` on `.partial-<name>.lock`: a second install under that name is refused, and
+//! [`Registry::sweep`] (run by `VACUUM`) removes only partial folders nobody holds, the ones
+//! killed runs left.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsio;
+use mirante_storage::crashpoint::crash_point;
 
 /// The registry's folder inside a database.
 pub const REGISTRY_DIR: &str = "models";
@@ -26,6 +30,14 @@ pub const KEY_PREFIX: &str = "registry:";
 /// `lineage_format`) stored absolute paths.
 pub const LINEAGE_FORMAT: u32 = 2;
 const PARTIAL_PREFIX: &str = ".partial-";
+const LOCK_SUFFIX: &str = ".lock";
+
+/// The lock file of partial folder `partial`.
+fn lock_path(partial: &Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(LOCK_SUFFIX);
+    PathBuf::from(name)
+}
 
 /// Where a registry model came from and how it was trained (`mirante_model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +218,15 @@ impl Registry {
         self.check_new(name)?;
         fsio::create_dir_all(&self.root)?;
         let partial = self.root.join(format!("{PARTIAL_PREFIX}{name}"));
+        let lock = lock_path(&partial);
+        let lock = match fsio::try_lock(&lock)? {
+            Some(file) => file,
+            None => {
+                return Err(Error::ModelBeingTrained {
+                    name: name.to_string(),
+                });
+            }
+        };
         if partial.exists() {
             // Left by a crashed or cancelled run.
             fsio::remove_dir_all(&partial)?;
@@ -216,7 +237,42 @@ impl Registry {
             target: self.folder(name),
             root: self.root.clone(),
             committed: false,
+            _lock: lock,
         })
+    }
+
+    /// Removes the partial folders (and their lock files) of installs that no live statement
+    /// holds: what runs killed in the middle of training left. Returns how many folders.
+    pub fn sweep(&self) -> Result<usize> {
+        if !self.root.is_dir() {
+            return Ok(0);
+        }
+        let partials: std::collections::BTreeSet<String> = fsio::list_dir(&self.root)?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str())
+            .filter(|n| n.starts_with(PARTIAL_PREFIX))
+            .map(|n| n.strip_suffix(LOCK_SUFFIX).unwrap_or(n).to_string())
+            .collect();
+        let mut removed = 0;
+        for name in partials {
+            let path = self.root.join(name);
+            let lock = lock_path(&path);
+            // Held: a statement is writing this model now.
+            let Some(_held) = fsio::try_lock(&lock)? else {
+                continue;
+            };
+            // The folder goes before the lock file: an install that opens the lock file after
+            // its unlink creates a new one and finds no folder to lose.
+            if path.is_dir() {
+                fsio::remove_dir_all(&path)?;
+                removed += 1;
+            }
+            fsio::remove_file(&lock)?;
+        }
+        if removed > 0 {
+            fsio::sync_dir(&self.root)?;
+        }
+        Ok(removed)
     }
 
     /// Removes model `name` (the caller checks that no collection uses it).
@@ -293,6 +349,8 @@ pub struct Install {
     target: PathBuf,
     root: PathBuf,
     committed: bool,
+    /// Held until the install is dropped (see the module documentation).
+    _lock: std::fs::File,
 }
 
 impl Install {
@@ -312,9 +370,13 @@ impl Install {
             }
         }
         fsio::sync_dir(&self.partial)?;
+        crash_point("engine::model-synced");
         fsio::rename(&self.partial, &self.target)?;
+        crash_point("engine::model-renamed");
         fsio::sync_dir(&self.root)?;
         self.committed = true;
+        // Still locked, so no sweep is racing for it.
+        fsio::remove_file(&lock_path(&self.partial))?;
         Ok(())
     }
 }
@@ -322,8 +384,10 @@ impl Install {
 impl Drop for Install {
     fn drop(&mut self) {
         if !self.committed {
-            // Best effort: a leftover is also removed by the next install under this name.
+            // Best effort: a leftover is also removed by the next install under this name, or
+            // by VACUUM's sweep.
             let _ = fsio::remove_dir_all(&self.partial);
+            let _ = fsio::remove_file(&lock_path(&self.partial));
         }
     }
 }
@@ -449,12 +513,51 @@ mod tests {
         );
         install.commit(&lineage).unwrap();
         assert_eq!(r.names().unwrap(), ["m"]);
+        let left: Vec<_> = fsio::list_dir(&dir.path().join(REGISTRY_DIR)).unwrap();
+        assert_eq!(
+            left,
+            [r.folder("m")],
+            "no lock file or partial folder is left"
+        );
         assert_eq!(r.lineage("m").unwrap().lineage_format, LINEAGE_FORMAT);
         assert!(matches!(r.install("m"), Err(Error::ModelExists { .. })));
         let out = dir.path().join("out");
         assert_eq!(r.export("m", &out, false).unwrap(), 2);
         r.remove("m").unwrap();
         assert!(matches!(r.lineage("m"), Err(Error::UnknownModel { .. })));
+    }
+
+    #[test]
+    fn a_held_install_is_exclusive_and_kept_by_sweeps_an_abandoned_one_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::new(dir.path());
+        let live = r.install("live").unwrap();
+        fsio::write(&live.folder().join("weights"), "w").unwrap();
+        assert!(matches!(
+            r.install("live"),
+            Err(Error::ModelBeingTrained { .. })
+        ));
+        // What a killed run leaves: a partial folder with files, its lock file unheld, and a
+        // lock file whose folder was never made.
+        let root = dir.path().join(REGISTRY_DIR);
+        fsio::create_dir_all(&root.join(".partial-dead")).unwrap();
+        fsio::write(&root.join(".partial-dead").join("weights"), "w").unwrap();
+        fsio::write(&root.join(".partial-dead.lock"), "").unwrap();
+        fsio::write(&root.join(".partial-early.lock"), "").unwrap();
+        assert_eq!(r.sweep().unwrap(), 1);
+        let mut left: Vec<_> = fsio::list_dir(&root).unwrap();
+        left.sort();
+        assert_eq!(
+            left,
+            [root.join(".partial-live"), root.join(".partial-live.lock")]
+        );
+        assert!(
+            live.folder().join("weights").exists(),
+            "the live install is untouched"
+        );
+        drop(live);
+        assert!(fsio::list_dir(&root).unwrap().is_empty());
+        assert_eq!(r.sweep().unwrap(), 0);
     }
 
     #[test]

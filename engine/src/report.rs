@@ -31,16 +31,24 @@ pub fn escape(s: &str) -> String {
 
 /// A JPEG thumbnail as a data URI, or `None` when the bytes do not decode.
 pub fn thumbnail_data_uri(bytes: &[u8]) -> Option<String> {
-    let img = image::load_from_memory(bytes).ok()?;
-    let thumb = image::DynamicImage::ImageRgb8(img.thumbnail(THUMBNAIL, THUMBNAIL).to_rgb8());
+    Some(format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(thumbnail_jpeg(bytes, THUMBNAIL)?)
+    ))
+}
+
+/// A JPEG of a stored image at most `side` pixels on its longest side, or `None` when the
+/// bytes do not decode within the default image limits (a stored image may never have been
+/// decoded: rows imported with precomputed vectors keep their bytes unread).
+pub fn thumbnail_jpeg(bytes: &[u8], side: u32) -> Option<Vec<u8>> {
+    let limits = mirante_training::imageio::ImageLimits::default();
+    let img = mirante_training::imageio::decode(bytes, "stored image", limits.max_pixels).ok()?;
+    let thumb = image::DynamicImage::ImageRgb8(img.thumbnail(side, side).to_rgb8());
     let mut jpeg = Vec::new();
     thumb
         .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
         .ok()?;
-    Some(format!(
-        "data:image/jpeg;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(jpeg)
-    ))
+    Some(jpeg)
 }
 
 pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\

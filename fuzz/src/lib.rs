@@ -4,6 +4,8 @@
 //! or an allocation beyond the limits is a bug.
 
 use mirante_query::{Catalog, ColumnInfo, ColumnKind, ColumnRef};
+use mirante_storage::manifest::Manifest;
+use mirante_storage::{RowsShape, check_rows};
 use mirante_training::ImageProcessor;
 use mirante_training::imageio::ImageLimits;
 use mirante_training::preprocess::{Resample, ResizeTo};
@@ -36,6 +38,41 @@ pub fn image(data: &[u8]) {
         },
     };
     let _ = processor.process_bytes(data, "fuzz input");
+}
+
+/// A manifest file (envelope and body), and the same bytes as a manifest body alone: decoded
+/// and checked for the invariants readers rely on. The second form gets the fuzzer past the
+/// envelope's checksums.
+pub fn manifest(data: &[u8]) {
+    let _ = mirante_storage::manifest::decode(std::path::Path::new("fuzz.manifest"), data);
+    if let Ok(m) = serde_json::from_slice::<Manifest>(data) {
+        let _ = m.check();
+    }
+}
+
+/// A row archive body after a 40-byte prefix holding what its segment's manifest entry would
+/// say (rows, captions, first and last row id, blob length; little-endian u64s), validated as
+/// a segment's reader validates it.
+pub fn rows(data: &[u8]) {
+    let Some((prefix, body)) = data.split_first_chunk::<40>() else {
+        return;
+    };
+    let field = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&prefix[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(b)
+    };
+    let shape = RowsShape {
+        rows: field(0),
+        texts: field(1),
+        min_row_id: field(2),
+        max_row_id: field(3),
+        blob_len: field(4),
+    };
+    // rkyv reads archives at their alignment, as the memory map of a file gives them.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    let _ = check_rows(&aligned, &shape);
 }
 
 /// Collections `images` and `art` with every kind of column.

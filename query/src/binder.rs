@@ -360,6 +360,39 @@ pub enum Plan {
     Explain(Box<Plan>),
 }
 
+impl Plan {
+    /// Whether running the plan changes the database or writes a file (what a read-only
+    /// connection refuses). SEARCH and EVALUATE write only with `INTO` (EVALUATE's record in
+    /// `mirante_evaluations` is left out on a read-only connection); EXPLAIN runs nothing.
+    pub fn writes(&self) -> bool {
+        match self {
+            Plan::Search(SearchPlan { into, .. }) | Plan::Evaluate(EvaluatePlan { into, .. }) => {
+                into.is_some()
+            }
+            Plan::Select { .. }
+            | Plan::ShowCollections
+            | Plan::ShowModels
+            | Plan::Describe { .. }
+            | Plan::Explain(_) => false,
+            Plan::Train(_)
+            | Plan::Delete { .. }
+            | Plan::Insert { .. }
+            | Plan::Import { .. }
+            | Plan::CreateCollection { .. }
+            | Plan::DropCollection { .. }
+            | Plan::DropModel { .. }
+            | Plan::ExportModel { .. }
+            | Plan::CreateIndex { .. }
+            | Plan::Embed { .. }
+            | Plan::Reembed { .. }
+            | Plan::SetModel { .. }
+            | Plan::Compact { .. }
+            | Plan::Vacuum { .. }
+            | Plan::Restore { .. } => true,
+        }
+    }
+}
+
 /// `TOP` defaulted and bounded.
 fn rerank_plan(r: Rerank) -> Result<RerankPlan> {
     let top = r.top.unwrap_or(DEFAULT_RERANK_TOP);

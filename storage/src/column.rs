@@ -73,13 +73,13 @@ impl Column {
             ));
         }
         let body_len = map.len() - HEADER_LEN;
-        if body_len != dim * expected_count * 4 {
+        let expected_len = dim
+            .checked_mul(expected_count)
+            .and_then(|n| n.checked_mul(4));
+        if Some(body_len) != expected_len {
             return Err(Error::corruption(
                 path,
-                format!(
-                    "body is {body_len} bytes, expected {}",
-                    dim * expected_count * 4
-                ),
+                format!("body is {body_len} bytes, expected {dim} x {expected_count} floats"),
             ));
         }
         bytemuck::try_cast_slice::<u8, f32>(&map[HEADER_LEN..]).map_err(|e| {

@@ -33,7 +33,7 @@ pub(crate) struct Factory {
     pub ivf_lists: Option<usize>,
     /// Vectors a segment needs before the index can be trained well.
     pub min_training: usize,
-    /// The same structure with small training needs (at most 16 lists, 8-bit codes), for a
+    /// The same structure with small training needs (at most 16 lists, 4-bit codes), for a
     /// trial build on a few vectors.
     pub trial: String,
     /// Vectors the trial build trains on.
@@ -173,7 +173,9 @@ impl Parser<'_> {
             };
             self.ivf_lists = Some(n);
             let trial_lists = n.min(16);
-            self.train(trial_lists, POINTS_PER_CENTROID * n);
+            // Enough trial vectors that FAISS's k-means trains without its "please provide
+            // at least ... training points" warning on stderr.
+            self.train(POINTS_PER_CENTROID * trial_lists, POINTS_PER_CENTROID * n);
             let Some(storage) = next else {
                 return Err(invalid(
                     self.factory,
@@ -224,12 +226,17 @@ impl Parser<'_> {
         };
         let m = self.number(part, m, "sub-quantizers", (1, 65_536))?;
         self.divides(part, m)?;
-        let centroids = 1usize << bits;
-        self.train(centroids.min(256), POINTS_PER_CENTROID * centroids);
-        Ok(match (suffix, bits) {
-            ("", 8) => format!("PQ{m}"),
-            ("", b) => format!("PQ{m}x{}", b.min(8)),
-            (fast, _) => format!("PQ{m}{fast}"),
+        // The trial trains 4-bit codes at most: the same structure, and 16 centroids per
+        // sub-quantizer train on a few hundred vectors without FAISS's warning.
+        let trial_bits = bits.min(4);
+        self.train(
+            POINTS_PER_CENTROID << trial_bits,
+            POINTS_PER_CENTROID << bits,
+        );
+        Ok(match suffix {
+            "" => format!("PQ{m}x{trial_bits}"),
+            "np" => format!("PQ{m}x{trial_bits}np"),
+            fast => format!("PQ{m}{fast}"),
         })
     }
 
@@ -303,13 +310,13 @@ mod tests {
         for (spec, lists, min_training, trial) in [
             ("Flat", None, 1, "Flat"),
             ("HNSW32", None, 1, "HNSW32"),
-            ("HNSW32_PQ16", None, 9984, "HNSW32_PQ16"),
+            ("HNSW32_PQ16", None, 9984, "HNSW32_PQ16x4"),
             ("IVF256,Flat", Some(256), 9984, "IVF16,Flat"),
             (
                 "IVF4096_HNSW32,PQ16x10",
                 Some(4096),
                 159_744,
-                "IVF16_HNSW32,PQ16x8",
+                "IVF16_HNSW32,PQ16x4",
             ),
             (
                 "PCA64,IVF16,SQ8,RFlat",
@@ -324,7 +331,7 @@ mod tests {
                 "OPQ16_64,IVF16,PQ16x4fs",
             ),
             ("L2norm,PQ32x4", None, 624, "L2norm,PQ32x4"),
-            ("IVF64,PQ8np", Some(64), 9984, "IVF16,PQ8np"),
+            ("IVF64,PQ8np", Some(64), 9984, "IVF16,PQ8x4np"),
         ] {
             let f = parse(spec, Some(128)).unwrap();
             assert_eq!(f.ivf_lists, lists, "{spec}");

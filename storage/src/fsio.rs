@@ -7,6 +7,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
+use crate::crashpoint::crash_point;
 use crate::error::{Error, Result};
 
 /// A read-only view of a sealed file: memory-mapped when non-empty (an empty file cannot be mapped).
@@ -86,7 +87,9 @@ pub(crate) fn atomic_write(path: &Path, contents: &[&[u8]]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".tmp-{name}"));
     write_synced(&tmp, contents)?;
+    crash_point("storage::manifest-written");
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    crash_point("storage::manifest-renamed");
     sync_dir(dir)
 }
 

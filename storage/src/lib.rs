@@ -7,6 +7,7 @@
 //! [`Snapshot`]s of one version. See `docs/format.md` for the bytes and the commit protocol.
 
 mod column;
+pub mod crashpoint;
 mod db;
 mod deletes;
 mod error;
@@ -28,7 +29,7 @@ pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_VERSION};
 pub use index::{IndexSpec, MIN_INDEXED_ITEMS};
 pub use manifest::{CollectionMeta, Manifest, SegmentMeta};
-pub use rows::{RowRef, ValueRef};
+pub use rows::{RowRef, RowsShape, ValueRef, check_rows};
 pub use schema::{
     BUILTIN_COLUMNS, ColumnDef, ColumnType, ImageData, Metric, Modality, NewRow, Schema, SpaceId,
     SpaceSpec, Value,

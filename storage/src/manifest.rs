@@ -257,11 +257,8 @@ pub(crate) fn write(root: &Path, manifest: &Manifest) -> Result<()> {
 /// Reads and validates the manifest of `version`.
 pub(crate) fn read(root: &Path, version: u64) -> Result<Manifest> {
     let path = manifest_path(root, version);
-    let bytes = fsio::read(&path)?;
-    let fields = format::check_envelope(&path, FileKind::Manifest, &bytes)?;
-    let manifest: Manifest = serde_json::from_slice(&bytes[HEADER_LEN..])
-        .map_err(|e| Error::corruption(&path, format!("invalid manifest body: {e}")))?;
-    if manifest.version != version || fields.count != version {
+    let manifest = decode(&path, &fsio::read(&path)?)?;
+    if manifest.version != version {
         return Err(Error::corruption(
             &path,
             format!(
@@ -271,4 +268,212 @@ pub(crate) fn read(root: &Path, version: u64) -> Result<Manifest> {
         ));
     }
     Ok(manifest)
+}
+
+/// Decodes a manifest file's bytes (`path` only names it in errors): its envelope, its body,
+/// and the invariants readers rely on (see [`Manifest::check`]). Checksums catch accidents;
+/// these checks keep a deliberately crafted manifest from steering a reader outside the
+/// database folder or past the end of a file.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let fields = format::check_envelope(path, FileKind::Manifest, bytes)?;
+    let manifest: Manifest = serde_json::from_slice(&bytes[HEADER_LEN..])
+        .map_err(|e| Error::corruption(path, format!("invalid manifest body: {e}")))?;
+    if fields.count != manifest.version {
+        return Err(Error::corruption(
+            path,
+            format!(
+                "header says version {}, body says {}",
+                fields.count, manifest.version
+            ),
+        ));
+    }
+    manifest
+        .check()
+        .map_err(|e| Error::corruption(path, format!("inconsistent manifest: {e}")))?;
+    Ok(manifest)
+}
+
+/// The largest embedding dimension a space may have (the largest models' are a few thousand).
+pub const MAX_DIM: usize = 65_536;
+
+impl Manifest {
+    /// Checks what readers index by: data file names are plain names inside `files/`, envelope
+    /// files are at least a header long, row ids, segment ids, space ids and collection uids
+    /// lie below the counters that allocate them, every column's space exists, dimensions are
+    /// within [`MAX_DIM`], index specs parse.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for c in &self.collections {
+            if !names.insert(&c.name) {
+                return Err(format!("collection '{}' appears twice", c.name));
+            }
+            if c.uid >= self.next_collection_uid {
+                return Err(format!(
+                    "collection '{}' has uid {} not below the next uid {}",
+                    c.name, c.uid, self.next_collection_uid
+                ));
+            }
+            c.index
+                .validate_syntax()
+                .map_err(|e| format!("collection '{}': {e}", c.name))?;
+            let mut space_ids = std::collections::HashSet::new();
+            for s in &c.spaces {
+                if s.id >= c.next_space_id || !space_ids.insert(s.id) {
+                    return Err(format!(
+                        "collection '{}': space id {} is repeated or not below {}",
+                        c.name, s.id, c.next_space_id
+                    ));
+                }
+                if !(1..=MAX_DIM).contains(&s.spec.dim) {
+                    return Err(format!(
+                        "collection '{}': space {} has dimension {}, expected 1 to {MAX_DIM}",
+                        c.name, s.id, s.spec.dim
+                    ));
+                }
+            }
+            for active in [c.active_image, c.active_text].into_iter().flatten() {
+                if !space_ids.contains(&active) {
+                    return Err(format!(
+                        "collection '{}': active space {active} does not exist",
+                        c.name
+                    ));
+                }
+            }
+            for seg in &c.segments {
+                let what = || format!("collection '{}', segment {}", c.name, seg.id);
+                if seg.id >= self.next_segment_id {
+                    return Err(format!(
+                        "{}: id not below the next segment id {}",
+                        what(),
+                        self.next_segment_id
+                    ));
+                }
+                let ids_fit = seg.rows == 0
+                    || (seg.min_row_id <= seg.max_row_id
+                        && seg.max_row_id < c.next_row_id
+                        && seg.rows - 1 <= seg.max_row_id - seg.min_row_id);
+                if seg.deleted > seg.rows || !ids_fit {
+                    return Err(format!(
+                        "{}: {} rows ({} deleted) with ids {} to {}, next row id {}",
+                        what(),
+                        seg.rows,
+                        seg.deleted,
+                        seg.min_row_id,
+                        seg.max_row_id,
+                        c.next_row_id
+                    ));
+                }
+                for col in &seg.columns {
+                    if !space_ids.contains(&col.space) {
+                        return Err(format!(
+                            "{}: a column of space {} that does not exist",
+                            what(),
+                            col.space
+                        ));
+                    }
+                }
+                let mut envelope = vec![&seg.rows_file, &seg.blob_file];
+                envelope.extend(&seg.deletes);
+                envelope.extend(seg.columns.iter().map(|col| &col.file));
+                for file in envelope {
+                    if file.len < HEADER_LEN as u64 {
+                        return Err(format!(
+                            "{}: file {} is {} bytes, shorter than a header",
+                            what(),
+                            file.name,
+                            file.len
+                        ));
+                    }
+                }
+            }
+        }
+        for file in self.files() {
+            let plain = !file.name.is_empty()
+                && !file.name.starts_with('.')
+                && file.name.len() <= 64
+                && file
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+            if !plain {
+                return Err(format!(
+                    "data file name {:?} is not a plain file name",
+                    file.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_segment() -> Manifest {
+        let file = |name: &str| FileRef {
+            name: name.into(),
+            len: 100,
+            crc32c: 0,
+        };
+        let mut m = Manifest::empty();
+        m.next_segment_id = 2;
+        m.next_collection_uid = 2;
+        m.collections.push(CollectionMeta {
+            name: "c".into(),
+            uid: 1,
+            schema: Schema::default(),
+            index: IndexSpec::default(),
+            next_row_id: 11,
+            next_space_id: 1,
+            spaces: Vec::new(),
+            active_image: None,
+            active_text: None,
+            segments: vec![SegmentMeta {
+                id: 1,
+                rows: 10,
+                texts: 10,
+                min_row_id: 1,
+                max_row_id: 10,
+                rows_file: file("f0000000001.rows"),
+                blob_file: file("f0000000002.blob"),
+                deletes: None,
+                deleted: 0,
+                columns: Vec::new(),
+            }],
+        });
+        m
+    }
+
+    #[test]
+    fn manifests_that_would_steer_readers_astray_are_refused() {
+        one_segment().check().unwrap();
+        type Damage = fn(&mut Manifest);
+        let cases: [(&str, Damage); 7] = [
+            ("not a plain file name", |m| {
+                m.collections[0].segments[0].rows_file.name = "../../etc/passwd".into()
+            }),
+            ("shorter than a header", |m| {
+                m.collections[0].segments[0].blob_file.len = 3
+            }),
+            ("with ids 1 to 10, next row id 5", |m| {
+                m.collections[0].next_row_id = 5
+            }),
+            ("11 rows", |m| m.collections[0].segments[0].rows = 11),
+            ("appears twice", |m| {
+                let c = m.collections[0].clone();
+                m.collections.push(c)
+            }),
+            ("active space 3 does not exist", |m| {
+                m.collections[0].active_text = Some(3)
+            }),
+            ("HNSW", |m| m.collections[0].index.factory = "HNSW0".into()),
+        ];
+        for (why, damage) in cases {
+            let mut m = one_segment();
+            damage(&mut m);
+            let e = m.check().unwrap_err();
+            assert!(e.contains(why), "{e} (expected {why})");
+        }
+    }
 }

@@ -113,22 +113,100 @@ pub(crate) struct RowsFile {
     map: Mapped,
 }
 
+/// What a segment's manifest entry says about its row archive.
+#[derive(Debug, Clone, Copy)]
+pub struct RowsShape {
+    pub rows: u64,
+    pub texts: u64,
+    pub min_row_id: u64,
+    pub max_row_id: u64,
+    /// Bytes of the segment's blob body, which images point into.
+    pub blob_len: u64,
+}
+
+impl RowsShape {
+    pub(crate) fn of(meta: &crate::SegmentMeta) -> Self {
+        RowsShape {
+            rows: meta.rows,
+            texts: meta.texts,
+            min_row_id: meta.min_row_id,
+            max_row_id: meta.max_row_id,
+            blob_len: meta.blob_file.len.saturating_sub(HEADER_LEN as u64),
+        }
+    }
+}
+
+/// Validates a `.rows` body: rkyv's structural check (bytecheck), then what readers index by:
+/// the row count, ids ascending within the segment's range, each row's first caption at the
+/// running count of captions and the total equal to the segment's, images inside the blob.
+pub fn check_rows(body: &[u8], shape: &RowsShape) -> std::result::Result<(), String> {
+    archive(body, shape).map(|_| ())
+}
+
+fn archive<'a>(body: &'a [u8], shape: &RowsShape) -> std::result::Result<&'a ArchivedRows, String> {
+    let rows = rkyv::access::<ArchivedRows, rancor::Error>(body)
+        .map_err(|e| format!("invalid row archive: {e}"))?;
+    if rows.len() as u64 != shape.rows {
+        return Err(format!(
+            "holds {} rows, the manifest says {}",
+            rows.len(),
+            shape.rows
+        ));
+    }
+    let mut texts = 0u64;
+    let mut last_id = None;
+    for (i, row) in rows.iter().enumerate() {
+        let id = row.id.to_native();
+        if last_id.is_some_and(|last| id <= last)
+            || !(shape.min_row_id..=shape.max_row_id).contains(&id)
+        {
+            return Err(format!(
+                "row {i} has id {id}: not ascending or outside the segment's ids {} to {}",
+                shape.min_row_id, shape.max_row_id
+            ));
+        }
+        last_id = Some(id);
+        if row.text_start.to_native() != texts {
+            return Err(format!(
+                "row {i}'s first caption is at {}, after {texts} captions",
+                row.text_start.to_native()
+            ));
+        }
+        texts += row.texts.len() as u64;
+        if let Some(img) = row.image.as_ref() {
+            let end = img.offset.to_native().checked_add(img.len.to_native());
+            if end.is_none_or(|end| end > shape.blob_len) {
+                return Err(format!(
+                    "row {i}'s image ({} bytes at {}) lies outside the {}-byte blob",
+                    img.len.to_native(),
+                    img.offset.to_native(),
+                    shape.blob_len
+                ));
+            }
+        }
+    }
+    if texts != shape.texts {
+        return Err(format!(
+            "holds {texts} captions, the manifest says {}",
+            shape.texts
+        ));
+    }
+    Ok(rows)
+}
+
 impl RowsFile {
-    pub fn open(path: &Path, expect: &FileRef) -> Result<Self> {
+    pub fn open(path: &Path, expect: &FileRef, shape: &RowsShape) -> Result<Self> {
         let (fields, map) = format::map_file(path, FileKind::Rows, expect)?;
-        let body = &map[HEADER_LEN..];
-        let archived = rkyv::access::<ArchivedRows, rancor::Error>(body)
-            .map_err(|e| Error::corruption(path, format!("invalid row archive: {e}")))?;
-        if archived.len() as u64 != fields.count {
+        if fields.count != shape.rows {
             return Err(Error::corruption(
                 path,
                 format!(
-                    "header says {} rows, archive holds {}",
-                    fields.count,
-                    archived.len()
+                    "header says {} rows, the manifest says {}",
+                    fields.count, shape.rows
                 ),
             ));
         }
+        archive(&map[HEADER_LEN..], shape).map_err(|e| Error::corruption(path, e))?;
         Ok(RowsFile { map })
     }
 
@@ -252,5 +330,82 @@ impl<'a> RowRef<'a> {
                 .map(|(i, c)| (c.name.clone(), self.value_at(i).to_value()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, texts: usize, text_start: u64, image: Option<(u64, u64)>) -> RowRecord {
+        RowRecord {
+            id,
+            image: image.map(|(offset, len)| StoredImage {
+                offset,
+                len,
+                source: "x.png".into(),
+            }),
+            texts: vec!["a caption".into(); texts],
+            text_start,
+            split: None,
+            meta: Vec::new(),
+        }
+    }
+
+    fn check(records: Vec<RowRecord>, shape: RowsShape) -> std::result::Result<(), String> {
+        let body = rkyv::to_bytes::<rancor::Error>(&records).unwrap();
+        check_rows(&body, &shape)
+    }
+
+    #[test]
+    fn row_archives_must_match_what_readers_index_by() {
+        let shape = RowsShape {
+            rows: 2,
+            texts: 3,
+            min_row_id: 5,
+            max_row_id: 6,
+            blob_len: 10,
+        };
+        let good = || vec![record(5, 1, 0, Some((0, 4))), record(6, 2, 1, Some((4, 6)))];
+        check(good(), shape).unwrap();
+        for (records, shape, why) in [
+            (good(), RowsShape { rows: 3, ..shape }, "holds 2 rows"),
+            (good(), RowsShape { texts: 4, ..shape }, "holds 3 captions"),
+            (
+                good(),
+                RowsShape {
+                    blob_len: 9,
+                    ..shape
+                },
+                "outside the 9-byte blob",
+            ),
+            (
+                good(),
+                RowsShape {
+                    max_row_id: 5,
+                    ..shape
+                },
+                "row 1 has id 6",
+            ),
+            (
+                vec![record(6, 1, 0, None), record(5, 2, 1, None)],
+                shape,
+                "not ascending",
+            ),
+            (
+                vec![record(5, 1, 0, None), record(6, 2, 2, None)],
+                shape,
+                "first caption is at 2, after 1",
+            ),
+            (
+                vec![record(5, 1, 0, Some((u64::MAX, 2))), record(6, 2, 1, None)],
+                shape,
+                "lies outside",
+            ),
+        ] {
+            let e = check(records, shape).unwrap_err();
+            assert!(e.contains(why), "{e} (expected {why})");
+        }
+        assert!(check_rows(b"not an archive", &shape).is_err());
     }
 }

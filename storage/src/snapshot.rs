@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use crate::column::Column;
 use crate::db::Shared;
 use crate::deletes::DeletionVector;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::LoadedIndex;
 use crate::manifest::{CollectionMeta, FILES_DIR, FileRef, Manifest, SegmentMeta};
 use crate::pins::Pin;
-use crate::rows::{BlobFile, RowRef, RowsFile};
+use crate::rows::{BlobFile, RowRef, RowsFile, RowsShape};
 use crate::schema::{Modality, Schema, SpaceId};
 
 /// Rows and image bytes of one segment, memory-mapped.
@@ -125,17 +125,7 @@ impl Snapshot {
         meta: &'s SegmentMeta,
     ) -> Result<SegmentView<'s>> {
         let data = self.load(&meta.rows_file, |rows_path| {
-            let rows = RowsFile::open(&rows_path, &meta.rows_file)?;
-            if rows.rows().len() as u64 != meta.rows {
-                return Err(Error::corruption(
-                    &rows_path,
-                    format!(
-                        "holds {} rows, manifest says {}",
-                        rows.rows().len(),
-                        meta.rows
-                    ),
-                ));
-            }
+            let rows = RowsFile::open(&rows_path, &meta.rows_file, &RowsShape::of(meta))?;
             let blob = BlobFile::open(&self.file_path(&meta.blob_file.name), &meta.blob_file)?;
             Ok(SegmentData { rows, blob })
         })?;

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
+pub mod soak;
+
 use mirante::storage::{
     ColumnDef, ColumnType, Hit, ImageData, Metric, Modality, NewRow, Schema, SegmentView, Snapshot,
     SpaceId, SpaceSpec, Value, sort_hits,
@@ -360,25 +362,12 @@ pub fn write_square_images(folder: &std::path::Path) -> Vec<String> {
 /// model of its own registry: a tiny CLIP made from scratch in `work`, fine-tuned as `ft`,
 /// re-embedded with, and an ELIP re-ranker `elip` trained over it (seconds on a CPU).
 pub fn registry_models(db: &mirante::Database, work: &std::path::Path) {
-    use mirante::training::scratch::{ClipArchitecture, initialize_clip, train_clip_tokenizer};
+    use mirante::training::scratch::{initialize_clip, train_clip_tokenizer};
     let images = work.join("images");
     let captions = write_square_images(&images);
     let base = work.join("base-model");
-    let arch = ClipArchitecture {
-        image_size: 16,
-        patch_size: 8,
-        vision_width: 16,
-        vision_layers: 1,
-        vision_heads: 2,
-        text_width: 16,
-        text_layers: 1,
-        text_heads: 2,
-        max_positions: 16,
-        projection_dim: 16,
-        mlp_ratio: 2,
-    };
     let tokenizer = train_clip_tokenizer(&captions, 300).unwrap();
-    initialize_clip(&base, &arch, &tokenizer, 7).unwrap();
+    initialize_clip(&base, &tiny_architecture(), &tokenizer, 7).unwrap();
     let quote = |p: &std::path::Path| p.display().to_string().replace('\'', "''");
     for sql in [
         "CREATE COLLECTION shapes WITH (model = NULL)".to_string(),
@@ -393,6 +382,24 @@ pub fn registry_models(db: &mirante::Database, work: &std::path::Path) {
             .to_string(),
     ] {
         one(db, &sql);
+    }
+}
+
+/// A CLIP small enough to train in seconds on a CPU, for [`write_square_images`]'s 16x16
+/// images: 16-wide towers of one layer, 16-d embeddings.
+pub fn tiny_architecture() -> mirante::training::scratch::ClipArchitecture {
+    mirante::training::scratch::ClipArchitecture {
+        image_size: 16,
+        patch_size: 8,
+        vision_width: 16,
+        vision_layers: 1,
+        vision_heads: 2,
+        text_width: 16,
+        text_layers: 1,
+        text_heads: 2,
+        max_positions: 16,
+        projection_dim: 16,
+        mlp_ratio: 2,
     }
 }
 

@@ -36,3 +36,13 @@ fn statement_corpus() {
 fn image_corpus() {
     replay("image", bodies::image);
 }
+
+#[test]
+fn manifest_corpus() {
+    replay("manifest", bodies::manifest);
+}
+
+#[test]
+fn rows_corpus() {
+    replay("rows", bodies::rows);
+}

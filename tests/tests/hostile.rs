@@ -546,3 +546,69 @@ fn a_confined_database_reads_and_writes_only_under_its_folders() {
     );
     assert_eq!(count(&db), 16);
 }
+
+#[test]
+fn a_read_only_database_runs_reads_and_refuses_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(squares_collection(dir.path()));
+    let path = dir.path().join("db");
+    let versions = || std::fs::read_dir(path.join("_versions")).unwrap().count();
+    let before = versions();
+    let db = Database::open_with(
+        &path,
+        Options {
+            read_only: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(count(&db), 16);
+    one(&db, "SEARCH images BY TEXT 'a red square' LIMIT 3");
+    one(&db, "SHOW COLLECTIONS");
+    one(&db, "DESCRIBE images");
+    one(&db, "EXPLAIN DELETE FROM images");
+    let evaluated = one(&db, "EVALUATE recall@1 ON images");
+    assert!(
+        evaluated
+            .status
+            .as_deref()
+            .unwrap_or("")
+            .contains("read-only"),
+        "{evaluated:?}"
+    );
+    let report = dir.path().join("r.html");
+    for statement in [
+        "DELETE FROM images".to_string(),
+        format!(
+            "IMPORT INTO images FROM '{}'",
+            dir.path().join("squares").display()
+        ),
+        "COMPACT images".into(),
+        "VACUUM".into(),
+        "CREATE INDEX ON images USING 'HNSW8'".into(),
+        "CREATE COLLECTION other".into(),
+        "DROP COLLECTION images".into(),
+        "RESTORE VERSION 1".into(),
+        format!("SEARCH images BY TEXT 'x' INTO '{}'", report.display()),
+        "FINETUNE MODEL 'x' ON images AS 'y'".into(),
+    ] {
+        let err = error(&db, &statement);
+        assert!(err.contains("open read-only"), "{statement}: {err}");
+    }
+    assert_eq!(count(&db), 16);
+    assert_eq!(versions(), before, "nothing was committed");
+    assert!(!report.exists() && !path.join("models").exists());
+    // A read-only open never creates a database.
+    let missing = dir.path().join("missing");
+    assert!(
+        Database::open_with(
+            &missing,
+            Options {
+                read_only: true,
+                ..Options::default()
+            }
+        )
+        .is_err()
+    );
+    assert!(!missing.exists());
+}

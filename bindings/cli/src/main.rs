@@ -1,5 +1,6 @@
 //! The `mirante` command-line tool.
 
+mod mcp;
 mod shell;
 
 use std::path::PathBuf;
@@ -101,6 +102,22 @@ enum Command {
     Shell {
         /// Database directory (created if missing).
         db: PathBuf,
+        #[command(flatten)]
+        open: shell::OpenArgs,
+    },
+    /// Serves a database to LLM clients over the Model Context Protocol, on stdin/stdout:
+    /// tools to search by text or by image (the hits' images come back as image content), list
+    /// and describe collections, run SQL and evaluate. Read-only unless --read-write; confine
+    /// the files requests may read with --allow-path.
+    ///
+    /// Client configuration (Claude Desktop and others): {"mcpServers": {"mirante":
+    /// {"command": "mirante", "args": ["mcp", "/path/to/db", "--allow-path", "/path/to/images"]}}}
+    Mcp {
+        /// Database directory (must exist).
+        db: PathBuf,
+        /// Let requests run statements that change the database (IMPORT, DELETE, FINETUNE...).
+        #[arg(long)]
+        read_write: bool,
         #[command(flatten)]
         open: shell::OpenArgs,
     },
@@ -238,6 +255,11 @@ fn main() -> Result<()> {
             open,
         } => shell::run_sql(&db, statements, format, progress, &open),
         Command::Shell { db, open } => shell::repl(&db, &open),
+        Command::Mcp {
+            db,
+            read_write,
+            open,
+        } => mcp::serve(shell::open(&db, false, !read_write, &open)?),
         Command::Pretrain {
             out,
             work,

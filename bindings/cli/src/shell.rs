@@ -122,7 +122,7 @@ pub struct OpenArgs {
 
 /// Opens the database and says on stderr what is wrong with it (a damaged newer version, which
 /// is shown as an older one and refuses writes until restored).
-fn open(db: &Path, progress: bool, args: &OpenArgs) -> Result<Database> {
+pub fn open(db: &Path, progress: bool, read_only: bool, args: &OpenArgs) -> Result<Database> {
     let busy_timeout = Duration::try_from_secs_f64(args.busy_timeout)
         .map_err(|e| anyhow::anyhow!("--busy-timeout {}: {e}", args.busy_timeout))?;
     let mut access = if args.allow_paths.is_empty() {
@@ -137,6 +137,7 @@ fn open(db: &Path, progress: bool, args: &OpenArgs) -> Result<Database> {
             progress,
             busy_timeout,
             access,
+            read_only,
             ..Default::default()
         },
     )
@@ -165,7 +166,7 @@ pub fn run_sql(
             t
         }
     };
-    let database = open(db, progress, open_args)?;
+    let database = open(db, progress, false, open_args)?;
     let running = Running::default();
     running.install()?;
     let printer = Printer {
@@ -347,7 +348,7 @@ impl Shell {
 
 /// `mirante shell`.
 pub fn repl(db: &Path, open_args: &OpenArgs) -> Result<()> {
-    let database = Arc::new(open(db, std::io::stderr().is_terminal(), open_args)?);
+    let database = Arc::new(open(db, std::io::stderr().is_terminal(), false, open_args)?);
     let mut editor: Editor<ShellHelper, rustyline::history::DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(ShellHelper {
         db: database.clone(),

@@ -96,7 +96,17 @@ pub(super) fn compact(db: &Database, collection: &str, exec: &ExecOptions) -> Re
 }
 
 pub(super) fn vacuum(db: &Database, keep: usize) -> Result<Output> {
-    let r = db.writer()?.vacuum(keep)?;
+    let mut writer = db.writer()?;
+    let r = writer.vacuum(keep)?;
+    // Under the writer lock, like every other change to the database's folder.
+    let models = match db.registry().sweep()? {
+        0 => String::new(),
+        n => format!(
+            "; removed {n} model folder{} that interrupted training left",
+            plural(n)
+        ),
+    };
+    std::mem::drop(writer);
     let in_use = match r.versions_in_use {
         0 => String::new(),
         n => format!(
@@ -106,7 +116,7 @@ pub(super) fn vacuum(db: &Database, keep: usize) -> Result<Output> {
         ),
     };
     Ok(Output::Status(format!(
-        "vacuum kept {keep} version{}: removed {} versions and {} files ({} bytes){in_use}",
+        "vacuum kept {keep} version{}: removed {} versions and {} files ({} bytes){models}{in_use}",
         plural(keep),
         r.versions_removed,
         r.files_removed,

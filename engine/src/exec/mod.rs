@@ -12,7 +12,7 @@ use mirante_query::{self as query, Plan, TrainKind};
 
 use crate::catalog::SnapshotCatalog;
 use crate::database::{Database, ExecOptions};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::output::Output;
 
 impl Database {
@@ -49,6 +49,9 @@ impl Database {
         options.cancel.check()?;
         let snap = self.snapshot()?;
         let plan = query::bind(stmt, &SnapshotCatalog(&snap))?;
+        if self.options.read_only && plan.writes() {
+            return Err(Error::ReadOnly);
+        }
         let result = run(self, plan, options);
         self.release_writer();
         result

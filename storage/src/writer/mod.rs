@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 
 use crate::column::normalize;
+use crate::crashpoint::crash_point;
 use crate::db::{DamagedVersion, Database};
 use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
@@ -127,7 +128,9 @@ impl Writer {
         next.committed_at_ms = manifest::now_ms();
         next.message = message;
         fsio::sync_dir(&self.files_dir())?;
+        crash_point("storage::before-manifest");
         manifest::write(self.db.path(), &next)?;
+        crash_point("storage::committed");
         self.manifest = next;
         // The handle's next snapshot is this version, without reading it back; the old one's
         // pin goes, so that a vacuum in this process does not keep it.
@@ -406,10 +409,12 @@ fn stage_space(
     spec: SpaceSpec,
     activate: bool,
 ) -> Result<SpaceId> {
-    if spec.dim == 0 {
-        return Err(Error::InvalidArgument(
-            "an embedding space needs dim > 0".into(),
-        ));
+    if !(1..=manifest::MAX_DIM).contains(&spec.dim) {
+        return Err(Error::InvalidArgument(format!(
+            "an embedding space's dimension must be 1 to {}, got {}",
+            manifest::MAX_DIM,
+            spec.dim
+        )));
     }
     let c = manifest.collection_mut(collection)?;
     let id = match c.spaces.iter().find(|s| s.spec == spec) {

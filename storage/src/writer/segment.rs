@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use super::{Writer, checked_vectors};
 use crate::column;
+use crate::crashpoint::crash_point;
 use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -146,6 +147,7 @@ impl Writer {
             let spec = c.space(space)?.spec.clone();
             columns.push(self.write_column(next, &c.index, &spec, space, vectors)?);
         }
+        crash_point("storage::segment-written");
         Ok(SegmentMeta {
             id,
             rows: pending.records.len() as u64,

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Writer;
+use crate::crashpoint::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::manifest::{self, VERSIONS_DIR};
@@ -78,6 +79,7 @@ impl Writer {
             }
         }
         fsio::sync_dir(&root.join(VERSIONS_DIR))?;
+        crash_point("storage::vacuum-manifests-removed");
         let readers_now = pins::live_versions(&root)?;
         let referenced: HashSet<&String> = self
             .manifest
@@ -97,6 +99,7 @@ impl Writer {
                 report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 fsio::remove_file(&path)?;
                 report.files_removed += 1;
+                crash_point("storage::vacuum-file-removed");
             }
         }
         fsio::sync_dir(&files)?;
