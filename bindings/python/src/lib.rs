@@ -222,7 +222,8 @@ impl PyDatabase {
     /// `progress`: a callable returning an object with `update(tasks)` and `close()` that
     /// draws a call's progress (each task: what, position, length or None, message,
     /// finished); `None` shows none.
-    #[pyo3(signature = (path, *, device=None, progress=None, busy_timeout=5.0, allowed_paths=None, downloads=true))]
+    #[pyo3(signature = (path, *, device=None, progress=None, busy_timeout=5.0, allowed_paths=None, downloads=true, read_only=false))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -231,6 +232,7 @@ impl PyDatabase {
         busy_timeout: f64,
         allowed_paths: Option<Vec<PathBuf>>,
         downloads: bool,
+        read_only: bool,
     ) -> PyResult<Self> {
         let device = mirante::training::select_device(device.as_deref())
             .map_err(|e| to_py(py, &mirante::Error::from(e), None))?;
@@ -246,6 +248,7 @@ impl PyDatabase {
             device,
             busy_timeout,
             access,
+            read_only,
             ..Options::default()
         };
         let db = run(py, Call::plain(), move |_| {

@@ -174,6 +174,19 @@ def test_a_confined_database_refuses_files_outside_its_folders(tmp_path):
         db.execute("CREATE COLLECTION d WITH (model = 'mirante-test/not-cached')")
 
 
+def test_a_read_only_connection_reads_and_refuses_writes(db, images, tmp_path):
+    reader = mirante.connect(db.path, progress=False, read_only=True)
+    assert len(reader.collection("images")) == len(images)
+    assert reader.collection("images").search("a photo", limit=2).to_pylist()
+    for statement in ("DELETE FROM images", "VACUUM", "CREATE COLLECTION other"):
+        with pytest.raises(mirante.InvalidInputError, match="open read-only"):
+            reader.execute(statement)
+    assert len(images) == 6
+    with pytest.raises(mirante.Error):
+        mirante.connect(tmp_path / "missing", read_only=True)
+    assert not (tmp_path / "missing").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Adding rows
 

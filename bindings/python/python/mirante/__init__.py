@@ -94,6 +94,7 @@ def connect(
     busy_timeout: float = 5.0,
     allowed_paths: Sequence[str | os.PathLike[str]] | None = None,
     downloads: bool = True,
+    read_only: bool = False,
 ) -> Database:
     """Opens the database in folder ``path``, creating it if the folder holds none.
 
@@ -107,7 +108,8 @@ def connect(
     statements read (imports, image paths, model folders) and write (``INTO`` reports,
     ``EXPORT MODEL``) to those folders (the database and the Hugging Face cache stay readable)
     and turns downloads off; ``downloads=False`` alone keeps models to the local Hugging Face
-    cache.
+    cache. ``read_only`` opens an existing database for reading only: statements that would
+    change it or write a file raise :class:`InvalidInputError` before they run.
 
     Issues a :class:`DamagedVersionWarning` when the newest version cannot be read.
     """
@@ -122,6 +124,7 @@ def connect(
             busy_timeout=busy_timeout,
             allowed_paths=None if allowed_paths is None else [os.fspath(p) for p in allowed_paths],
             downloads=downloads,
+            read_only=read_only,
         )
     )
     for message in db.warnings:

@@ -59,6 +59,7 @@ class Database:
         busy_timeout: float = 5.0,
         allowed_paths: list[str | PathLike[str]] | None = None,
         downloads: bool = True,
+        read_only: bool = False,
     ) -> None: ...
     @property
     def path(self) -> str: ...
