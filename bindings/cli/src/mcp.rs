@@ -127,7 +127,7 @@ impl Mirante {
     #[tool(
         description = "Search a collection of images and captions by a text or by an image \
                        file. Returns the hits as JSON (rank, id, score, captions, image path, \
-                       metadata) followed by the top hits' images."
+                       split, metadata columns) followed by the top hits' images."
     )]
     async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> CallToolResult {
         self.blocking(move |db| search(db, args)).await
@@ -259,9 +259,13 @@ fn search(db: &Database, args: SearchArgs) -> Result<Vec<ContentBlock>> {
             if let Some(m) = &h.matched_text {
                 hit["matched_caption"] = m.as_str().into();
             }
-            for (name, value) in &h.metadata {
-                hit[name] = mirante::Cell::from(value.clone()).to_json();
-            }
+            // Under their own key, so a column named like a hit field cannot replace it.
+            hit["metadata"] = h
+                .metadata
+                .iter()
+                .map(|(name, value)| (name.clone(), mirante::Cell::from(value.clone()).to_json()))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
             hit
         })
         .collect();
