@@ -385,6 +385,14 @@ pub fn registry_models(db: &mirante::Database, work: &std::path::Path) {
     }
 }
 
+/// The whole number in environment variable `name` (how long a soak runs), else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A CLIP small enough to train in seconds on a CPU, for [`write_square_images`]'s 16x16
 /// images: 16-wide towers of one layer, 16-d embeddings.
 pub fn tiny_architecture() -> mirante::training::scratch::ClipArchitecture {

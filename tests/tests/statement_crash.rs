@@ -344,10 +344,7 @@ fn verify(work: &Path, state: &State, in_flight: &InFlight, reference: &mut Refe
 }
 
 fn kills() -> usize {
-    std::env::var("MIRANTE_SOAK_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
+    mirante_tests::env_count("MIRANTE_SOAK_KILLS", 24)
 }
 
 #[test]

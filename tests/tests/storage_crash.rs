@@ -95,10 +95,7 @@ fn verify(dir: &std::path::Path, expected: &BTreeSet<u64>, maybe: &[u64]) -> BTr
 }
 
 fn iterations() -> usize {
-    std::env::var("MIRANTE_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
+    mirante_tests::env_count("MIRANTE_CRASH_ITERATIONS", 200)
 }
 
 #[test]

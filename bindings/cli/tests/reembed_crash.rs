@@ -98,10 +98,7 @@ fn reembed_killed_half_way_keeps_one_model_and_resumes() {
     let before = metrics(&ok(&db, evaluate));
 
     let reembed = format!("REEMBED images USING MODEL '{}'", copy.display());
-    let kills: usize = std::env::var("MIRANTE_REEMBED_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let kills = mirante_tests::env_count("MIRANTE_REEMBED_KILLS", 3);
     let mut switched = false;
     for k in 0..kills {
         let mut child = Command::new(BIN)
