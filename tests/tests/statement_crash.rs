@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -397,21 +396,10 @@ fn killed_statements_leave_whole_states() {
         if !by_point {
             child.kill().unwrap();
         }
-        let status = child.wait().unwrap();
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let status = output.status;
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr);
         assert!(
             std::os::unix::process::ExitStatusExt::signal(&status) == Some(9),
             "worker {i} ended with {status} instead of SIGKILL\n{out}\n{err}"

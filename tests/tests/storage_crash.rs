@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -114,14 +113,8 @@ fn sigkill_at_random_moments_loses_no_committed_row() {
             .expect("spawn worker");
         std::thread::sleep(Duration::from_millis(rng.random_range(2..120)));
         child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
         let (acked, in_flight) = parse(&out);
         committed.extend(acked);
         if !in_flight.is_empty() {

@@ -147,8 +147,9 @@ impl Mirante {
         Parameters(args): Parameters<CollectionArgs>,
     ) -> CallToolResult {
         self.blocking(move |db| {
-            let name = existing_collection(db, &args.collection)?;
-            statement(db, &format!("DESCRIBE {name}"))
+            // Checked first, so that only a real collection's name goes into the statement.
+            let collection = db.collection(&args.collection)?;
+            statement(db, &format!("DESCRIBE {}", collection.name()))
         })
         .await
     }
@@ -186,13 +187,6 @@ impl ServerHandler for Mirante {
                  measure retrieval quality.",
             )
     }
-}
-
-/// The name of an existing collection, refused otherwise (so it can go into a statement).
-fn existing_collection(db: &Database, name: &str) -> Result<String> {
-    let snap = db.snapshot()?;
-    snap.collection(name)?;
-    Ok(name.to_string())
 }
 
 /// Runs `text` (one or more statements) and returns each result as JSON text.
@@ -321,7 +315,8 @@ fn image_content(bytes: &[u8]) -> Option<(Vec<u8>, &'static str)> {
 }
 
 fn evaluate(db: &Database, args: EvaluateArgs) -> Result<Vec<ContentBlock>> {
-    let name = existing_collection(db, &args.collection)?;
+    let collection = db.collection(&args.collection)?;
+    let name = collection.name();
     let metrics = args
         .metrics
         .unwrap_or_else(|| "recall@1, recall@5, recall@10, mrr".into());
@@ -329,11 +324,15 @@ fn evaluate(db: &Database, args: EvaluateArgs) -> Result<Vec<ContentBlock>> {
     if let Some(filter) = &args.filter {
         text.push_str(&format!(" WHERE {filter}"));
     }
-    // One EVALUATE statement, whatever the pieces held.
-    let statements = mirante::query::parse(&text).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
+    // One EVALUATE statement, whatever the pieces held; parsed once and run as parsed.
+    let mut statements =
+        mirante::query::parse(&text).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
     anyhow::ensure!(
         statements.len() == 1 && matches!(statements[0], mirante::query::Statement::Evaluate(_)),
         "metrics and where must not hold other statements"
     );
-    statement(db, &text)
+    let output = db
+        .execute(statements.remove(0))
+        .map_err(|e| anyhow::anyhow!(e.render(&text)))?;
+    Ok(vec![ContentBlock::text(output_json(output))])
 }
