@@ -90,6 +90,18 @@ impl<'db> Collection<'db> {
         Ok(self.db.snapshot()?.count(&self.name)?)
     }
 
+    /// The model searches embed queries with (the active spaces' model id, as `USING MODEL`
+    /// and [`Database::embed_texts`] take it); `None` without one. A name of precomputed
+    /// vectors (`external:` fingerprints) names no loadable model.
+    pub fn model(&self) -> Result<Option<String>> {
+        let snap = self.db.snapshot()?;
+        let c = snap.collection(&self.name)?;
+        let Some(space) = c.active_image.or(c.active_text) else {
+            return Ok(None);
+        };
+        Ok(Some(c.space(space)?.spec.model_id.clone()))
+    }
+
     fn search(&self, query: SearchQuery) -> Search<'db> {
         Search {
             db: self.db,
@@ -208,13 +220,32 @@ impl<'db> Collection<'db> {
         skip_errors: bool,
         exec: &ExecOptions,
     ) -> Result<crate::ingest::AddReport> {
+        self.add_replacing(source, options, skip_errors, None, exec)
+    }
+
+    /// [`Collection::add`] that also deletes, in the same commit, the rows passing `replace` (a
+    /// `WHERE` predicate, evaluated under the writer lock): an upsert that readers never see
+    /// half done and that racing writers cannot duplicate.
+    pub fn add_replacing(
+        &self,
+        source: crate::ingest::Source,
+        options: &query::options::ImportOptions,
+        skip_errors: bool,
+        replace: Option<&str>,
+        exec: &ExecOptions,
+    ) -> Result<crate::ingest::AddReport> {
         exec.cancel.check()?;
+        let replace = replace
+            .map(|text| bind_filter(self.db, &self.name, text))
+            .transpose()?;
         let result = crate::ingest::add(
             self.db,
             &self.name,
             source,
             (options, skip_errors),
-            |n| format!("add {n} rows to {}", self.name),
+            (replace.as_ref(), |n| {
+                format!("add {n} rows to {}", self.name)
+            }),
             exec,
         );
         self.db.release_writer();
@@ -335,14 +366,19 @@ impl Search<'_> {
             )));
         }
         if let Some(text) = &self.filter {
-            let expr = query::parse_predicate(text)?;
-            let snap = self.db.snapshot()?;
-            self.plan.filter = Some(query::bind_predicate(
-                &expr,
-                &self.plan.collection,
-                &SnapshotCatalog(&snap),
-            )?);
+            self.plan.filter = Some(bind_filter(self.db, &self.plan.collection, text)?);
         }
         crate::search::run(self.db, &self.plan, &self.exec)
     }
+}
+
+/// A `WHERE` predicate's text bound to `collection`'s columns.
+fn bind_filter(db: &Database, collection: &str, text: &str) -> Result<query::Predicate> {
+    let expr = query::parse_predicate(text)?;
+    let snap = db.snapshot()?;
+    Ok(query::bind_predicate(
+        &expr,
+        collection,
+        &SnapshotCatalog(&snap),
+    )?)
 }

@@ -35,6 +35,16 @@ pub(crate) fn embed(
             ))
         })?,
     };
+    // Refused before anything is committed (a new space would be left behind).
+    for meta in &c.segments {
+        let seg = snap.segment(c, meta)?;
+        if let Some(row) = (0..seg.len())
+            .map(|i| seg.row(i))
+            .find(|r| r.image_bytes().is_none())
+        {
+            return Err(no_image(row.id(), &model));
+        }
+    }
     let mut w = db.writer()?;
     let mut segments = 0;
     let mut activate = Vec::new();
@@ -91,6 +101,15 @@ pub(crate) fn set_model(db: &Database, collection: &str, model: &str) -> Result<
     )))
 }
 
+fn no_image(row: u64, model: &LoadedModel) -> Error {
+    Error::Invalid(format!(
+        "row {row} has no image, so {} cannot embed it: rows without images carry vectors made \
+         elsewhere (IMPORT's embedding columns), and a model of the collection must embed every \
+         row",
+        model.key
+    ))
+}
+
 /// All vectors of a segment (deleted rows included, as storage expects) for one tower.
 fn embed_segment(
     db: &Database,
@@ -105,11 +124,14 @@ fn embed_segment(
     match modality {
         Modality::Image => {
             let sources: Vec<ImageSource> = rows
-                .map(|r| ImageSource::Bytes {
-                    source: r.image_source().unwrap_or("").to_string(),
-                    bytes: r.image_bytes().unwrap_or_default().to_vec(),
+                .map(|r| match (r.image_source(), r.image_bytes()) {
+                    (Some(source), Some(bytes)) => Ok(ImageSource::Bytes {
+                        source: source.to_string(),
+                        bytes: bytes.to_vec(),
+                    }),
+                    _ => Err(no_image(r.id(), model)),
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let out = embed_images(&model.encoder, &sources, &pipeline)?;
             if let Some(f) = out.failures.first() {
                 return Err(Error::Invalid(format!(

@@ -770,3 +770,155 @@ fn arrow_input_and_api_queries_match_the_statements() {
     assert_eq!(hits.num_rows(), 3);
     assert!(hits.schema().field_with_name("image_bytes").is_ok());
 }
+
+/// Rows that bring their own vectors (LangChain documents): three 4-d documents, the second
+/// without an image, each a caption whose vector is its row's; `key` names them.
+fn documents_batch(keys: &[&str], vectors: &[[f32; 4]]) -> arrow_array::RecordBatch {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder};
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    let mut images = StringBuilder::new();
+    let mut texts = ListBuilder::new(StringBuilder::new());
+    let mut row_vectors = ListBuilder::new(Float32Builder::new());
+    let mut caption_vectors = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+    for (i, (key, v)) in keys.iter().zip(vectors).enumerate() {
+        if i == 1 {
+            images.append_null();
+        } else {
+            images.append_value(photo("chelsea.png").display().to_string());
+        }
+        texts.values().append_value(format!("document {key}"));
+        texts.append(true);
+        row_vectors.values().append_slice(v);
+        row_vectors.append(true);
+        caption_vectors.values().values().append_slice(v);
+        caption_vectors.values().append(true);
+        caption_vectors.append(true);
+    }
+    RecordBatch::try_from_iter(vec![
+        ("image", Arc::new(images.finish()) as ArrayRef),
+        ("text", Arc::new(texts.finish()) as ArrayRef),
+        (
+            "key",
+            Arc::new(StringArray::from(keys.to_vec())) as ArrayRef,
+        ),
+        ("vec", Arc::new(row_vectors.finish()) as ArrayRef),
+        (
+            "caption_vecs",
+            Arc::new(caption_vectors.finish()) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn rows_with_their_own_vectors_may_lack_images_and_replace_rows_in_one_commit() {
+    use mirante::ExecOptions;
+    use mirante::query::options::{EmbeddingColumns, ImportOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    one(&db, "CREATE COLLECTION docs WITH (model = NULL)");
+    let docs = db.collection("docs").unwrap();
+    let exec = ExecOptions::default();
+    let with_vectors = ImportOptions {
+        embeddings: Some(EmbeddingColumns {
+            image: "vec".into(),
+            text: "caption_vecs".into(),
+            model: "outside".into(),
+        }),
+        ..ImportOptions::default()
+    };
+    let source = |batch: arrow_array::RecordBatch, options: &ImportOptions| {
+        mirante::ingest::from_arrow(&batch.schema(), vec![Ok(batch)].into_iter(), options).unwrap()
+    };
+    let axes = [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+    ];
+    // Without vectors, a row without an image is refused.
+    let err = docs
+        .add(
+            source(
+                documents_batch(&["a", "b", "c"], &axes),
+                &ImportOptions::default(),
+            ),
+            &ImportOptions::default(),
+            false,
+            &exec,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("the image is null"), "{err}");
+    let added = docs
+        .add(
+            source(documents_batch(&["a", "b", "c"], &axes), &with_vectors),
+            &with_vectors,
+            false,
+            &exec,
+        )
+        .unwrap();
+    assert_eq!(added.ids, [1, 2, 3]);
+    let images = one(&db, "SELECT id FROM docs WHERE image IS NULL");
+    assert_eq!(images.rows, [[Cell::Int(2)]]);
+    // The text-only row is found by its vector, in the row space and the caption space.
+    let top = |s: mirante::Search<'_>| s.limit(1).run().unwrap().hits[0].id;
+    assert_eq!(top(docs.search_vector(vec![0.0, 2.0, 0.1, 0.0])), 2);
+    assert_eq!(
+        top(docs.search_vector(vec![0.0, 2.0, 0.1, 0.0]).match_texts()),
+        2
+    );
+
+    // Replacing b and c: the old rows go in the same commit as the new ones arrive.
+    let version = db.snapshot().unwrap().version();
+    let moved = [
+        [0.0, 0.0, 0.0, 1.0],
+        [0.0, 0.0, 0.0, 1.0],
+        [1.0, 1.0, 0.0, 0.0],
+    ];
+    let replaced = docs
+        .add_replacing(
+            source(documents_batch(&["b", "c", "d"], &moved), &with_vectors),
+            &with_vectors,
+            false,
+            Some("key IN ('b', 'c')"),
+            &exec,
+        )
+        .unwrap();
+    assert_eq!((replaced.ids.len(), replaced.replaced), (3, 2));
+    // One version holds both halves (a merge of small segments may commit after it).
+    let live = |v: u64| {
+        let snap = db.storage().snapshot_at(v).unwrap();
+        let c = snap.collection("docs").unwrap();
+        c.segments.iter().map(|s| s.live_rows()).sum::<u64>()
+    };
+    assert_eq!((live(version), live(version + 1)), (3, 4));
+    let keys = one(&db, "SELECT key FROM docs");
+    let keys: Vec<_> = keys.rows.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        keys,
+        ["a", "b", "c", "d"].map(|k| Cell::Str(k.into())).to_vec()
+    );
+    let after = db.snapshot().unwrap().version();
+    // A model cannot embed rows that have no image: EMBED says which.
+    let err = db
+        .sql(&format!(
+            "EMBED docs USING MODEL '{}'",
+            tiny_clip().display()
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no image"), "{err}");
+    // A predicate that names no column fails before anything is written.
+    let err = docs
+        .add_replacing(
+            source(documents_batch(&["e"], &axes[..1]), &with_vectors),
+            &with_vectors,
+            false,
+            Some("nope = 1"),
+            &exec,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(db.snapshot().unwrap().version(), after);
+}

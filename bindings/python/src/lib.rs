@@ -297,8 +297,9 @@ impl PyDatabase {
 
     /// Adds the rows of an Arrow stream (anything with `__arrow_c_stream__`: a pyarrow Table or
     /// RecordBatchReader, ...) to `collection` in one commit; returns the new ids and the rows
-    /// skipped (location, image, reason).
-    #[pyo3(signature = (collection, data, *, skip_errors=false, image_column=None, text_column=None, split=None, columns=None, limit=None, embeddings=None))]
+    /// skipped (location, image, reason). `replace` is a WHERE predicate whose rows the same
+    /// commit deletes.
+    #[pyo3(signature = (collection, data, *, skip_errors=false, image_column=None, text_column=None, split=None, columns=None, limit=None, embeddings=None, replace=None))]
     #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
@@ -312,6 +313,7 @@ impl PyDatabase {
         columns: Option<Vec<String>>,
         limit: Option<usize>,
         embeddings: Option<(String, String, String)>,
+        replace: Option<String>,
     ) -> PyResult<(Vec<u64>, Vec<Skipped>)> {
         let reader = data.0;
         let options = ImportOptions {
@@ -330,8 +332,13 @@ impl PyDatabase {
         let report = run(py, self.call(ExecOptions::default(), None), move |exec| {
             let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
             let source = mirante::ingest::from_arrow(&schema, reader, &options)?;
-            db.collection(&collection)?
-                .add(source, &options, skip_errors, exec)
+            db.collection(&collection)?.add_replacing(
+                source,
+                &options,
+                skip_errors,
+                replace.as_deref(),
+                exec,
+            )
         })?;
         if let Some(merge) = &report.merge_error {
             let message = std::ffi::CString::new(merge.replace('\0', " "))
@@ -430,6 +437,14 @@ impl PyDatabase {
             s.run()
         })?;
         Ok(PyOutput::new(mirante::Output::Search(results)))
+    }
+
+    /// The model id of `collection`'s active spaces (None without a model).
+    fn collection_model(&self, py: Python<'_>, collection: String) -> PyResult<Option<String>> {
+        let db = Arc::clone(&self.db);
+        run(py, Call::plain(), move |_| {
+            db.collection(&collection)?.model()
+        })
     }
 
     /// Embeddings of texts, float32 rows, L2-normalised.

@@ -4,8 +4,10 @@ dataset) and fresh databases."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +52,29 @@ def images(db: mirante.Database) -> mirante.Collection:
     collection = db.create_collection("images", model=str(TINY_CLIP))
     db.execute(f"IMPORT INTO images FROM '{HF_PARQUET}'")
     return collection
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[mirante.Database, Path]:
+    """The bundled dataset (80 scenes, `mirante dataset shapes`) in collection `shapes`."""
+    root = tmp_path_factory.mktemp("shapes")
+    data = root / "data"
+    subprocess.run(
+        [str(cli()), "dataset", "shapes", "--out", str(data), "--rows", "80"],
+        check=True,
+        capture_output=True,
+    )
+    db = mirante.connect(root / "db", progress=False)
+    db.sql(f"CREATE COLLECTION shapes; IMPORT INTO shapes FROM '{data}'")
+    return db, data
+
+
+def first_image(data: Path) -> Path:
+    """The shapes dataset's first image file."""
+    line = (data / "metadata.jsonl").read_text().splitlines()[0]
+    return data / json.loads(line)["file_name"]
+
+
+def search_ids(db: mirante.Database, clauses: str) -> list[int]:
+    """The ids `SEARCH shapes <clauses>` returns, in rank order."""
+    return [r["id"] for r in db.execute(f"SEARCH shapes {clauses}").to_pylist()]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,33 +15,9 @@ from PIL import Image
 import mirante
 from mirante._filters import to_where
 
-from conftest import cli
+from conftest import first_image, search_ids
 
 QUERY = "a red circle"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[mirante.Database, Path]:
-    """The bundled dataset (80 scenes, `mirante dataset shapes`) in collection `shapes`."""
-    root = tmp_path_factory.mktemp("shapes")
-    data = root / "data"
-    subprocess.run(
-        [str(cli()), "dataset", "shapes", "--out", str(data), "--rows", "80"],
-        check=True,
-        capture_output=True,
-    )
-    db = mirante.connect(root / "db", progress=False)
-    db.sql(f"CREATE COLLECTION shapes; IMPORT INTO shapes FROM '{data}'")
-    return db, data
-
-
-def search_ids(db: mirante.Database, clauses: str) -> list[int]:
-    return [r["id"] for r in db.execute(f"SEARCH shapes {clauses}").to_pylist()]
-
-
-def first_image(data: Path) -> Path:
-    line = (data / "metadata.jsonl").read_text().splitlines()[0]
-    return data / json.loads(line)["file_name"]
 
 
 def test_filter_dicts_become_where_conditions_and_cannot_add_statements():

@@ -199,7 +199,16 @@ impl<R> Batches<R> {
         let mut out = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let location = format!("{name} row {}", self.row + i);
+            // Only rows that bring their own vectors may lack an image (text-only documents).
             let image = match image_at(image, i, base) {
+                Ok(None) if self.plan.embeddings.is_none() => {
+                    out.push(Item::Bad(RowFailure {
+                        location,
+                        image: None,
+                        reason: "the image is null".into(),
+                    }));
+                    continue;
+                }
                 Ok(im) => im,
                 Err(reason) => {
                     out.push(Item::Bad(RowFailure {
@@ -227,7 +236,7 @@ impl<R> Batches<R> {
                 Err(reason) => {
                     out.push(Item::Bad(RowFailure {
                         location,
-                        image: Some(image.name()),
+                        image: image.as_ref().map(ImageRef::name),
                         reason,
                     }));
                     continue;
@@ -312,9 +321,10 @@ fn binary_at(a: &ArrayRef, i: usize) -> Option<Vec<u8>> {
 }
 
 /// An image cell: the datasets `Image` struct {bytes, path}, a path string, or raw bytes.
-fn image_at(a: &ArrayRef, i: usize, base: &Path) -> std::result::Result<ImageRef, String> {
+/// A null cell is no image.
+fn image_at(a: &ArrayRef, i: usize, base: &Path) -> std::result::Result<Option<ImageRef>, String> {
     if a.is_null(i) {
-        return Err("the image is null".into());
+        return Ok(None);
     }
     match a.data_type() {
         DataType::Struct(_) => {
@@ -322,21 +332,23 @@ fn image_at(a: &ArrayRef, i: usize, base: &Path) -> std::result::Result<ImageRef
             let path = s.column_by_name("path").and_then(|p| string_at(p, i));
             let bytes = s.column_by_name("bytes").and_then(|b| binary_at(b, i));
             match (bytes, path) {
-                (Some(bytes), path) => Ok(ImageRef::Bytes {
+                (Some(bytes), path) => Ok(Some(ImageRef::Bytes {
                     name: path.unwrap_or_else(|| format!("row {i}")),
                     bytes,
-                }),
-                (None, Some(p)) => Ok(ImageRef::Path(base.join(p))),
+                })),
+                (None, Some(p)) => Ok(Some(ImageRef::Path(base.join(p)))),
                 (None, None) => Err("the image struct has neither bytes nor path".into()),
             }
         }
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(ImageRef::Path(
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(Some(ImageRef::Path(
             base.join(string_at(a, i).unwrap_or_default()),
-        )),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Ok(ImageRef::Bytes {
-            name: format!("row {i}"),
-            bytes: binary_at(a, i).unwrap_or_default(),
-        }),
+        ))),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            Ok(Some(ImageRef::Bytes {
+                name: format!("row {i}"),
+                bytes: binary_at(a, i).unwrap_or_default(),
+            }))
+        }
         other => Err(format!(
             "image column has type {other}; expected a struct {{bytes, path}}, a path string or binary"
         )),

@@ -52,7 +52,7 @@ pub(super) fn imagefolder(root: &Path, options: &ImportOptions, access: &Access)
                 Item::Row(Record {
                     location: p.strip_prefix(root).unwrap_or(&p).display().to_string(),
                     split: split_of(root, &p),
-                    image: ImageRef::Path(p),
+                    image: Some(ImageRef::Path(p)),
                     texts: Vec::new(),
                     metadata,
                     vectors: None,

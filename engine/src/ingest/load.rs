@@ -29,8 +29,8 @@ pub(crate) struct LoadReport {
     pub embedded: bool,
 }
 
-/// A row whose image bytes were read.
-type ReadRow = (Record, Vec<u8>);
+/// A row and its image bytes (none for a text-only row with precomputed vectors).
+type ReadRow = (Record, Option<Vec<u8>>);
 
 /// Where the rows' vectors come from.
 enum Vectors<'a> {
@@ -88,7 +88,7 @@ pub(crate) fn load(
         exec.cancel.check()?;
         let (rows, mut failures) = read(
             items.by_ref().take(CHUNK),
-            &mut seen,
+            (&mut seen, matches!(vectors, Vectors::External(..))),
             limits,
             &db.options.access,
         )?;
@@ -121,10 +121,12 @@ pub(crate) fn load(
     Ok(report)
 }
 
-/// Reads the image bytes of a chunk's rows; rows that cannot be read become failures.
+/// Reads the image bytes of a chunk's rows; rows that cannot be read become failures, and so
+/// do rows without an image unless `imageless` (their vectors are precomputed: a model could
+/// not embed them).
 fn read(
     items: impl Iterator<Item = Result<Item>>,
-    seen: &mut usize,
+    (seen, imageless): (&mut usize, bool),
     limits: ImageLimits,
     access: &Access,
 ) -> Result<(Vec<ReadRow>, Vec<RowFailure>)> {
@@ -134,9 +136,18 @@ fn read(
         *seen += 1;
         match item? {
             Item::Bad(f) => failures.push(f),
-            Item::Row(r) => match read_image(&r.image, limits.max_file_bytes, access) {
-                Ok(bytes) => rows.push((r, bytes)),
-                Err(reason) => failures.push(failure(&r, reason)),
+            Item::Row(r) => match &r.image {
+                None if imageless => rows.push((r, None)),
+                None => failures.push(failure(
+                    &r,
+                    "the row has no image; only rows that bring their own vectors (the \
+                     precomputed embedding columns) may have none"
+                        .into(),
+                )),
+                Some(image) => match read_image(image, limits.max_file_bytes, access) {
+                    Ok(bytes) => rows.push((r, Some(bytes))),
+                    Err(reason) => failures.push(failure(&r, reason)),
+                },
             },
         }
     }
@@ -146,7 +157,7 @@ fn read(
 fn failure(r: &Record, reason: String) -> RowFailure {
     RowFailure {
         location: r.location.clone(),
-        image: Some(r.image.name()),
+        image: r.image.as_ref().map(ImageRef::name),
         reason,
     }
 }
@@ -255,7 +266,9 @@ fn embed_images_of(
     let (records, sources): (Vec<_>, Vec<ImageSource>) = rows
         .into_iter()
         .map(|(r, bytes)| {
-            let source = r.image.name();
+            // `read` lets rows without an image through only for precomputed vectors.
+            let source = r.image.as_ref().map(ImageRef::name).unwrap_or_default();
+            let bytes = bytes.unwrap_or_default();
             (r, ImageSource::Bytes { source, bytes })
         })
         .unzip();
@@ -265,7 +278,7 @@ fn embed_images_of(
     for ((r, src), e) in records.into_iter().zip(sources).zip(embedded.embeddings) {
         if let (Some(v), ImageSource::Bytes { bytes, .. }) = (e, src) {
             vectors.extend(v);
-            kept.push((r, bytes));
+            kept.push((r, Some(bytes)));
         }
     }
     for f in embedded.failures {
@@ -286,7 +299,11 @@ fn decodable(
 ) -> Vec<ReadRow> {
     let mut kept = Vec::with_capacity(rows.len());
     for (r, bytes) in rows {
-        match imageio::check(&bytes, "", limits.max_pixels) {
+        let Some(image) = &bytes else {
+            kept.push((r, bytes));
+            continue;
+        };
+        match imageio::check(image, "", limits.max_pixels) {
             Ok(_) => kept.push((r, bytes)),
             Err(mirante_training::Error::Image { detail, .. }) => {
                 failures.push(failure(&r, format!("cannot decode image: {detail}")))
@@ -339,9 +356,9 @@ fn stage(
     let new_rows: Vec<NewRow> = rows
         .into_iter()
         .map(|(r, bytes)| NewRow {
-            image: Some(ImageData {
+            image: r.image.zip(bytes).map(|(image, bytes)| ImageData {
                 bytes,
-                source: r.image.name(),
+                source: image.name(),
             }),
             texts: r.texts,
             split: r.split,

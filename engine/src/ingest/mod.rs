@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, Schema};
 use mirante_query::options::ImportOptions;
-use mirante_query::{ColumnRef, Literal};
+use mirante_query::{ColumnRef, Literal, Predicate};
 use mirante_storage::Value;
 
 use self::imagefolder::imagefolder;
@@ -26,6 +26,7 @@ use self::parquet::parquet_source;
 use self::source::{extension, files_with, hub_dataset};
 use self::table::{read_csv, read_jsonl, table_source};
 use crate::access::Access;
+use crate::catalog::row_filter;
 use crate::database::{Database, ExecOptions};
 use crate::error::{Error, Result, RowFailure};
 use crate::output::{Cell, CellType, Column, Output, ResultSet, plural};
@@ -131,6 +132,8 @@ pub struct AddReport {
     pub skipped: Vec<RowFailure>,
     /// Whether the rows got vectors (the collection's model, or precomputed ones).
     pub embedded: bool,
+    /// How many rows the add replaced (deleted in its commit).
+    pub replaced: usize,
     /// Why the merge of small segments after the commit failed, if it did (the rows are
     /// committed; searches stay correct, only slower, until a COMPACT succeeds).
     pub merge_error: Option<String>,
@@ -143,11 +146,15 @@ pub(crate) fn add(
     collection: &str,
     src: Source,
     (options, skip_errors): (&ImportOptions, bool),
-    message: impl Fn(usize) -> String,
+    (replace, message): (Option<&Predicate>, impl Fn(usize) -> String),
     exec: &ExecOptions,
 ) -> Result<AddReport> {
     let mut w = db.writer()?;
     let mut tx = w.transaction();
+    let replaced = match replace {
+        Some(p) => tx.delete_where(collection, &row_filter(p))?,
+        None => 0,
+    };
     tx.add_columns(collection, src.columns.clone())?;
     let report = load::load(
         db,
@@ -157,13 +164,18 @@ pub(crate) fn add(
         (skip_errors, options.embeddings.as_ref()),
         exec,
     )?;
-    if !report.ids.is_empty() {
-        tx.commit(message(report.ids.len()))?;
+    if !report.ids.is_empty() || replaced > 0 {
+        let mut message = message(report.ids.len());
+        if replaced > 0 {
+            message.push_str(&format!(", replacing {replaced}"));
+        }
+        tx.commit(message)?;
     }
     Ok(AddReport {
         ids: report.ids,
         skipped: report.skipped,
         embedded: report.embedded,
+        replaced,
         merge_error: w.take_merge_error().map(|e| {
             format!(
                 "the rows are committed, but merging segments after them failed ({e}); \
@@ -188,7 +200,9 @@ pub(crate) fn import(
         collection,
         src,
         (options, skip_errors),
-        |n| format!("import {n} rows into {collection} from {source}"),
+        (None, |n| {
+            format!("import {n} rows into {collection} from {source}")
+        }),
         exec,
     )?;
     let rows = report.ids.len();
@@ -283,7 +297,7 @@ pub(crate) fn insert(
         };
         records.push(Item::Row(Record {
             location,
-            image: ImageRef::Path(image.into()),
+            image: Some(ImageRef::Path(image.into())),
             texts,
             split,
             metadata,
@@ -299,7 +313,7 @@ pub(crate) fn insert(
         collection,
         src,
         (&ImportOptions::default(), false),
-        |n| format!("insert {n} rows into {collection}"),
+        (None, |n| format!("insert {n} rows into {collection}")),
         exec,
     )?;
     let rows = report.ids.len();

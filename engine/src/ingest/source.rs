@@ -49,7 +49,8 @@ impl ImageRef {
 pub struct Record {
     /// Where it is in the source, for error messages.
     pub location: String,
-    pub image: ImageRef,
+    /// None only for a row that carries precomputed vectors (a text-only document).
+    pub image: Option<ImageRef>,
     pub texts: Vec<String>,
     pub split: Option<String>,
     pub metadata: Vec<(String, Value)>,

@@ -277,8 +277,10 @@ pub(super) fn table_items(
                 reason,
             })
         };
+        // Only rows that bring their own vectors may lack an image (text-only documents).
         let image = match row.get(&image_col) {
-            Some(serde_json::Value::String(p)) if !p.is_empty() => base.join(p),
+            Some(serde_json::Value::String(p)) if !p.is_empty() => Some(base.join(p)),
+            None | Some(serde_json::Value::Null) if options.embeddings.is_some() => None,
             _ => {
                 items.push(bad(
                     format!("missing value in image column '{image_col}'"),
@@ -287,20 +289,18 @@ pub(super) fn table_items(
                 continue;
             }
         };
+        let shown = || image.as_ref().map(|p| p.display().to_string());
         let texts = match &text_col {
             Some(c) => match row.get(c) {
                 Some(v) => match texts_of(v) {
                     Ok(t) => t,
                     Err(e) => {
-                        items.push(bad(e, Some(image.display().to_string())));
+                        items.push(bad(e, shown()));
                         continue;
                     }
                 },
                 None => {
-                    items.push(bad(
-                        format!("missing text column '{c}'"),
-                        Some(image.display().to_string()),
-                    ));
+                    items.push(bad(format!("missing text column '{c}'"), shown()));
                     continue;
                 }
             },
@@ -318,7 +318,7 @@ pub(super) fn table_items(
                 ) {
                     Ok(v) => Some(v),
                     Err(reason) => {
-                        items.push(bad(reason, Some(image.display().to_string())));
+                        items.push(bad(reason, shown()));
                         continue;
                     }
                 }
@@ -338,7 +338,7 @@ pub(super) fn table_items(
             .collect();
         items.push(Item::Row(Record {
             location,
-            image: ImageRef::Path(image),
+            image: image.map(ImageRef::Path),
             texts,
             split: row_split,
             metadata,

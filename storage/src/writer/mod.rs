@@ -329,9 +329,24 @@ impl Writer {
         collection: &str,
         matches: impl Fn(&crate::RowRef<'_>) -> bool,
     ) -> Result<usize> {
+        let mut next = self.manifest.clone();
+        let total = self.stage_delete(&mut next, collection, matches)?;
+        if total > 0 {
+            self.commit(next, format!("delete {total} rows from {collection}"))?;
+        }
+        Ok(total)
+    }
+
+    /// Writes the deletion vectors that delete the committed live rows passing `matches` and
+    /// records them in `next`; returns how many rows that deletes.
+    fn stage_delete(
+        &mut self,
+        next: &mut Manifest,
+        collection: &str,
+        matches: impl Fn(&crate::RowRef<'_>) -> bool,
+    ) -> Result<usize> {
         let snap = self.snapshot();
         let c = snap.collection(collection)?;
-        let mut next = self.manifest.clone();
         let mut changed = Vec::new();
         let mut total = 0;
         for meta in &c.segments {
@@ -361,7 +376,6 @@ impl Writer {
             }
         }
         nc.segments.retain(|s| s.live_rows() > 0);
-        self.commit(next, format!("delete {total} rows from {collection}"))?;
         Ok(total)
     }
 

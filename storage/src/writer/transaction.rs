@@ -7,6 +7,7 @@ use super::{Writer, stage_space};
 use crate::error::{Error, Result};
 use crate::manifest::{CollectionMeta, Manifest};
 use crate::schema::{ColumnDef, NewRow, Schema, SpaceId, SpaceSpec};
+use crate::search::RowFilter;
 
 /// Changes staged against one version and published by [`Transaction::commit`] as one new
 /// version. Dropping it without committing publishes nothing; its files are unreferenced and
@@ -63,6 +64,13 @@ impl Transaction<'_> {
             self.appended.insert(collection.to_string());
         }
         Ok(ids)
+    }
+
+    /// Stages the deletion of the committed live rows that pass `filter` (rows appended in this
+    /// transaction are not looked at), so a replacement is one commit; returns how many.
+    pub fn delete_where(&mut self, collection: &str, filter: &RowFilter<'_>) -> Result<usize> {
+        self.writer
+            .stage_delete(&mut self.next, collection, |row| filter(row))
     }
 
     /// Stages an embedding space (see [`Writer::add_space`]), so that rows appended in this

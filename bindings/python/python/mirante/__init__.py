@@ -417,6 +417,12 @@ class Collection:
         self.db = db
         self.name = name
 
+    @property
+    def model(self) -> str | None:
+        """The model that embeds the collection's rows and queries (``None`` without one), as
+        :meth:`Database.embed` and ``model=`` arguments take it."""
+        return self.db._db.collection_model(self.name)
+
     def __len__(self) -> int:
         result = self.db.execute(f'SELECT count(*) FROM "{self.name}"')
         return int(result.to_arrow().column(0)[0].as_py())
@@ -430,6 +436,8 @@ class Collection:
         text_column: str | None = None,
         split: str | None = None,
         columns: Sequence[str] | None = None,
+        embeddings: tuple[str, str, str] | None = None,
+        replace: str | None = None,
     ) -> list[int]:
         """Adds rows in one commit, embedded with the collection's model; returns their ids.
 
@@ -440,6 +448,12 @@ class Collection:
         strings; ``split`` and scalar keys become metadata columns. A bad row fails the whole
         add (:class:`RowsFailedError` lists every bad row) and nothing is committed, unless
         ``skip_errors``, which leaves the bad rows out.
+
+        ``embeddings=(image_vectors, caption_vectors, name)`` stores vectors made elsewhere
+        instead of embedding: the columns holding each row's image vector and its captions'
+        vectors (one per caption), kept as model ``name`` (see ``IMPORT``); such rows may have
+        no image (a null image). ``replace`` is a ``WHERE`` predicate: the rows it selects are
+        deleted in the same commit, so an upsert is never seen half done.
         """
         stream = _arrow_input(data, image_column)
         ids, _skipped = self.db._db.add(
@@ -450,6 +464,8 @@ class Collection:
             text_column=text_column,
             split=split,
             columns=list(columns) if columns is not None else None,
+            embeddings=embeddings,
+            replace=replace,
         )
         return ids
 

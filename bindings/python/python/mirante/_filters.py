@@ -11,7 +11,8 @@ filter can never add a statement.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from mirante._mirante import InvalidInputError
@@ -33,8 +34,11 @@ _COMPARISONS = {
 }
 
 
-def to_where(filter: str | Mapping[str, Any] | None) -> str | None:
-    """The ``WHERE`` condition of ``filter`` (``None`` for no filter)."""
+def to_where(
+    filter: str | Mapping[str, Any] | None, *, reserved: Collection[str] = ()
+) -> str | None:
+    """The ``WHERE`` condition of ``filter`` (``None`` for no filter). A dict naming a field in
+    ``reserved`` (metadata keys a store keeps out of the columns) is refused."""
     if filter is None or isinstance(filter, str):
         return filter or None
     if not isinstance(filter, Mapping):
@@ -43,17 +47,23 @@ def to_where(filter: str | Mapping[str, Any] | None) -> str | None:
         )
     if not filter:
         return None
+    column = partial(_column, reserved=reserved)
     if "operator" in filter:
-        return _haystack(filter)
-    return _mongo(filter)
+        return _haystack(filter, column)
+    return _mongo(filter, column)
 
 
-def _column(name: str) -> str:
+def _column(name: str, reserved: Collection[str]) -> str:
     for prefix in ("meta.", "metadata."):
         if name.startswith(prefix):
             name = name[len(prefix) :]
     if name == "content":
         name = "text"
+    if name in reserved:
+        raise InvalidInputError(
+            f"metadata key {name!r} cannot be filtered on: it is the name of a built-in column "
+            "(the value stays in the documents' metadata); use another key"
+        )
     if not _IDENTIFIER.fullmatch(name):
         raise InvalidInputError(f"filter field {name!r} is not a column name")
     return name
@@ -90,23 +100,24 @@ def _join(parts: list[str], keyword: str) -> str:
     return parts[0] if len(parts) == 1 else "(" + f" {keyword} ".join(parts) + ")"
 
 
-def _mongo(filter: Mapping[str, Any]) -> str:
+def _mongo(filter: Mapping[str, Any], column: Callable[[str], str]) -> str:
     parts = []
     for key, value in filter.items():
         if key in ("$and", "$or"):
-            parts.append(_join([_mongo(f) for f in value], key[1:].upper()))
+            parts.append(_join([_mongo(f, column) for f in value], key[1:].upper()))
         elif isinstance(value, Mapping):
-            column = _column(key)
-            parts.append(_join([_compare(column, op, v) for op, v in value.items()], "AND"))
+            name = column(key)
+            parts.append(_join([_compare(name, op, v) for op, v in value.items()], "AND"))
         else:
-            parts.append(_compare(_column(key), "$eq", value))
+            parts.append(_compare(column(key), "$eq", value))
     return _join(parts, "AND")
 
 
-def _haystack(filter: Mapping[str, Any]) -> str:
+def _haystack(filter: Mapping[str, Any], column: Callable[[str], str]) -> str:
     op = filter["operator"]
     if op in ("AND", "OR"):
-        return _join([_haystack(f) for f in filter.get("conditions", [])], op)
+        return _join([_haystack(f, column) for f in filter.get("conditions", [])], op)
     if op == "NOT":
-        return f"NOT {_join([_haystack(f) for f in filter.get('conditions', [])], 'AND')}"
-    return _compare(_column(filter["field"]), op, filter.get("value"))
+        inner = [_haystack(f, column) for f in filter.get("conditions", [])]
+        return f"NOT {_join(inner, 'AND')}"
+    return _compare(column(filter["field"]), op, filter.get("value"))

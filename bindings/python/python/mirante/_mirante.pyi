@@ -78,6 +78,7 @@ class Database:
         columns: Sequence[str] | None = None,
         limit: int | None = None,
         embeddings: tuple[str, str, str] | None = None,
+        replace: str | None = None,
     ) -> tuple[list[int], list[tuple[str, str | None, str]]]: ...
     def search(
         self,
@@ -96,6 +97,7 @@ class Database:
     def embeddings(
         self, collection: str, *, kind: str = "image", model: str | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, bool]: ...
+    def collection_model(self, collection: str) -> str | None: ...
     def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> np.ndarray: ...
     def embed_images(
         self, images: Sequence[str | PathLike[str] | bytes], *, model: str | None = None
