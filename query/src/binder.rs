@@ -103,6 +103,9 @@ pub enum Predicate {
     InList {
         column: ColumnRef,
         values: Vec<Literal>,
+        /// The values sorted, when all are strings, so a row is looked up by binary search
+        /// (a list of thousands of ids, as an upsert by id writes, stays cheap per row).
+        sorted_strings: Option<Vec<String>>,
         negated: bool,
     },
     Between {
@@ -145,6 +148,7 @@ impl Predicate {
                 column,
                 values,
                 negated,
+                ..
             } => format!(
                 "{} {}IN ({})",
                 name(*column),
@@ -868,12 +872,25 @@ fn predicate(e: &Expr, columns: &[ColumnInfo]) -> Result<Predicate> {
             negated,
         } => {
             let info = column_operand(expr, columns)?;
+            let values: Vec<Literal> = list
+                .iter()
+                .map(|x| constant(x, info))
+                .collect::<Result<_>>()?;
+            let sorted_strings = values
+                .iter()
+                .map(|v| match v {
+                    Literal::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<String>>>()
+                .map(|mut strings| {
+                    strings.sort_unstable();
+                    strings
+                });
             Predicate::InList {
                 column: info.column,
-                values: list
-                    .iter()
-                    .map(|x| constant(x, info))
-                    .collect::<Result<_>>()?,
+                values,
+                sorted_strings,
                 negated: *negated,
             }
         }

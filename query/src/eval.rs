@@ -58,8 +58,12 @@ impl Predicate {
             Predicate::InList {
                 column,
                 values,
+                sorted_strings,
                 negated,
             } => any_value(row, *column, |d| {
+                if let (Datum::Str(s), Some(sorted)) = (d, sorted_strings) {
+                    return Some(sorted.binary_search_by(|v| v.as_str().cmp(s)).is_ok());
+                }
                 let mut unknown = false;
                 for v in values {
                     match compare(d, v) {
@@ -258,6 +262,12 @@ mod tests {
         assert!(!check("NOT year > 1", &null));
         assert!(check("year IS NULL OR year > 1", &null));
         assert!(check("text IS NULL", &null));
+        // String lists are looked up sorted: any order, duplicates, and on every caption.
+        assert!(check("text IN ('z', 'blue swirls', 'a', 'a')", &r));
+        assert!(check("text NOT IN ('z', 'a starry night')", &r));
+        assert!(check("split IN ('train', 'test')", &r));
+        assert!(!check("split IN ('train', 'val')", &r));
+        assert!(check("year NOT IN (1, 2)", &r));
     }
 
     #[test]
