@@ -201,17 +201,17 @@ class MiranteVectorStore(VectorStore):
         columns.update(_mirrored([metadatas[i] for i in keep], existing))
         embeddings = None
         if vectors is not None:
-            vector_type = pa.list_(pa.float32())
-            columns[_VECTOR] = pa.array([vectors[i] for i in keep], type=vector_type)
-            columns[_CAPTION_VECTORS] = pa.array(
-                [
-                    caption_vectors[i]
-                    if caption_vectors is not None
-                    else [vectors[i]] * len(captions[i])
-                    for i in keep
-                ],
-                type=pa.list_(vector_type),
-            )
+            rows = _vector_array([vectors[i] for i in keep])
+            if caption_vectors is None:
+                # A text document's caption vector is its own.
+                counts = [len(captions[i]) for i in keep]
+                values = rows.filter(pa.array([c > 0 for c in counts]))
+            else:
+                counts = [len(caption_vectors[i]) for i in keep]
+                values = _vector_array([v for i in keep for v in caption_vectors[i]], rows.type)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), type=pa.int32())
+            columns[_VECTOR] = rows
+            columns[_CAPTION_VECTORS] = pa.ListArray.from_arrays(offsets, values)
             assert self._space is not None
             embeddings = (_VECTOR, _CAPTION_VECTORS, self._space)
         # A collection made outside the store gets the lc_id column with these rows.
@@ -469,6 +469,22 @@ def _json(metadata: Mapping[str, Any], position: int) -> str:
         raise InvalidInputError(
             f"the metadata of document {position} cannot be stored as JSON: {e}"
         ) from e
+
+
+def _vector_array(
+    vectors: Sequence[Sequence[float]], like: pa.DataType | None = None
+) -> pa.FixedSizeListArray:
+    """Vectors as a fixed-size list array of float32 (converted by numpy, not per value)."""
+    dim = like.list_size if like is not None else len(vectors[0]) if vectors else 0
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), dim)
+    except ValueError as e:
+        lengths = sorted({len(v) for v in vectors})
+        raise InvalidInputError(
+            f"the embedding gave vectors of different lengths ({lengths}); one store keeps "
+            "vectors of one length"
+        ) from e
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim)
 
 
 def _image_cell(image: Any) -> dict[str, Any] | None:
