@@ -21,9 +21,6 @@ import argparse
 import base64
 import importlib
 import io
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,8 +31,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from mirante.langchain import MiranteVectorStore
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[2]
+from shapes_data import render_shapes
 
 #: `--llm` providers: the LangChain package and chat model class of each.
 PROVIDERS = {
@@ -51,21 +47,6 @@ SYSTEM = (
 )
 
 
-def mirante_cli() -> str:
-    """The command-line tool that renders the dataset."""
-    for candidate in (
-        os.environ.get("MIRANTE_BIN"),
-        shutil.which("mirante"),
-        REPO / "target/release/mirante",
-        REPO / "target/debug/mirante",
-    ):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    sys.exit(
-        "no mirante binary: `cargo build --release --bin mirante` or set MIRANTE_BIN"
-    )
-
-
 def open_store(path: Path, rows: int = 200) -> MiranteVectorStore:
     """The store on collection `shapes` of database `path`, which is made from the bundled
     dataset (`rows` scenes) when missing."""
@@ -73,19 +54,7 @@ def open_store(path: Path, rows: int = 200) -> MiranteVectorStore:
     db = mirante.connect(path, progress=False)
     if fresh:
         data = path / "dataset"
-        subprocess.run(
-            [
-                mirante_cli(),
-                "dataset",
-                "shapes",
-                "--out",
-                str(data),
-                "--rows",
-                str(rows),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        render_shapes(data, rows, quiet=True)
         db.sql(f"CREATE COLLECTION shapes; IMPORT INTO shapes FROM '{data}'")
     return MiranteVectorStore(db, "shapes", with_images=True)
 

@@ -13,32 +13,13 @@ PATH, else this repository's `target/release/mirante` or `target/debug/mirante`)
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import mirante
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def mirante_cli() -> str:
-    """The command-line tool that renders the dataset."""
-    for candidate in (
-        os.environ.get("MIRANTE_BIN"),
-        shutil.which("mirante"),
-        REPO / "target/release/mirante",
-        REPO / "target/debug/mirante",
-    ):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    sys.exit(
-        "no mirante binary: `cargo build --release --bin mirante` or set MIRANTE_BIN"
-    )
+from shapes_data import render_shapes
 
 
 def step(title: str) -> None:
@@ -58,19 +39,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     data = args.out / "data"
     if args.out.exists():
         shutil.rmtree(args.out)
-    subprocess.run(
-        [
-            mirante_cli(),
-            "dataset",
-            "shapes",
-            "--out",
-            str(data),
-            "--rows",
-            str(args.rows),
-        ]
-        + ["--seed", "1"],
-        check=True,
-    )
+    render_shapes(data, args.rows, seed=1)
     dataset = datasets.load_dataset("imagefolder", data_dir=str(data), split="train")
     print(dataset)
 

@@ -4,12 +4,14 @@ dataset) and fresh databases."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -78,3 +80,16 @@ def first_image(data: Path) -> Path:
 def search_ids(db: mirante.Database, clauses: str) -> list[int]:
     """The ids `SEARCH shapes <clauses>` returns, in rank order."""
     return [r["id"] for r in db.execute(f"SEARCH shapes {clauses}").to_pylist()]
+
+
+def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`examples/python/<name>.py` as a module, run as its command line would (its folder on
+    the path for its helpers, the test build's `mirante` binary rendering datasets)."""
+    folder = REPO / "examples/python"
+    monkeypatch.setenv("MIRANTE_BIN", str(cli()))
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

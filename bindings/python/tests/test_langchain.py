@@ -6,7 +6,6 @@ chat model."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from langchain_tests.integration_tests.vectorstores import VectorStoreIntegratio
 import mirante
 from mirante.langchain import MiranteVectorStore
 
-from conftest import REPO, first_image, search_ids
+from conftest import first_image, load_example, search_ids
 
 QUERY = "a red circle"
 
@@ -173,15 +172,7 @@ class RecordingChatModel(FakeListChatModel):
 
 
 def test_the_rag_example_sends_the_question_captions_and_images(tmp_path, monkeypatch):
-    from conftest import cli
-
-    monkeypatch.setenv("MIRANTE_BIN", str(cli()))
-    path = REPO / "examples/python/multimodal_rag.py"
-    spec = importlib.util.spec_from_file_location("multimodal_rag", path)
-    assert spec and spec.loader
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-
+    example = load_example("multimodal_rag", monkeypatch)
     store = example.open_store(tmp_path / "rag", rows=40)
     llm = RecordingChatModel(responses=["Scenes [1] and [2]."])
     reply, documents = example.answer(llm, store, QUERY, k=3)

@@ -25,7 +25,7 @@ from PIL import Image
 
 import mirante
 
-from conftest import HF_PARQUET, PHOTOS, TINY_CLIP, cli
+from conftest import HF_PARQUET, PHOTOS, TINY_CLIP, cli, load_example
 
 # ---------------------------------------------------------------------------------------------
 # Statements and results
@@ -406,16 +406,7 @@ def test_ctrl_c_during_add_leaves_the_previous_version(db):
 
 
 def test_the_example_workflow_runs_end_to_end(tmp_path, monkeypatch):
-    import importlib.util
-
-    from conftest import REPO
-
-    monkeypatch.setenv("MIRANTE_BIN", str(cli()))
-    path = REPO / "examples/python/shapes_workflow.py"
-    spec = importlib.util.spec_from_file_location("shapes_workflow", path)
-    assert spec and spec.loader
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("shapes_workflow", monkeypatch)
     frame = example.main(["--rows", "300", "--epochs", "2", "--out", str(tmp_path / "run")])
     assert list(frame["model"]) == ["mirante-shapes-clip"] * 2 + ["shapes-finetuned"] * 2
     # Fine-tuning on the train split teaches the Portuguese captions the built-in model never
