@@ -120,6 +120,18 @@ impl<'db> Collection<'db> {
         }
     }
 
+    /// The stored image vectors of rows `ids` (of the active image space, or of `model`'s), in
+    /// the order of `ids`; `None` for an id that is no live row. Reads only those rows' segments,
+    /// where [`Collection::embeddings`] reads the whole space.
+    pub fn image_vectors(&self, ids: &[u64], model: Option<&str>) -> Result<Vec<Option<Vec<f32>>>> {
+        let snap = self.db.snapshot()?;
+        let c = snap.collection(&self.name)?;
+        let space = crate::spaces::Spaces::new(self.db, c).active_or_of(model, Modality::Image)?;
+        ids.iter()
+            .map(|&id| Ok(snap.vector_of(&self.name, space, id, 0)?))
+            .collect()
+    }
+
     /// Images ranked by a text query (override with [`Search::match_texts`]).
     pub fn search_text(&self, text: &str) -> Search<'db> {
         self.search(SearchQuery::Text(text.to_string()))
@@ -136,10 +148,7 @@ impl<'db> Collection<'db> {
         let snap = self.db.snapshot()?;
         let c = snap.collection(&self.name)?;
         let spaces = crate::spaces::Spaces::new(self.db, c);
-        let space = match model {
-            Some(m) => spaces.of_model(m, modality)?,
-            None => spaces.active(modality)?,
-        };
+        let space = spaces.active_or_of(model, modality)?;
         let spec = spaces.spec(space)?;
         let segments = snap.segments(c)?;
         let missing = || crate::Error::MissingEmbeddings {

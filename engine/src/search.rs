@@ -85,10 +85,7 @@ pub(crate) fn resolve(db: &Database, snap: &Snapshot, plan: &SearchPlan) -> Resu
         exclude = Some(id);
     }
     let target = target.unwrap_or(Target::Images);
-    let space = match &plan.model {
-        Some(locator) => spaces.of_model(locator, modality(target))?,
-        None => spaces.active(modality(target))?,
-    };
+    let space = spaces.active_or_of(plan.model.as_deref(), modality(target))?;
     let model = match &plan.query {
         SearchQuery::Row(_) | SearchQuery::Vector(_) => None,
         _ => Some(spaces.model_of(space)?),

@@ -60,6 +60,15 @@ impl<'a> Spaces<'a> {
         self.model_of(space).map(Some)
     }
 
+    /// `model`'s space of `modality` (a registry name, folder, Hub id or external name), or the
+    /// active one when `None`.
+    pub fn active_or_of(&self, model: Option<&str>, modality: Modality) -> Result<SpaceId> {
+        match model {
+            Some(m) => self.of_model(m, modality),
+            None => self.active(modality),
+        }
+    }
+
     /// The model that made `space`'s vectors, loaded and checked.
     pub fn model_of(&self, space: SpaceId) -> Result<Arc<LoadedModel>> {
         let spec = self.spec(space)?;

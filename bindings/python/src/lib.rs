@@ -439,6 +439,30 @@ impl PyDatabase {
         Ok(PyOutput::new(mirante::Output::Search(results)))
     }
 
+    /// The stored image vectors of rows `ids`: float32 rows in the order of `ids` (zeros for a
+    /// row that is not live) and, per id, whether it is live.
+    #[pyo3(signature = (collection, ids, *, model=None))]
+    fn image_vectors<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        ids: Vec<u64>,
+        model: Option<String>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<bool>)> {
+        let db = Arc::clone(&self.db);
+        let found = run(py, Call::plain(), move |_| {
+            db.collection(&collection)?
+                .image_vectors(&ids, model.as_deref())
+        })?;
+        let dim = found.iter().flatten().map(Vec::len).next().unwrap_or(0);
+        let live = found.iter().map(Option::is_some).collect();
+        let rows = found
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| vec![0.0; dim]))
+            .collect();
+        Ok((matrix(py, rows, dim), live))
+    }
+
     /// The model id of `collection`'s active spaces (None without a model).
     fn collection_model(&self, py: Python<'_>, collection: String) -> PyResult<Option<String>> {
         let db = Arc::clone(&self.db);

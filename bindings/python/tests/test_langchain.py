@@ -88,6 +88,11 @@ def test_mmr_picks_diverse_documents_among_the_nearest(shapes, store):
     diverse = store.max_marginal_relevance_search(QUERY, k=4, fetch_k=20, lambda_mult=0.3)
     assert len(diverse) == 4 and {d.id for d in diverse} <= set(nearest)
     assert diverse[0].id == nearest[0]
+    # The vectors MMR reads, by id: the stored ones, a missing row marked.
+    ids, stored = store.collection.embeddings("image")
+    vectors, live = store.collection.image_vectors([int(ids[3]), 999_999, int(ids[0])])
+    assert live.tolist() == [True, False, True] and not vectors[1].any()
+    assert np.array_equal(vectors[[0, 2]], stored[[3, 0]])
     # lambda 1 is plain similarity.
     plain = store.max_marginal_relevance_search(QUERY, k=4, fetch_k=20, lambda_mult=1.0)
     assert [d.id for d in plain] == nearest[:4]

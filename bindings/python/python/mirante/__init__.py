@@ -536,6 +536,15 @@ class Collection:
         ids, _captions, vectors, _mapped = self.db._db.embeddings(self.name, kind=kind, model=model)
         return ids, vectors
 
+    def image_vectors(
+        self, ids: Sequence[int], model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored image vectors of rows ``ids`` (of the collection's model, or ``model``'s),
+        reading only those rows: ``(vectors, live)``, float32 rows in the order of ``ids`` and
+        per id whether it is a live row (a row that is not has zeros)."""
+        vectors, live = self.db._db.image_vectors(self.name, [int(i) for i in ids], model=model)
+        return vectors, np.asarray(live, dtype=bool)
+
     def evaluate(
         self,
         metrics: Sequence[str] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"),

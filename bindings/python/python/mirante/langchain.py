@@ -376,13 +376,16 @@ class MiranteVectorStore(VectorStore):
             if len(self._collection) == 0:
                 return []
             raise
+        vectors, live = self._collection.image_vectors(
+            [hit["id"] for hit in hits], model=self._space
+        )
+        # A row deleted since the search is left out.
+        hits = [hit for hit, kept in zip(hits, live, strict=True) if kept]
         if not hits:
             return []
-        ids, vectors = self._collection.embeddings("image", model=self._space)
-        positions = np.searchsorted(ids, [hit["id"] for hit in hits])
         chosen = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32),
-            vectors[positions],
+            vectors[live],
             lambda_mult=lambda_mult,
             k=min(k, len(hits)),
         )
