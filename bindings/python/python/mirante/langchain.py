@@ -251,9 +251,10 @@ class MiranteVectorStore(VectorStore):
 
     # ------------------------------------------------------------------ searching
 
-    def _search(
+    def _hits(
         self, k: int, filter: str | Mapping[str, Any] | None, **query: Any
-    ) -> list[tuple[Document, float]]:
+    ) -> list[dict[str, Any]]:
+        """The search's rows, best first (none while a new store has no embedding space)."""
         where = to_where(filter, reserved=_UNFILTERABLE)
         try:
             result = self._collection.search(
@@ -265,11 +266,16 @@ class MiranteVectorStore(VectorStore):
                 with_images=self._with_images,
             )
         except Error:
-            # A new store has no embedding space yet: nothing to find.
             if len(self._collection) == 0:
                 return []
             raise
-        return [(self._document(hit), float(hit["score"])) for hit in result.to_pylist()]
+        return result.to_pylist()
+
+    def _search(
+        self, k: int, filter: str | Mapping[str, Any] | None, **query: Any
+    ) -> list[tuple[Document, float]]:
+        hits = self._hits(k, filter, **query)
+        return [(self._document(hit), float(hit["score"])) for hit in hits]
 
     def _query_vector(self, query: str) -> list[float]:
         if self._embedding is not None:
@@ -362,20 +368,7 @@ class MiranteVectorStore(VectorStore):
         """Picks ``k`` of the ``fetch_k`` nearest documents, trading similarity to the query
         against similarity to the documents already picked (``lambda_mult`` 1: similarity
         only), with the stored vectors."""
-        where = to_where(filter, reserved=_UNFILTERABLE)
-        try:
-            hits = self._collection.search(
-                vector=embedding,
-                match="images",
-                where=where,
-                limit=fetch_k,
-                model=self._space,
-                with_images=self._with_images,
-            ).to_pylist()
-        except Error:
-            if len(self._collection) == 0:
-                return []
-            raise
+        hits = self._hits(fetch_k, filter, vector=embedding)
         vectors, live = self._collection.image_vectors(
             [hit["id"] for hit in hits], model=self._space
         )
