@@ -120,3 +120,7 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
         Err(e) => Err(Error::io(path, e)),
     }
 }
+
+pub(crate) fn metadata(path: &Path) -> Result<fs::Metadata> {
+    fs::metadata(path).map_err(|e| Error::io(path, e))
+}

@@ -36,4 +36,7 @@ pub use schema::{
 };
 pub use search::{Hit, RowFilter, SegmentPlan, Strategy, sort_hits};
 pub use snapshot::{RowHandle, SegmentView, Snapshot, Vectors};
-pub use writer::{CompactReport, Transaction, VacuumReport, Writer, WriterOptions};
+pub use writer::{
+    BuiltSegments, CompactReport, DEFAULT_BUILD_GRACE, IdRange, SegmentBuilder, Stage, Transaction,
+    VacuumReport, Writer, WriterOptions,
+};

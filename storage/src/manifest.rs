@@ -67,6 +67,22 @@ impl SegmentMeta {
         self.rows - self.deleted
     }
 
+    /// Every data file of the segment: rows, blob, deletion vector, columns and their indexes.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        [
+            Some(&self.rows_file),
+            Some(&self.blob_file),
+            self.deletes.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.columns
+                .iter()
+                .flat_map(|c| std::iter::once(&c.file).chain(c.index.as_ref().map(|i| &i.file))),
+        )
+    }
+
     /// Number of vectors a column of `modality` holds for this segment.
     pub fn items(&self, modality: Modality) -> u64 {
         match modality {
@@ -201,14 +217,7 @@ impl Manifest {
         self.collections
             .iter()
             .flat_map(|c| &c.segments)
-            .flat_map(|s| {
-                [Some(&s.rows_file), Some(&s.blob_file), s.deletes.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .chain(s.columns.iter().flat_map(|c| {
-                        std::iter::once(&c.file).chain(c.index.as_ref().map(|i| &i.file))
-                    }))
-            })
+            .flat_map(SegmentMeta::files)
     }
 
     /// Allocates a fresh data-file name with `ext`.

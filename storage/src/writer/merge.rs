@@ -140,7 +140,7 @@ impl Writer {
             return Ok(None);
         }
         pending.columns = columns.into_iter().collect();
-        self.write_segment(next, &c.name, pending).map(Some)
+        self.files().write_segment(next, &c.name, pending).map(Some)
     }
 }
 

@@ -13,27 +13,37 @@ use crate::deletes::DeletionVector;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::index::IndexSpec;
-use crate::manifest::{self, CollectionMeta, FILES_DIR, FileRef, Manifest, SpaceMeta};
+use crate::manifest::{self, CollectionMeta, FILES_DIR, Manifest, SpaceMeta};
 use crate::schema::{Metric, Modality, NewRow, Schema, SpaceId, SpaceSpec};
 use crate::search::RowFilter;
 use crate::snapshot::{SegmentView, Snapshot};
+use segment::SegmentFiles;
 
+mod build;
 mod merge;
 mod segment;
 mod transaction;
 mod vacuum;
 
+pub use build::{BuiltSegments, IdRange, SegmentBuilder, Stage};
 pub use merge::CompactReport;
 pub use transaction::Transaction;
 pub use vacuum::VacuumReport;
 
-/// Tuning of the writer's merge policy.
+/// Unpublished segment builds younger than this are not vacuumed (as Delta Lake keeps
+/// unreferenced files for a week by default).
+pub const DEFAULT_BUILD_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Tuning of the writer's merge policy and vacuum.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Merge small segments after each append (see [`Writer::compact`]).
     pub auto_compact: bool,
     /// Segments of one size tier that trigger a merge; tiers grow by this factor.
     pub merge_factor: usize,
+    /// How long [`Writer::vacuum`] leaves unpublished files of a [`SegmentBuilder`] alone: a
+    /// build may still be running in another process, so only older ones are orphans.
+    pub build_grace: std::time::Duration,
 }
 
 impl Default for WriterOptions {
@@ -41,6 +51,7 @@ impl Default for WriterOptions {
         WriterOptions {
             auto_compact: true,
             merge_factor: 8,
+            build_grace: DEFAULT_BUILD_GRACE,
         }
     }
 }
@@ -114,6 +125,11 @@ impl Writer {
 
     fn files_dir(&self) -> std::path::PathBuf {
         self.db.path().join(FILES_DIR)
+    }
+
+    /// The writer's own file naming (the manifest's counter).
+    fn files(&self) -> SegmentFiles {
+        SegmentFiles::counter(self.files_dir())
     }
 
     /// Publishes `next` as the next version: data files are already fsynced; the `files/`
@@ -249,7 +265,9 @@ impl Writer {
             let items = meta.items(spec.modality) as usize;
             let vectors = checked_vectors(&spec, space, items, &embed(&view)?)?;
             let mut next = self.manifest.clone();
-            let entry = self.write_column(&mut next, &c.index, &spec, space, vectors)?;
+            let entry = self
+                .files()
+                .write_column(&mut next, &c.index, &spec, space, vectors)?;
             // The segment may have been merged away by another handle's commit: then its rows
             // live on in the merged segment, which a later run embeds.
             let Some(seg) = next
@@ -349,6 +367,7 @@ impl Writer {
         let c = snap.collection(collection)?;
         let mut changed = Vec::new();
         let mut total = 0;
+        let mut files = self.files();
         for meta in &c.segments {
             let view = snap.segment(c, meta)?;
             let mut dv: Option<DeletionVector> = None;
@@ -360,9 +379,8 @@ impl Writer {
                 }
             }
             if let Some(dv) = dv {
-                let name = next.new_file_name("del");
-                let (len, crc32c) = dv.write(&self.files_dir().join(&name))?;
-                changed.push((meta.id, FileRef { name, len, crc32c }, dv.deleted() as u64));
+                let file = files.write_deletes(next, &dv)?;
+                changed.push((meta.id, file, dv.deleted() as u64));
             }
         }
         if total == 0 {
@@ -389,6 +407,7 @@ impl Writer {
         }
         let mut next = self.manifest.clone();
         let mut rebuilt = Vec::new();
+        let mut files = self.files();
         for meta in &c.segments {
             let view = snap.segment(c, meta)?;
             for col in &meta.columns {
@@ -396,7 +415,7 @@ impl Writer {
                 let vectors = view.vectors(c, col.space)?.ok_or_else(|| {
                     Error::corruption(snap.file_path(&col.file.name), "column vanished")
                 })?;
-                let index = self.build_index(&mut next, &spec, dim, vectors.as_slice())?;
+                let index = files.build_index(&mut next, &spec, dim, vectors.as_slice())?;
                 rebuilt.push((meta.id, col.space, index));
             }
         }

@@ -3,8 +3,9 @@
 //! enough), staged into the next manifest without publishing it.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
-use super::{Writer, checked_vectors};
+use super::checked_vectors;
 use crate::column;
 use crate::crashpoint::crash_point;
 use crate::deletes::DeletionVector;
@@ -58,11 +59,52 @@ pub(super) struct RowRecordParts<'a> {
     pub meta: Vec<rows::StoredValue>,
 }
 
-impl Writer {
-    /// Stages rows as a new segment of `next`: files are written and fsynced, nothing is
-    /// published.
+/// Where a segment's files go and how they are named: by the manifest's counter for the
+/// writer's own commits, by a random token for a [`super::SegmentBuilder`], which writes without
+/// the writer lock and so cannot advance the counter.
+pub(super) struct SegmentFiles {
+    dir: PathBuf,
+    naming: Naming,
+}
+
+enum Naming {
+    Counter,
+    Token { token: String, next: u64 },
+}
+
+/// The first letter of the files segment builders write (`s<token>-<n>.<ext>`); the writer's
+/// own are `f<counter>.<ext>`.
+pub(crate) const BUILT_FILE_PREFIX: char = 's';
+
+impl SegmentFiles {
+    pub(super) fn counter(dir: PathBuf) -> Self {
+        SegmentFiles {
+            dir,
+            naming: Naming::Counter,
+        }
+    }
+
+    pub(super) fn token(dir: PathBuf, token: String) -> Self {
+        SegmentFiles {
+            dir,
+            naming: Naming::Token { token, next: 1 },
+        }
+    }
+
+    fn name(&mut self, next: &mut Manifest, ext: &str) -> String {
+        match &mut self.naming {
+            Naming::Counter => next.new_file_name(ext),
+            Naming::Token { token, next } => {
+                *next += 1;
+                format!("{BUILT_FILE_PREFIX}{token}-{:06}.{ext}", *next - 1)
+            }
+        }
+    }
+
+    /// Stages rows as a new segment of `next` with ids from the collection's `next_row_id`:
+    /// files are written and fsynced, nothing is published.
     pub(super) fn stage_append(
-        &self,
+        &mut self,
         next: &mut Manifest,
         collection: &str,
         rows: Vec<NewRow>,
@@ -114,7 +156,7 @@ impl Writer {
 
     /// Writes rows, blob, columns and indexes of a new segment; returns its manifest entry.
     pub(super) fn write_segment(
-        &self,
+        &mut self,
         next: &mut Manifest,
         collection: &str,
         pending: PendingSegment,
@@ -122,17 +164,16 @@ impl Writer {
         let c = next.collection(collection)?.clone();
         let id = next.next_segment_id;
         next.next_segment_id += 1;
-        let dir = self.files_dir();
-        let rows_name = next.new_file_name("rows");
-        let (len, crc32c) = rows::write_rows(&dir.join(&rows_name), &pending.records)?;
+        let rows_name = self.name(next, "rows");
+        let (len, crc32c) = rows::write_rows(&self.dir.join(&rows_name), &pending.records)?;
         let rows_file = FileRef {
             name: rows_name,
             len,
             crc32c,
         };
-        let blob_name = next.new_file_name("blob");
+        let blob_name = self.name(next, "blob");
         let (len, crc32c) = crate::format::write_file(
-            &dir.join(&blob_name),
+            &self.dir.join(&blob_name),
             crate::format::FileKind::Blob,
             Default::default(),
             &pending.blob,
@@ -163,16 +204,15 @@ impl Writer {
     }
 
     pub(super) fn write_column(
-        &self,
+        &mut self,
         next: &mut Manifest,
         index: &IndexSpec,
         spec: &SpaceSpec,
         space: SpaceId,
         vectors: Vec<f32>,
     ) -> Result<ColumnEntry> {
-        let name = next.new_file_name("emb");
-        let (len, crc32c) =
-            column::write_column(&self.files_dir().join(&name), space, spec.dim, &vectors)?;
+        let name = self.name(next, "emb");
+        let (len, crc32c) = column::write_column(&self.dir.join(&name), space, spec.dim, &vectors)?;
         let index = self.build_index(next, index, spec.dim, &vectors)?;
         Ok(ColumnEntry {
             space,
@@ -183,7 +223,7 @@ impl Writer {
 
     /// Builds and writes a FAISS index when the column is large enough for `spec`.
     pub(super) fn build_index(
-        &self,
+        &mut self,
         next: &mut Manifest,
         spec: &IndexSpec,
         dim: usize,
@@ -192,8 +232,8 @@ impl Writer {
         if vectors.len() / dim < spec.min_items() {
             return Ok(None);
         }
-        let name = next.new_file_name("faiss");
-        let path = self.files_dir().join(&name);
+        let name = self.name(next, "faiss");
+        let path = self.dir.join(&name);
         index::build(spec, dim, vectors, &path)?;
         let bytes = fsio::read(&path)?;
         Ok(Some(IndexEntry {
@@ -204,6 +244,17 @@ impl Writer {
                 crc32c: crc32c::crc32c(&bytes),
             },
         }))
+    }
+
+    /// A deletion vector's file, written and fsynced.
+    pub(super) fn write_deletes(
+        &mut self,
+        next: &mut Manifest,
+        dv: &DeletionVector,
+    ) -> Result<FileRef> {
+        let name = self.name(next, "del");
+        let (len, crc32c) = dv.write(&self.dir.join(&name))?;
+        Ok(FileRef { name, len, crc32c })
     }
 }
 

@@ -24,30 +24,7 @@ impl Transaction<'_> {
     /// Adds nullable metadata columns to a collection's schema; rows written before read them as
     /// null. Columns that already exist with the same type are left alone.
     pub fn add_columns(&mut self, collection: &str, columns: Vec<ColumnDef>) -> Result<()> {
-        let c = self.next.collection_mut(collection)?;
-        let mut metadata = c.schema.metadata.clone();
-        for col in columns {
-            match metadata.iter().find(|m| m.name == col.name) {
-                Some(m) if m.ty == col.ty => {}
-                Some(m) => {
-                    return Err(Error::TypeMismatch {
-                        column: col.name.clone(),
-                        expected: m.ty.to_string(),
-                        got: col.ty.to_string(),
-                    });
-                }
-                None if !col.nullable => {
-                    return Err(Error::InvalidArgument(format!(
-                        "column '{}' is added to a collection that may already hold rows, so it \
-                         must be nullable",
-                        col.name
-                    )));
-                }
-                None => metadata.push(col),
-            }
-        }
-        c.schema = Schema::new(metadata)?;
-        Ok(())
+        add_columns(&mut self.next, collection, columns)
     }
 
     /// Stages rows as a new segment (see [`Writer::append`]); returns their ids.
@@ -59,6 +36,7 @@ impl Transaction<'_> {
     ) -> Result<Vec<u64>> {
         let ids = self
             .writer
+            .files()
             .stage_append(&mut self.next, collection, rows, embeddings)?;
         if !ids.is_empty() {
             self.appended.insert(collection.to_string());
@@ -112,4 +90,36 @@ impl Transaction<'_> {
         }
         Ok(version)
     }
+}
+
+/// Adds nullable metadata columns to `collection` in `next` (see [`Transaction::add_columns`]).
+pub(super) fn add_columns(
+    next: &mut Manifest,
+    collection: &str,
+    columns: Vec<ColumnDef>,
+) -> Result<()> {
+    let c = next.collection_mut(collection)?;
+    let mut metadata = c.schema.metadata.clone();
+    for col in columns {
+        match metadata.iter().find(|m| m.name == col.name) {
+            Some(m) if m.ty == col.ty => {}
+            Some(m) => {
+                return Err(Error::TypeMismatch {
+                    column: col.name.clone(),
+                    expected: m.ty.to_string(),
+                    got: col.ty.to_string(),
+                });
+            }
+            None if !col.nullable => {
+                return Err(Error::InvalidArgument(format!(
+                    "column '{}' is added to a collection that may already hold rows, so it \
+                     must be nullable",
+                    col.name
+                )));
+            }
+            None => metadata.push(col),
+        }
+    }
+    c.schema = Schema::new(metadata)?;
+    Ok(())
 }

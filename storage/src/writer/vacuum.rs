@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Writer;
+use super::segment::BUILT_FILE_PREFIX;
 use crate::crashpoint::crash_point;
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -22,11 +23,15 @@ pub struct VacuumReport {
     pub bytes_freed: u64,
     /// Old versions kept because a live snapshot (of this process or another) reads them.
     pub versions_in_use: usize,
+    /// Unpublished files of segment builders kept because they are younger than the grace
+    /// period ([`super::WriterOptions::build_grace`]).
+    pub builds_kept: usize,
 }
 
 impl Writer {
     /// Removes manifests older than the newest `keep_versions` and every file in `files/` that no
-    /// remaining manifest references (including leftovers of failed commits). Versions that a
+    /// remaining manifest references (including leftovers of failed commits, and of segment
+    /// builds older than the grace period). Versions that a
     /// live snapshot has pinned (see [`crate::pins`]) are kept, with their files.
     pub fn vacuum(&mut self, keep_versions: usize) -> Result<VacuumReport> {
         self.check_writable()?;
@@ -93,10 +98,24 @@ impl Writer {
             )
             .collect();
         let files = self.files_dir();
+        let now = std::time::SystemTime::now();
         for name in fsio::list_dir(&files)? {
             if !referenced.contains(&name) {
                 let path = files.join(&name);
-                report.bytes_freed += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                // A segment builder's file may belong to a build still running elsewhere.
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if name.starts_with(BUILT_FILE_PREFIX) && age < self.options.build_grace {
+                    report.builds_kept += 1;
+                    continue;
+                }
+                report.bytes_freed += meta.len();
                 fsio::remove_file(&path)?;
                 report.files_removed += 1;
                 crash_point("storage::vacuum-file-removed");

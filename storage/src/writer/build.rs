@@ -1,0 +1,553 @@
+//! Two-phase writes: segments built by many processes (or machines) at once and published by
+//! one commit.
+//!
+//! 1. Row ids are reserved in short commits ([`Writer::reserve_ids`]), so builders never hand
+//!    out the same id.
+//! 2. A [`SegmentBuilder`] works on a snapshot without the writer lock: it writes a segment's
+//!    immutable files (rows, blob, embedding columns, FAISS indexes) under names of its own
+//!    (`s<token>-<n>.<ext>`) and returns their description, [`BuiltSegments`], which can travel
+//!    between processes as bytes.
+//! 3. One commit publishes many descriptions ([`Transaction::publish`]) after checking them
+//!    against the collection as it is then: same collection, compatible schema, the model
+//!    fingerprints and dimensions of its active spaces, the index, ids inside reserved ranges
+//!    and overlapping nothing, files present with their committed lengths.
+//!
+//! Files of a builder that never publishes are orphans; [`Writer::vacuum`] removes them once
+//! they are older than the grace period that protects builds still running.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+use serde::{Deserialize, Serialize};
+
+use super::segment::SegmentFiles;
+use super::{Transaction, Writer, set_active, stage_space};
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::fsio;
+use crate::manifest::{CollectionMeta, FILES_DIR, Manifest, SegmentMeta, SpaceMeta};
+use crate::schema::{ColumnDef, Modality, NewRow, Schema, SpaceId, SpaceSpec};
+
+/// Row ids `first..end` of one collection, reserved by one commit for one builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub first: u64,
+    pub end: u64,
+}
+
+impl IdRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.first
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.first
+    }
+}
+
+/// The most ids one reservation may take: far more than any build, far from overflowing.
+const MAX_RESERVATION: u64 = 1 << 40;
+
+/// Version of the [`BuiltSegments`] encoding; publishers refuse other versions.
+const BUILT_FORMAT: u32 = 1;
+
+/// What a [`SegmentBuilder`] wrote: segments whose files are durable but which no version
+/// references yet. Space ids inside are the builder's; publishing maps them by specification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltSegments {
+    format: u32,
+    collection: String,
+    /// The collection's uid at build time: a collection dropped and created again under the
+    /// same name is another collection.
+    collection_uid: u64,
+    /// The schema the rows' metadata values follow, by position.
+    schema: Schema,
+    /// The spaces the segments' columns belong to, and whether the builder made them active.
+    spaces: Vec<(SpaceMeta, bool)>,
+    /// The id ranges the builder reserved; every segment's ids lie in one of them.
+    reserved: Vec<IdRange>,
+    segments: Vec<SegmentMeta>,
+}
+
+impl BuiltSegments {
+    /// The collection the segments belong to.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// Rows in all segments.
+    pub fn rows(&self) -> u64 {
+        self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    /// Names of the data files the segments consist of.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.segments
+            .iter()
+            .flat_map(SegmentMeta::files)
+            .map(|f| f.name.as_str())
+    }
+
+    /// The description as bytes (JSON), to send from a worker to the publisher.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("built segments serialise")
+    }
+
+    /// Reads a description made by [`BuiltSegments::to_bytes`]. Everything in it is checked
+    /// again when it is published, so bytes from an untrusted worker cannot damage the database.
+    pub fn from_bytes(bytes: &[u8]) -> Result<BuiltSegments> {
+        let built: BuiltSegments = serde_json::from_slice(bytes).map_err(|e| {
+            Error::InvalidArgument(format!("not a description of built segments: {e}"))
+        })?;
+        if built.format != BUILT_FORMAT {
+            return Err(Error::InvalidArgument(format!(
+                "built segments of format {}, this release reads format {BUILT_FORMAT}",
+                built.format
+            )));
+        }
+        Ok(built)
+    }
+}
+
+/// Where the load path stages rows: a [`Transaction`] (published by its commit) or a
+/// [`SegmentBuilder`] (published later, by another process's commit).
+pub trait Stage {
+    /// A collection as staged so far.
+    fn collection(&self, collection: &str) -> Result<&CollectionMeta>;
+    /// See [`Transaction::add_columns`].
+    fn add_columns(&mut self, collection: &str, columns: Vec<ColumnDef>) -> Result<()>;
+    /// See [`Transaction::add_space`].
+    fn add_space(&mut self, collection: &str, spec: SpaceSpec, activate: bool) -> Result<SpaceId>;
+    /// Stages rows as a new segment; returns their ids.
+    fn append(
+        &mut self,
+        collection: &str,
+        rows: Vec<NewRow>,
+        embeddings: &[(SpaceId, &[f32])],
+    ) -> Result<Vec<u64>>;
+}
+
+impl Stage for Transaction<'_> {
+    fn collection(&self, collection: &str) -> Result<&CollectionMeta> {
+        self.next.collection(collection)
+    }
+
+    fn add_columns(&mut self, collection: &str, columns: Vec<ColumnDef>) -> Result<()> {
+        Transaction::add_columns(self, collection, columns)
+    }
+
+    fn add_space(&mut self, collection: &str, spec: SpaceSpec, activate: bool) -> Result<SpaceId> {
+        Transaction::add_space(self, collection, spec, activate)
+    }
+
+    fn append(
+        &mut self,
+        collection: &str,
+        rows: Vec<NewRow>,
+        embeddings: &[(SpaceId, &[f32])],
+    ) -> Result<Vec<u64>> {
+        Transaction::append(self, collection, rows, embeddings)
+    }
+}
+
+/// Writes segments of one collection without the writer lock, for a later
+/// [`Transaction::publish`]. Several builders, in any processes that see the database's files,
+/// run at once; each reserves its row ids with a short commit when it needs more.
+#[derive(Debug)]
+pub struct SegmentBuilder {
+    db: Database,
+    collection: String,
+    /// The collection as the builder sees it: the snapshot it started from, plus its own
+    /// staged columns, spaces and segments.
+    next: Manifest,
+    token: String,
+    files_written: u64,
+    first_segment: u64,
+    /// Ids left in the current reservation.
+    ids: IdRange,
+    reserved: Vec<IdRange>,
+    /// Ids asked for at each reservation beyond what an append needs.
+    reserve_ahead: u64,
+}
+
+impl SegmentBuilder {
+    /// A builder for `collection` at the database's latest version. `expected_rows` sizes the
+    /// first reservation (made at the first append); more are made when rows keep coming, and
+    /// ids reserved but not used are simply never used.
+    pub fn new(db: &Database, collection: &str, expected_rows: u64) -> Result<SegmentBuilder> {
+        let snap = db.snapshot()?;
+        let next = snap.manifest().clone();
+        next.collection(collection)?;
+        Ok(SegmentBuilder {
+            db: db.clone(),
+            collection: collection.to_string(),
+            first_segment: next.next_segment_id,
+            next,
+            token: random_token(),
+            files_written: 0,
+            ids: IdRange { first: 0, end: 0 },
+            reserved: Vec::new(),
+            reserve_ahead: expected_rows.clamp(1, MAX_RESERVATION),
+        })
+    }
+
+    fn check_collection(&self, collection: &str) -> Result<()> {
+        if collection == self.collection {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "this segment builder writes collection '{}', not '{collection}'",
+                self.collection
+            )))
+        }
+    }
+
+    /// The files' names and the manifest's next ids, as a [`SegmentFiles`] continuing where
+    /// the last append stopped.
+    fn files(&self) -> SegmentFiles {
+        SegmentFiles::token(
+            self.db.path().join(FILES_DIR),
+            format!("{}-{:04}", self.token, self.files_written),
+        )
+    }
+
+    /// Reserves ids when the current reservation cannot hold `rows` more.
+    fn ensure_ids(&mut self, rows: u64) -> Result<()> {
+        if self.ids.len() >= rows {
+            return Ok(());
+        }
+        let count = rows.max(self.reserve_ahead);
+        let range = self.db.writer()?.reserve_ids(&self.collection, count)?;
+        self.reserved.push(range);
+        self.ids = range;
+        // Later reservations are as large as what came so far, so their number stays
+        // logarithmic in the rows of a build that was larger than expected.
+        self.reserve_ahead = self
+            .reserve_ahead
+            .max(rows)
+            .saturating_mul(2)
+            .min(MAX_RESERVATION);
+        Ok(())
+    }
+
+    /// Everything written, to publish. The files are durable (each was fsynced, and so is
+    /// their folder).
+    pub fn finish(self) -> Result<BuiltSegments> {
+        fsio::sync_dir(&self.db.path().join(FILES_DIR))?;
+        let c = self.next.collection(&self.collection)?;
+        let segments: Vec<SegmentMeta> = c
+            .segments
+            .iter()
+            .filter(|s| s.id >= self.first_segment)
+            .cloned()
+            .collect();
+        let used: std::collections::BTreeSet<SpaceId> = segments
+            .iter()
+            .flat_map(|s| s.columns.iter().map(|col| col.space))
+            .collect();
+        let spaces = c
+            .spaces
+            .iter()
+            .filter(|s| used.contains(&s.id))
+            .map(|s| (s.clone(), c.active(s.spec.modality) == Some(s.id)))
+            .collect();
+        Ok(BuiltSegments {
+            format: BUILT_FORMAT,
+            collection: self.collection.clone(),
+            collection_uid: c.uid,
+            schema: c.schema.clone(),
+            spaces,
+            reserved: self.reserved,
+            segments,
+        })
+    }
+}
+
+impl Stage for SegmentBuilder {
+    fn collection(&self, collection: &str) -> Result<&CollectionMeta> {
+        self.check_collection(collection)?;
+        self.next.collection(collection)
+    }
+
+    fn add_columns(&mut self, collection: &str, columns: Vec<ColumnDef>) -> Result<()> {
+        self.check_collection(collection)?;
+        super::transaction::add_columns(&mut self.next, collection, columns)
+    }
+
+    fn add_space(&mut self, collection: &str, spec: SpaceSpec, activate: bool) -> Result<SpaceId> {
+        self.check_collection(collection)?;
+        stage_space(&mut self.next, collection, spec, activate)
+    }
+
+    fn append(
+        &mut self,
+        collection: &str,
+        rows: Vec<NewRow>,
+        embeddings: &[(SpaceId, &[f32])],
+    ) -> Result<Vec<u64>> {
+        self.check_collection(collection)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_ids(rows.len() as u64)?;
+        self.next.collection_mut(collection)?.next_row_id = self.ids.first;
+        let mut files = self.files();
+        self.files_written += 1;
+        let ids = files.stage_append(&mut self.next, collection, rows, embeddings)?;
+        self.ids.first += ids.len() as u64;
+        Ok(ids)
+    }
+}
+
+/// 128 random bits as hex: file names no other builder, in any process, picks.
+fn random_token() -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    let part = |salt: u64| {
+        let mut h = state.build_hasher();
+        h.write_u64(salt);
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", part(1), part(2))
+}
+
+impl Writer {
+    /// Reserves `count` row ids of `collection` in one commit, for a [`SegmentBuilder`].
+    pub fn reserve_ids(&mut self, collection: &str, count: u64) -> Result<IdRange> {
+        if !(1..=MAX_RESERVATION).contains(&count) {
+            return Err(Error::InvalidArgument(format!(
+                "a reservation takes 1 to {MAX_RESERVATION} row ids, not {count}"
+            )));
+        }
+        let mut next = self.manifest.clone();
+        let c = next.collection_mut(collection)?;
+        let range = IdRange {
+            first: c.next_row_id,
+            end: c.next_row_id + count,
+        };
+        c.next_row_id = range.end;
+        self.commit(
+            next,
+            format!(
+                "reserve row ids {} to {} of {collection}",
+                range.first,
+                range.end - 1
+            ),
+        )?;
+        Ok(range)
+    }
+
+    /// Publishes built segments in one commit (see [`Transaction::publish`]); returns the
+    /// version.
+    pub fn publish(&mut self, built: &[BuiltSegments]) -> Result<u64> {
+        let mut tx = self.transaction();
+        let mut rows = 0;
+        let mut names = std::collections::BTreeSet::new();
+        for b in built {
+            rows += tx.publish(b)?;
+            names.insert(b.collection.as_str());
+        }
+        let names: Vec<&str> = names.into_iter().collect();
+        tx.commit(format!(
+            "publish {rows} rows in {} built segments into {}",
+            built.iter().map(|b| b.segments.len()).sum::<usize>(),
+            names.join(", ")
+        ))
+    }
+}
+
+impl Transaction<'_> {
+    /// Stages built segments into this transaction after checking them against the collection
+    /// as staged so far; returns their row count. Their spaces are found by specification
+    /// (registered when missing, and activated where the builder activated them and the
+    /// collection has no active space of that modality); segments are placed in id order.
+    pub fn publish(&mut self, built: &BuiltSegments) -> Result<u64> {
+        let files_dir = self.writer.files_dir();
+        let mut next = self.next.clone();
+        let name = &built.collection;
+        let c = next.collection(name)?;
+        if c.uid != built.collection_uid {
+            return Err(stale(name, "the collection was dropped and created again"));
+        }
+        next.collection_mut(name)?.schema = merged_schema(name, &c.schema, &built.schema)?;
+        let mut space_ids = HashMap::new();
+        for (space, active) in &built.spaces {
+            let id = stage_space(&mut next, name, space.spec.clone(), false)?;
+            let c = next.collection_mut(name)?;
+            if *active && c.active(space.spec.modality).is_none() {
+                set_active(c, space.spec.modality, id);
+            }
+            space_ids.insert(space.id, id);
+        }
+        let c = next.collection(name)?;
+        let referenced: std::collections::HashSet<&str> =
+            next.files().map(|f| f.name.as_str()).collect();
+        let mut segments = Vec::with_capacity(built.segments.len());
+        for seg in &built.segments {
+            let mut seg = seg.clone();
+            check_built_segment(c, built, &seg, &referenced)?;
+            for col in &mut seg.columns {
+                col.space = *space_ids.get(&col.space).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "built segment of {name}: a column of space {}, which the description \
+                         does not list",
+                        col.space
+                    ))
+                })?;
+            }
+            for modality in [Modality::Image, Modality::Text] {
+                if let Some(active) = c.active(modality)
+                    && seg.column(active).is_none()
+                {
+                    let spec = &c.space(active)?.spec;
+                    return Err(stale(
+                        name,
+                        &format!(
+                            "the segments have no vectors of the active {modality} space \
+                             ({} {}, fingerprint {}); the model changed after they were built",
+                            spec.model_id, spec.dim, spec.fingerprint
+                        ),
+                    ));
+                }
+            }
+            for file in seg.files() {
+                let path = files_dir.join(&file.name);
+                let len = fsio::metadata(&path)?.len();
+                if len != file.len {
+                    return Err(Error::corruption(
+                        &path,
+                        format!("built as {} bytes, {len} on disk", file.len),
+                    ));
+                }
+            }
+            segments.push(seg);
+        }
+        // No two segments, built or committed, share ids.
+        let mut ranges: Vec<(u64, u64)> = c
+            .segments
+            .iter()
+            .chain(&segments)
+            .map(|s| (s.min_row_id, s.max_row_id))
+            .collect();
+        ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+            return Err(Error::InvalidArgument(format!(
+                "built segments of {name} overlap rows already in it (ids {} to {} and {} to {}): \
+                 were they published before?",
+                w[0].0, w[0].1, w[1].0, w[1].1
+            )));
+        }
+        for mut seg in segments {
+            seg.id = next.next_segment_id;
+            next.next_segment_id += 1;
+            let c = next.collection_mut(name)?;
+            let at = c
+                .segments
+                .partition_point(|s| s.min_row_id < seg.min_row_id);
+            c.segments.insert(at, seg);
+        }
+        self.next = next;
+        if built.rows() > 0 {
+            self.appended.insert(name.clone());
+        }
+        Ok(built.rows())
+    }
+}
+
+fn stale(collection: &str, why: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "built segments of {collection} no longer fit it: {why}; build them again"
+    ))
+}
+
+/// The collection's schema extended with the columns a builder added. Metadata values are
+/// stored by position, so one schema must be a prefix of the other.
+fn merged_schema(collection: &str, current: &Schema, built: &Schema) -> Result<Schema> {
+    let (short, long) = if current.metadata.len() <= built.metadata.len() {
+        (current, built)
+    } else {
+        (built, current)
+    };
+    if long.metadata[..short.metadata.len()] != short.metadata[..] {
+        let names = |s: &Schema| {
+            s.metadata
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.ty))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(stale(
+            collection,
+            &format!(
+                "they were built with metadata columns ({}) that do not extend the collection's \
+                 ({}); add the columns before building segments in parallel",
+                names(built),
+                names(current)
+            ),
+        ));
+    }
+    Ok(long.clone())
+}
+
+/// Checks what a built segment claims against its description and the collection: ids inside
+/// the reserved ranges (which this version allocated), the collection's index, file names that
+/// are a builder's and not yet referenced.
+fn check_built_segment(
+    c: &CollectionMeta,
+    built: &BuiltSegments,
+    seg: &SegmentMeta,
+    referenced: &std::collections::HashSet<&str>,
+) -> Result<()> {
+    let name = &c.name;
+    let in_reservation = built
+        .reserved
+        .iter()
+        .any(|r| r.first <= seg.min_row_id && seg.max_row_id < r.end && r.end <= c.next_row_id);
+    if seg.rows == 0
+        || seg.min_row_id > seg.max_row_id
+        || seg.rows - 1 > seg.max_row_id - seg.min_row_id
+        || seg.deleted != 0
+        || seg.deletes.is_some()
+        || !in_reservation
+    {
+        return Err(Error::InvalidArgument(format!(
+            "built segment of {name} with {} rows, ids {} to {}, is not inside a range reserved \
+             in it",
+            seg.rows, seg.min_row_id, seg.max_row_id
+        )));
+    }
+    for col in &seg.columns {
+        if let Some(index) = &col.index
+            && index.spec != c.index
+        {
+            return Err(stale(
+                name,
+                &format!(
+                    "their indexes are {}, the collection's is now {}",
+                    index.spec.factory, c.index.factory
+                ),
+            ));
+        }
+    }
+    for f in seg.files() {
+        if referenced.contains(f.name.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "built segment of {name}: file {} is already part of the database; were the \
+                 segments published before?",
+                f.name
+            )));
+        }
+        if !f.name.starts_with(super::segment::BUILT_FILE_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "built segment of {name}: file {} is not a segment builder's",
+                f.name
+            )));
+        }
+    }
+    Ok(())
+}
