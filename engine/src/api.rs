@@ -3,7 +3,7 @@
 //! an LLM as context.
 
 use mirante_query::{self as query, SearchPlan, SearchQuery, Target};
-use mirante_storage::Modality;
+use mirante_storage::{self as storage, Modality};
 
 use crate::catalog::SnapshotCatalog;
 use crate::database::{Database, ExecOptions};
@@ -258,6 +258,66 @@ impl<'db> Collection<'db> {
             exec,
         );
         self.db.release_writer();
+        result
+    }
+}
+
+impl Collection<'_> {
+    /// Builds segments of this collection from `source` without taking the writer lock, for
+    /// [`Database::publish`] to publish later, from this process or another: the first phase of
+    /// a two-phase write, which lets many processes (Ray workers, one per GPU) import into one
+    /// collection at once. Rows are embedded with the collection's model as of now;
+    /// `expected_rows` sizes the first reservation of row ids.
+    pub fn build_segments(
+        &self,
+        source: crate::ingest::Source,
+        options: &query::options::ImportOptions,
+        skip_errors: bool,
+        expected_rows: u64,
+        exec: &ExecOptions,
+    ) -> Result<crate::ingest::BuildReport> {
+        exec.cancel.check()?;
+        crate::ingest::build(
+            self.db,
+            &self.name,
+            source,
+            (options, skip_errors, expected_rows),
+            exec,
+        )
+    }
+}
+
+/// What publishing built segments did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishReport {
+    pub version: u64,
+    pub rows: u64,
+    /// Why the merge of small segments after the commit failed, if it did (the rows are
+    /// committed).
+    pub merge_error: Option<String>,
+}
+
+impl Database {
+    /// Publishes segments built by [`Collection::build_segments`] (here or in other processes)
+    /// in one commit, after checking them against the collections as they are now: a
+    /// description that no longer fits (the model or the index changed, the rows were
+    /// published already) is refused and nothing is committed.
+    pub fn publish(&self, built: &[storage::BuiltSegments]) -> Result<PublishReport> {
+        let result = (|| {
+            let mut w = self.writer()?;
+            let version = w.publish(built)?;
+            Ok(PublishReport {
+                version,
+                rows: built.iter().map(storage::BuiltSegments::rows).sum(),
+                merge_error: w.take_merge_error().map(|e| {
+                    format!(
+                        "the rows are published, but merging segments after them failed ({e}); \
+                         COMPACT retries"
+                    )
+                }),
+            })
+        })();
+        self.release_writer();
         result
     }
 }

@@ -39,7 +39,7 @@ mod spaces;
 mod train;
 
 pub use access::Access;
-pub use api::{Collection, EmbeddingVectors, Embeddings, Search};
+pub use api::{Collection, EmbeddingVectors, Embeddings, PublishReport, Search};
 pub use cancel::CancelToken;
 pub use catalog::SnapshotCatalog;
 pub use database::{Database, ExecOptions, Options};

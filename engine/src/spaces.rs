@@ -247,7 +247,7 @@ pub(crate) fn external_fingerprint(model: &str) -> String {
 /// `tx` (and made active) with `dims` (image, text) when the collection lacks them; existing
 /// spaces keep their dimensions.
 pub(crate) fn stage_external(
-    tx: &mut storage::Transaction<'_>,
+    tx: &mut dyn storage::Stage,
     collection: &str,
     model: &str,
     dims: [usize; 2],

@@ -922,3 +922,90 @@ fn rows_with_their_own_vectors_may_lack_images_and_replace_rows_in_one_commit() 
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(db.snapshot().unwrap().version(), after);
 }
+
+/// Two-phase import: two threads build segments of halves of a source without the writer lock,
+/// one commit publishes them; searches then answer as after a plain IMPORT of the whole source.
+#[test]
+fn segments_built_in_parallel_then_published_search_like_one_import() {
+    use mirante::ExecOptions;
+    use mirante::query::options::ImportOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    let model = tiny_clip().display().to_string();
+    for c in ["whole", "parts"] {
+        one(&db, &format!("CREATE COLLECTION {c} WITH (model = '{model}')"));
+    }
+    let all = tmp.path().join("all.csv");
+    mirante_tests::photo_rows_csv(&all, 24);
+    one(&db, &format!("IMPORT INTO whole FROM '{}'", all.display()));
+    let lines: Vec<String> = std::fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let halves: Vec<PathBuf> = lines[1..]
+        .chunks(12)
+        .enumerate()
+        .map(|(i, part)| {
+            let path = tmp.path().join(format!("part{i}.csv"));
+            std::fs::write(&path, format!("{}\n{}\n", lines[0], part.join("\n"))).unwrap();
+            path
+        })
+        .collect();
+    let options = ImportOptions::default();
+    let access = mirante::Access::default();
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = halves
+            .iter()
+            .map(|path| {
+                let (db, options, access) = (&db, &options, &access);
+                s.spawn(move || {
+                    let source =
+                        mirante::ingest::open(&path.display().to_string(), options, access)
+                            .unwrap();
+                    db.collection("parts")
+                        .unwrap()
+                        .build_segments(source, options, false, 12, &ExecOptions::default())
+                        .unwrap()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(one(&db, "SELECT count(*) FROM parts").rows[0][0], Cell::Int(0));
+    let ids: Vec<u64> = reports.iter().flat_map(|r| r.ids.clone()).collect();
+    let built: Vec<_> = reports.into_iter().map(|r| r.built).collect();
+    let published = db.publish(&built).unwrap();
+    assert_eq!(published.rows, 24);
+    let stored = one(&db, "SELECT id FROM parts");
+    let mut stored: Vec<u64> = stored
+        .rows
+        .iter()
+        .map(|r| match r[0] {
+            Cell::Int(id) => id as u64,
+            ref other => panic!("{other:?}"),
+        })
+        .collect();
+    stored.sort_unstable();
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+    // Every row scores as after the single import, both ways (the photographs repeat, so
+    // equal scores are ordered by id, which differs: compare by caption).
+    for query in [
+        "SEARCH {c} BY TEXT 'photo 3 of horse.png' LIMIT 24",
+        "SEARCH {c} BY TEXT 'a rocket' LIMIT 24 MATCH TEXTS",
+    ] {
+        let hits = |c: &str| {
+            let mut rows = one(&db, &query.replace("{c}", c))
+                .project(&["text", "score"])
+                .json_rows();
+            rows.sort_by_key(|r| r.to_string());
+            rows
+        };
+        assert_eq!(hits("parts"), hits("whole"), "{query}");
+    }
+    // A second publication of the same segments is refused.
+    let again = db.publish(&built).unwrap_err().to_string();
+    assert!(again.contains("already part of the database"), "{again}");
+}

@@ -1,7 +1,7 @@
 //! The load path of `IMPORT` and `INSERT`, chunk by chunk: **read** each row's image bytes,
 //! **embed and validate** (images with the collection's model, or decoded to check them when it
 //! has none, or precomputed vectors checked against their spaces' dimensions; then captions),
-//! and **stage** the chunk as a segment of the caller's transaction. A bad row fails the whole
+//! and **stage** the chunk as a segment of the caller's transaction (or segment builder). A bad row fails the whole
 //! load unless failures are skipped, in which case it is reported and left out.
 
 use mirante_query::options::EmbeddingColumns;
@@ -45,7 +45,7 @@ enum Vectors<'a> {
 /// Reads, embeds and stages `items` into `collection` within `tx`.
 pub(crate) fn load(
     db: &Database,
-    tx: &mut storage::Transaction<'_>,
+    tx: &mut dyn storage::Stage,
     collection: &str,
     items: impl Iterator<Item = Result<Item>>,
     (skip_errors, precomputed): (bool, Option<&EmbeddingColumns>),
@@ -186,7 +186,7 @@ type Embedded = (Vec<ReadRow>, Vec<(SpaceId, Vec<f32>)>);
 /// check: `caption_vectors`).
 fn embed(
     vectors: &mut Vectors<'_>,
-    tx: &mut storage::Transaction<'_>,
+    tx: &mut dyn storage::Stage,
     collection: &str,
     (rows, failures): (Vec<ReadRow>, &mut Vec<RowFailure>),
     pipeline: &PipelineOptions,
@@ -348,7 +348,7 @@ fn with_dims(
 
 /// Stages a chunk as a new segment of `tx`; the rows' ids.
 fn stage(
-    tx: &mut storage::Transaction<'_>,
+    tx: &mut dyn storage::Stage,
     collection: &str,
     rows: Vec<ReadRow>,
     embeddings: &[(SpaceId, Vec<f32>)],

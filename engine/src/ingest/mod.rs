@@ -185,6 +185,50 @@ pub(crate) fn add(
     })
 }
 
+/// What building segments did (see [`build`]).
+#[derive(Debug)]
+pub struct BuildReport {
+    /// The segments, to publish with [`Database::publish`].
+    pub built: mirante_storage::BuiltSegments,
+    /// The ids the rows will have once published, in the order of the source.
+    pub ids: Vec<u64>,
+    /// The rows left out (with `skip_errors`), with why.
+    pub skipped: Vec<RowFailure>,
+    /// Whether the rows got vectors (the collection's model, or precomputed ones).
+    pub embedded: bool,
+}
+
+/// Loads an opened source into segments of `collection` without the writer lock (the first
+/// phase of a two-phase write: many processes build, one commit publishes). Row ids are
+/// reserved in short commits, the first sized by `expected_rows`.
+pub(crate) fn build(
+    db: &Database,
+    collection: &str,
+    src: Source,
+    (options, skip_errors, expected_rows): (&ImportOptions, bool, u64),
+    exec: &ExecOptions,
+) -> Result<BuildReport> {
+    if db.options.read_only {
+        return Err(Error::ReadOnly);
+    }
+    let mut builder = mirante_storage::SegmentBuilder::new(&db.store, collection, expected_rows)?;
+    mirante_storage::Stage::add_columns(&mut builder, collection, src.columns.clone())?;
+    let report = load::load(
+        db,
+        &mut builder,
+        collection,
+        src.items,
+        (skip_errors, options.embeddings.as_ref()),
+        exec,
+    )?;
+    Ok(BuildReport {
+        built: builder.finish()?,
+        ids: report.ids,
+        skipped: report.skipped,
+        embedded: report.embedded,
+    })
+}
+
 /// `IMPORT INTO collection FROM source`.
 pub(crate) fn import(
     db: &Database,
