@@ -316,18 +316,12 @@ impl PyDatabase {
         replace: Option<String>,
     ) -> PyResult<(Vec<u64>, Vec<Skipped>)> {
         let reader = data.0;
-        let options = ImportOptions {
-            image_column,
-            text_column,
-            split,
+        let options = import_options(
+            (image_column, text_column, split),
             columns,
             limit,
-            embeddings: embeddings.map(|(image, text, model)| EmbeddingColumns {
-                image,
-                text,
-                model,
-            }),
-        };
+            embeddings,
+        );
         let db = Arc::clone(&self.db);
         let report = run(py, self.call(ExecOptions::default(), None), move |exec| {
             let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
@@ -341,14 +335,7 @@ impl PyDatabase {
             )
         })?;
         if let Some(merge) = &report.merge_error {
-            let message = std::ffi::CString::new(merge.replace('\0', " "))
-                .unwrap_or_else(|_| c"merging segments failed".into());
-            PyErr::warn(
-                py,
-                &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
-                &message,
-                2,
-            )?;
+            warn_runtime(py, merge)?;
         }
         let skipped = report
             .skipped
@@ -356,6 +343,73 @@ impl PyDatabase {
             .map(|f| (f.location, f.image, f.reason))
             .collect();
         Ok((report.ids, skipped))
+    }
+
+    /// Builds segments of `collection` from `data` without the writer lock, the first phase
+    /// of a two-phase write; returns the segments' description (bytes for `publish`), the ids
+    /// the rows will have and the rows skipped.
+    #[pyo3(signature = (collection, data, *, expected_rows, skip_errors=false, image_column=None, text_column=None, split=None, columns=None, embeddings=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn build_segments<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        data: PyArrowType<RecordBatchStreamReader>,
+        expected_rows: u64,
+        skip_errors: bool,
+        image_column: Option<String>,
+        text_column: Option<String>,
+        split: Option<String>,
+        columns: Option<Vec<String>>,
+        embeddings: Option<(String, String, String)>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>, Vec<Skipped>)> {
+        let reader = data.0;
+        let options = import_options(
+            (image_column, text_column, split),
+            columns,
+            None,
+            embeddings,
+        );
+        let db = Arc::clone(&self.db);
+        let report = run(py, self.call(ExecOptions::default(), None), move |exec| {
+            let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            let source = mirante::ingest::from_arrow(&schema, reader, &options)?;
+            db.collection(&collection)?.build_segments(
+                source,
+                &options,
+                skip_errors,
+                expected_rows,
+                exec,
+            )
+        })?;
+        let skipped = report
+            .skipped
+            .into_iter()
+            .map(|f| (f.location, f.image, f.reason))
+            .collect();
+        Ok((
+            PyBytes::new(py, &report.built.to_bytes()),
+            report.ids,
+            skipped,
+        ))
+    }
+
+    /// Publishes segments described by `build_segments` (from any process) in one commit;
+    /// returns the version and the rows published, and warns when the merge after it failed.
+    fn publish(&self, py: Python<'_>, built: Vec<Vec<u8>>) -> PyResult<(u64, u64)> {
+        let built = built
+            .iter()
+            .map(|b| mirante::storage::BuiltSegments::from_bytes(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| to_py_now(&e.into()))?;
+        let db = Arc::clone(&self.db);
+        let report = run(py, self.call(ExecOptions::default(), None), move |_| {
+            db.publish(&built)
+        })?;
+        if let Some(merge) = &report.merge_error {
+            warn_runtime(py, merge)?;
+        }
+        Ok((report.version, report.rows))
     }
 
     /// A search of `collection` by `query` (`kind`: text, image, image_bytes, row or vector).
@@ -599,6 +653,39 @@ enum Query {
     ImageBytes(Vec<u8>),
     Row(u64),
     Vector(Vec<f32>),
+}
+
+/// Issues `message` as a Python `RuntimeWarning` pointing at the caller's caller.
+fn warn_runtime(py: Python<'_>, message: &str) -> PyResult<()> {
+    let message = std::ffi::CString::new(message.replace('\0', " "))
+        .unwrap_or_else(|_| c"merging segments failed".into());
+    PyErr::warn(
+        py,
+        &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
+        &message,
+        2,
+    )
+}
+
+/// The import options of `add` and `build_segments`.
+fn import_options(
+    (image_column, text_column, split): (Option<String>, Option<String>, Option<String>),
+    columns: Option<Vec<String>>,
+    limit: Option<usize>,
+    embeddings: Option<(String, String, String)>,
+) -> ImportOptions {
+    ImportOptions {
+        image_column,
+        text_column,
+        split,
+        columns,
+        limit,
+        embeddings: embeddings.map(|(image, text, model)| EmbeddingColumns {
+            image,
+            text,
+            model,
+        }),
+    }
 }
 
 /// An error raised outside `run` (quick calls that never wait).

@@ -35,6 +35,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ DEFAULT_MODEL = "mirante-shapes-clip"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BuiltSegments",
     "CancelledError",
     "Collection",
     "CorruptionError",
@@ -404,8 +406,36 @@ class Database:
         items = [v if isinstance(v, (str, os.PathLike, bytes)) else _png(v) for v in images]
         return self._db.embed_images(items, model=model)
 
+    def publish(self, built: Iterable[BuiltSegments]) -> int:
+        """Publishes segments made by :meth:`Collection.build_segments` (in this process or
+        others) in one commit and returns its version. Each is checked against its collection
+        as it is now; one that no longer fits (the model or index changed since it was built,
+        or it was published before) fails the call and nothing is committed."""
+        version, _rows = self._db.publish([b.data for b in built])
+        return version
+
     def __repr__(self) -> str:
         return f"mirante.Database('{self._db.path}')"
+
+
+@dataclass(frozen=True)
+class BuiltSegments:
+    """Segments of a collection written by :meth:`Collection.build_segments` and not yet
+    visible: pass them (from any process: they pickle) to :meth:`Database.publish`."""
+
+    #: The collection they belong to.
+    collection: str
+    #: The ids the rows will have once published, in the order of the data.
+    ids: list[int]
+    #: The rows left out with ``skip_errors``: (location, image, reason).
+    skipped: list[tuple[str, str | None, str]]
+    #: The description the publishing commit checks (JSON).
+    data: bytes
+
+    @property
+    def rows(self) -> int:
+        """How many rows the segments hold."""
+        return len(self.ids)
 
 
 class Collection:
@@ -468,6 +498,43 @@ class Collection:
             replace=replace,
         )
         return ids
+
+    def build_segments(
+        self,
+        data: Any,
+        *,
+        skip_errors: bool = False,
+        image_column: str = "image",
+        text_column: str | None = None,
+        split: str | None = None,
+        columns: Sequence[str] | None = None,
+        embeddings: tuple[str, str, str] | None = None,
+        expected_rows: int | None = None,
+    ) -> BuiltSegments:
+        """Embeds and writes ``data`` (as :meth:`add` takes it) as segments of this
+        collection without taking the writer lock, and returns them unpublished.
+
+        This is the first phase of a two-phase write: many processes (Ray workers, one per
+        GPU) build at once, then one :meth:`Database.publish` makes all their rows visible in
+        one commit. Row ids are reserved in short commits (the first sized by
+        ``expected_rows``, by default the length of ``data`` when it has one); segments never
+        published are removed by ``VACUUM`` once older than a week.
+        """
+        stream = _arrow_input(data, image_column)
+        if expected_rows is None:
+            expected_rows = getattr(stream, "num_rows", None) or 1024
+        built, ids, skipped = self.db._db.build_segments(
+            self.name,
+            stream,
+            expected_rows=max(1, expected_rows),
+            skip_errors=skip_errors,
+            image_column=image_column,
+            text_column=text_column,
+            split=split,
+            columns=list(columns) if columns is not None else None,
+            embeddings=embeddings,
+        )
+        return BuiltSegments(self.name, ids, skipped, built)
 
     def search(
         self,

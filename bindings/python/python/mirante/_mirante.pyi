@@ -101,6 +101,20 @@ class Database:
     def image_vectors(
         self, collection: str, ids: Sequence[int], *, model: str | None = None
     ) -> tuple[np.ndarray, list[bool]]: ...
+    def build_segments(
+        self,
+        collection: str,
+        data: Any,
+        *,
+        expected_rows: int,
+        skip_errors: bool = False,
+        image_column: str | None = None,
+        text_column: str | None = None,
+        split: str | None = None,
+        columns: Sequence[str] | None = None,
+        embeddings: tuple[str, str, str] | None = None,
+    ) -> tuple[bytes, list[int], list[tuple[str, str | None, str]]]: ...
+    def publish(self, built: Sequence[bytes]) -> tuple[int, int]: ...
     def embed_texts(self, texts: Sequence[str], *, model: str | None = None) -> np.ndarray: ...
     def embed_images(
         self, images: Sequence[str | PathLike[str] | bytes], *, model: str | None = None
