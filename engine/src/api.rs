@@ -287,6 +287,45 @@ impl Collection<'_> {
     }
 }
 
+/// Distributed `EMBED` and `REEMBED`: a driver prepares, workers embed segments, the driver
+/// publishes (see `reembed.rs`).
+impl Collection<'_> {
+    /// Registers `model`'s embedding spaces (inactive) and returns the ids of the segments
+    /// lacking its vectors, to share among workers for [`Collection::embed_segments`].
+    pub fn prepare_embedding(&self, model: &str) -> Result<Vec<u64>> {
+        let result = crate::reembed::prepare(self.db, &self.name, model);
+        self.db.release_writer();
+        result
+    }
+
+    /// Embeds `segments` with `model` (both towers) and writes the columns without the writer
+    /// lock; returns them for [`Collection::publish_embedding`], from this process or another.
+    pub fn embed_segments(
+        &self,
+        model: &str,
+        segments: &[u64],
+        exec: &ExecOptions,
+    ) -> Result<Vec<storage::BuiltColumns>> {
+        exec.cancel.check()?;
+        crate::reembed::build(self.db, &self.name, model, segments, exec)
+    }
+
+    /// Attaches the workers' columns in one commit, embeds here whatever they did not cover
+    /// (segments merged meanwhile), and with `switch` makes the collection search with
+    /// `model` (as `REEMBED`; otherwise as `EMBED`). Returns the status message.
+    pub fn publish_embedding(
+        &self,
+        model: &str,
+        built: &[storage::BuiltColumns],
+        switch: bool,
+        exec: &ExecOptions,
+    ) -> Result<String> {
+        let result = crate::reembed::publish(self.db, &self.name, model, built, switch, exec);
+        self.db.release_writer();
+        result
+    }
+}
+
 /// What publishing built segments did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishReport {

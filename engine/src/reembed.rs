@@ -3,8 +3,13 @@
 //! `ALTER COLLECTION ... SET MODEL` (switch to a model whose vectors every segment holds).
 //! Segments are committed one by one, so a killed or cancelled job resumes where it stopped;
 //! until the switch, searches use the old model.
+//!
+//! Distributed, the same job has three phases: `prepare` (the driver registers the model's
+//! spaces and lists the segments to embed), `build` (workers embed the segments they are given
+//! without the writer lock) and `publish` (one commit attaches every worker's columns, then
+//! `embed` finishes: segments merged meanwhile, and the switch).
 
-use mirante_storage::{Modality, SegmentView};
+use mirante_storage::{self as storage, Modality, SegmentView};
 use mirante_training::{ImageSource, embed_images, embed_texts};
 
 use crate::database::{Database, ExecOptions};
@@ -26,25 +31,9 @@ pub(crate) fn embed(
 ) -> Result<Output> {
     let snap = db.snapshot()?;
     let c = snap.collection(collection)?;
-    let model = match model {
-        Some(m) => db.models.load(m)?,
-        None => Spaces::new(db, c).active_model()?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "collection {collection} has no model; name one: EMBED {collection} USING MODEL \
-                 '<folder or hub id>'"
-            ))
-        })?,
-    };
+    let model = model_of(db, c, model)?;
     // Refused before anything is committed (a new space would be left behind).
-    for meta in &c.segments {
-        let seg = snap.segment(c, meta)?;
-        if let Some(row) = (0..seg.len())
-            .map(|i| seg.row(i))
-            .find(|r| r.image_bytes().is_none())
-        {
-            return Err(no_image(row.id(), &model));
-        }
-    }
+    check_images(&snap, c, &model, None)?;
     let mut w = db.writer()?;
     let mut segments = 0;
     let mut activate = Vec::new();
@@ -99,6 +88,124 @@ pub(crate) fn set_model(db: &Database, collection: &str, model: &str) -> Result<
     Ok(Output::Status(format!(
         "{collection} now searches with {model}"
     )))
+}
+
+/// The model a statement names, or the collection's.
+fn model_of(
+    db: &Database,
+    c: &storage::CollectionMeta,
+    model: Option<&str>,
+) -> Result<std::sync::Arc<LoadedModel>> {
+    match model {
+        Some(m) => db.models.load(m),
+        None => Spaces::new(db, c).active_model()?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "collection {} has no model; name one: EMBED {} USING MODEL '<folder or hub id>'",
+                c.name, c.name
+            ))
+        }),
+    }
+}
+
+/// Refuses segments (all, or `only` these) holding a row without an image: no model can
+/// embed it.
+fn check_images(
+    snap: &storage::Snapshot,
+    c: &storage::CollectionMeta,
+    model: &LoadedModel,
+    only: Option<&[u64]>,
+) -> Result<()> {
+    for meta in c
+        .segments
+        .iter()
+        .filter(|s| only.is_none_or(|ids| ids.contains(&s.id)))
+    {
+        let seg = snap.segment(c, meta)?;
+        if let Some(row) = (0..seg.len())
+            .map(|i| seg.row(i))
+            .find(|r| r.image_bytes().is_none())
+        {
+            return Err(no_image(row.id(), model));
+        }
+    }
+    Ok(())
+}
+
+/// The first phase of a distributed `EMBED`/`REEMBED`: registers the model's spaces (inactive)
+/// and returns the segments lacking their vectors, for workers to `build`.
+pub(crate) fn prepare(db: &Database, collection: &str, model: &str) -> Result<Vec<u64>> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(collection)?;
+    let model = model_of(db, c, Some(model))?;
+    check_images(&snap, c, &model, None)?;
+    let mut w = db.writer()?;
+    let known = c.spaces.len();
+    let mut tx = w.transaction();
+    let spaces = [
+        tx.add_space(collection, model.space(Modality::Image), false)?,
+        tx.add_space(collection, model.space(Modality::Text), false)?,
+    ];
+    if tx.collection(collection)?.spaces.len() > known {
+        tx.commit(format!("add the spaces of {} to {collection}", model.key))?;
+    }
+    let c = w.manifest().collection(collection)?;
+    Ok(c.segments
+        .iter()
+        .filter(|s| spaces.iter().any(|&space| s.column(space).is_none()))
+        .map(|s| s.id)
+        .collect())
+}
+
+/// The second phase: a worker embeds `segments` with the model (both towers) and writes the
+/// columns without the writer lock.
+pub(crate) fn build(
+    db: &Database,
+    collection: &str,
+    model: &str,
+    segments: &[u64],
+    exec: &ExecOptions,
+) -> Result<Vec<storage::BuiltColumns>> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(collection)?;
+    let model = model_of(db, c, Some(model))?;
+    check_images(&snap, c, &model, Some(segments))?;
+    [Modality::Image, Modality::Text]
+        .into_iter()
+        .map(|modality| {
+            let spec = model.space(modality);
+            let space = c.spaces.iter().find(|s| s.spec == spec).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "collection {collection} has no {modality} space of {}; prepare the \
+                     embedding job first",
+                    model.key
+                ))
+            })?;
+            storage::build_columns(&db.store, collection, space.id, segments, |seg| {
+                embed_segment(db, &model, seg, modality, exec)
+            })
+        })
+        .collect()
+}
+
+/// The last phase: attaches every worker's columns in one commit, then finishes as `EMBED`
+/// (`switch` false) or `REEMBED` (`switch` true) do, embedding here whatever the workers did
+/// not cover (segments merged meanwhile).
+pub(crate) fn publish(
+    db: &Database,
+    collection: &str,
+    model: &str,
+    built: &[storage::BuiltColumns],
+    switch: bool,
+    exec: &ExecOptions,
+) -> Result<String> {
+    let (_, attached) = db.writer()?.publish_columns(built)?;
+    let Output::Status(finish) = embed(db, collection, Some(model), switch, exec)? else {
+        return Err(Error::Internal("EMBED returns a status".into()));
+    };
+    Ok(format!(
+        "published {attached} segment column{} built in parallel; {finish}",
+        plural(attached)
+    ))
 }
 
 fn no_image(row: u64, model: &LoadedModel) -> Error {

@@ -37,6 +37,6 @@ pub use schema::{
 pub use search::{Hit, RowFilter, SegmentPlan, Strategy, sort_hits};
 pub use snapshot::{RowHandle, SegmentView, Snapshot, Vectors};
 pub use writer::{
-    BuiltSegments, CompactReport, DEFAULT_BUILD_GRACE, IdRange, SegmentBuilder, Stage, Transaction,
-    VacuumReport, Writer, WriterOptions,
+    BuiltColumns, BuiltSegments, CompactReport, DEFAULT_BUILD_GRACE, IdRange, SegmentBuilder,
+    Stage, Transaction, VacuumReport, Writer, WriterOptions, build_columns,
 };

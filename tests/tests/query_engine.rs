@@ -933,7 +933,10 @@ fn segments_built_in_parallel_then_published_search_like_one_import() {
     let db = open(tmp.path());
     let model = tiny_clip().display().to_string();
     for c in ["whole", "parts"] {
-        one(&db, &format!("CREATE COLLECTION {c} WITH (model = '{model}')"));
+        one(
+            &db,
+            &format!("CREATE COLLECTION {c} WITH (model = '{model}')"),
+        );
     }
     let all = tmp.path().join("all.csv");
     mirante_tests::photo_rows_csv(&all, 24);
@@ -972,7 +975,10 @@ fn segments_built_in_parallel_then_published_search_like_one_import() {
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    assert_eq!(one(&db, "SELECT count(*) FROM parts").rows[0][0], Cell::Int(0));
+    assert_eq!(
+        one(&db, "SELECT count(*) FROM parts").rows[0][0],
+        Cell::Int(0)
+    );
     let ids: Vec<u64> = reports.iter().flat_map(|r| r.ids.clone()).collect();
     let built: Vec<_> = reports.into_iter().map(|r| r.built).collect();
     let published = db.publish(&built).unwrap();
@@ -1008,4 +1014,74 @@ fn segments_built_in_parallel_then_published_search_like_one_import() {
     // A second publication of the same segments is refused.
     let again = db.publish(&built).unwrap_err().to_string();
     assert!(again.contains("already part of the database"), "{again}");
+}
+
+/// Distributed REEMBED: the driver prepares, two threads embed halves of the segments without
+/// the writer lock, one commit attaches the columns and switches; searches then answer as after
+/// a plain REEMBED.
+#[test]
+fn segments_embedded_in_parallel_then_published_search_like_reembed() {
+    use mirante::ExecOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = open(tmp.path());
+    let model = tiny_clip().display().to_string();
+    let csv = tmp.path().join("rows.csv");
+    mirante_tests::photo_rows_csv(&csv, 10);
+    for c in ["plain", "parallel"] {
+        one(&db, &format!("CREATE COLLECTION {c}"));
+        for _ in 0..3 {
+            one(&db, &format!("IMPORT INTO {c} FROM '{}'", csv.display()));
+        }
+    }
+    one(&db, &format!("REEMBED plain USING MODEL '{model}'"));
+    let parallel = db.collection("parallel").unwrap();
+    let segments = parallel.prepare_embedding(&model).unwrap();
+    assert_eq!(segments.len(), 3);
+    let built: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = [&segments[..1], &segments[1..]]
+            .into_iter()
+            .map(|part| {
+                let (parallel, model) = (&parallel, &model);
+                s.spawn(move || {
+                    parallel
+                        .embed_segments(model, part, &ExecOptions::default())
+                        .unwrap()
+                })
+            })
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        workers
+    });
+    // Nothing switched yet: the collection still searches with its first model.
+    assert_eq!(
+        parallel.model().unwrap().as_deref(),
+        Some(mirante::DEFAULT_MODEL)
+    );
+    let status = parallel
+        .publish_embedding(&model, &built, true, &ExecOptions::default())
+        .unwrap();
+    assert!(
+        status.starts_with("published 6 segment columns"),
+        "{status}"
+    );
+    assert!(status.contains("embedded 0 segment columns"), "{status}");
+    assert_eq!(parallel.model().unwrap().as_deref(), Some(model.as_str()));
+    for query in [
+        "SEARCH {c} BY TEXT 'photo 3 of horse.png' LIMIT 30",
+        "SEARCH {c} BY TEXT 'a rocket' LIMIT 30 MATCH TEXTS",
+    ] {
+        let hits = |c: &str| {
+            let mut rows = one(&db, &query.replace("{c}", c))
+                .project(&["text", "score"])
+                .json_rows();
+            rows.sort_by_key(|r| r.to_string());
+            rows
+        };
+        assert_eq!(hits("parallel"), hits("plain"), "{query}");
+    }
+    // Publishing the same columns again attaches nothing.
+    let again = parallel
+        .publish_embedding(&model, &built, true, &ExecOptions::default())
+        .unwrap();
+    assert!(again.starts_with("published 0 segment columns"), "{again}");
 }

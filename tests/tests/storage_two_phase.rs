@@ -172,7 +172,7 @@ fn stale_or_forged_descriptions_are_refused_and_commit_nothing() {
     assert!(refused(&mut w, &forged).contains("not inside a range reserved"));
     let forged = bytes.replacen("\"name\":\"s", "\"name\":\"../s", 1);
     assert!(
-        refused(&mut w, &forged).contains("not a segment builder's")
+        refused(&mut w, &forged).contains("not a builder's")
             || refused(&mut w, &forged).contains("No such file")
     );
     let name = built.file_names().next().unwrap().to_string();

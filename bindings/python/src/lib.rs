@@ -680,11 +680,7 @@ fn import_options(
         split,
         columns,
         limit,
-        embeddings: embeddings.map(|(image, text, model)| EmbeddingColumns {
-            image,
-            text,
-            model,
-        }),
+        embeddings: embeddings.map(|(image, text, model)| EmbeddingColumns { image, text, model }),
     }
 }
 

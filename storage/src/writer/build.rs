@@ -12,6 +12,10 @@
 //!    fingerprints and dimensions of its active spaces, the index, ids inside reserved ranges
 //!    and overlapping nothing, files present with their committed lengths.
 //!
+//! A model's vectors for existing segments are built the same way ([`build_columns`], then
+//! [`Transaction::publish_columns`]): workers embed the segments they are given, one commit
+//! attaches every column.
+//!
 //! Files of a builder that never publishes are orphans; [`Writer::vacuum`] removes them once
 //! they are older than the grace period that protects builds still running.
 
@@ -25,8 +29,9 @@ use super::{Transaction, Writer, set_active, stage_space};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::manifest::{CollectionMeta, FILES_DIR, Manifest, SegmentMeta, SpaceMeta};
+use crate::manifest::{CollectionMeta, ColumnEntry, FILES_DIR, Manifest, SegmentMeta, SpaceMeta};
 use crate::schema::{ColumnDef, Modality, NewRow, Schema, SpaceId, SpaceSpec};
+use crate::snapshot::SegmentView;
 
 /// Row ids `first..end` of one collection, reserved by one commit for one builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +112,102 @@ impl BuiltSegments {
         }
         Ok(built)
     }
+}
+
+/// Columns of one embedding space built for existing segments by [`build_columns`], not yet
+/// attached to them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltColumns {
+    format: u32,
+    collection: String,
+    collection_uid: u64,
+    space: SpaceMeta,
+    columns: Vec<BuiltColumn>,
+}
+
+/// One segment's column; the segment is named by id and rows file, so a segment merged away
+/// since (whose id is gone) is recognised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BuiltColumn {
+    segment: u64,
+    rows_file: String,
+    column: ColumnEntry,
+}
+
+impl BuiltColumns {
+    /// The segments the columns are for.
+    pub fn segments(&self) -> Vec<u64> {
+        self.columns.iter().map(|c| c.segment).collect()
+    }
+
+    /// Names of the data files written.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().flat_map(|c| {
+            std::iter::once(c.column.file.name.as_str())
+                .chain(c.column.index.as_ref().map(|i| i.file.name.as_str()))
+        })
+    }
+
+    /// The description as bytes (JSON), to send from a worker to the publisher.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("built columns serialise")
+    }
+
+    /// Reads a description made by [`BuiltColumns::to_bytes`] (checked again when published).
+    pub fn from_bytes(bytes: &[u8]) -> Result<BuiltColumns> {
+        let built: BuiltColumns = serde_json::from_slice(bytes).map_err(|e| {
+            Error::InvalidArgument(format!("not a description of built columns: {e}"))
+        })?;
+        if built.format != BUILT_FORMAT {
+            return Err(Error::InvalidArgument(format!(
+                "built columns of format {}, this release reads format {BUILT_FORMAT}",
+                built.format
+            )));
+        }
+        Ok(built)
+    }
+}
+
+/// Computes space `space`'s vectors for `segments` of `collection` (those still in the
+/// database's latest version and lacking them; the others are left out) and writes them
+/// without the writer lock, for [`Transaction::publish_columns`]. `embed` returns a segment's
+/// vectors (every row, deleted ones included, in order) and fails with the caller's error type.
+pub fn build_columns<E: From<Error>>(
+    db: &Database,
+    collection: &str,
+    space: SpaceId,
+    segments: &[u64],
+    mut embed: impl FnMut(&SegmentView<'_>) -> std::result::Result<Vec<f32>, E>,
+) -> std::result::Result<BuiltColumns, E> {
+    let snap = db.snapshot()?;
+    let c = snap.collection(collection)?;
+    let space = c.space(space)?.clone();
+    let mut files = SegmentFiles::token(db.path().join(FILES_DIR), random_token());
+    let mut next = snap.manifest().clone();
+    let mut columns = Vec::new();
+    for meta in c
+        .segments
+        .iter()
+        .filter(|s| segments.contains(&s.id) && s.column(space.id).is_none())
+    {
+        let view = snap.segment(c, meta)?;
+        let items = meta.items(space.spec.modality) as usize;
+        let vectors = super::checked_vectors(&space.spec, space.id, items, &embed(&view)?)?;
+        let column = files.write_column(&mut next, &c.index, &space.spec, space.id, vectors)?;
+        columns.push(BuiltColumn {
+            segment: meta.id,
+            rows_file: meta.rows_file.name.clone(),
+            column,
+        });
+    }
+    fsio::sync_dir(&db.path().join(FILES_DIR))?;
+    Ok(BuiltColumns {
+        format: BUILT_FORMAT,
+        collection: collection.to_string(),
+        collection_uid: c.uid,
+        space,
+        columns,
+    })
 }
 
 /// Where the load path stages rows: a [`Transaction`] (published by its commit) or a
@@ -342,6 +443,24 @@ impl Writer {
         Ok(range)
     }
 
+    /// Attaches built columns in one commit (see [`Transaction::publish_columns`]); returns
+    /// the version and how many columns were attached.
+    pub fn publish_columns(&mut self, built: &[BuiltColumns]) -> Result<(u64, usize)> {
+        let mut tx = self.transaction();
+        let mut attached = 0;
+        for b in built {
+            attached += tx.publish_columns(b)?;
+        }
+        let names: std::collections::BTreeSet<&str> =
+            built.iter().map(|b| b.collection.as_str()).collect();
+        let names: Vec<&str> = names.into_iter().collect();
+        let version = tx.commit(format!(
+            "publish {attached} built columns into {}",
+            names.join(", ")
+        ))?;
+        Ok((version, attached))
+    }
+
     /// Publishes built segments in one commit (see [`Transaction::publish`]); returns the
     /// version.
     pub fn publish(&mut self, built: &[BuiltSegments]) -> Result<u64> {
@@ -378,6 +497,16 @@ impl Transaction<'_> {
         let mut space_ids = HashMap::new();
         for (space, active) in &built.spaces {
             let id = stage_space(&mut next, name, space.spec.clone(), false)?;
+            // Column files carry their space's id.
+            if id != space.id {
+                return Err(stale(
+                    name,
+                    &format!(
+                        "their embedding space {} ({}) was registered meanwhile as space {id}",
+                        space.id, space.spec.model_id
+                    ),
+                ));
+            }
             let c = next.collection_mut(name)?;
             if *active && c.active(space.spec.modality).is_none() {
                 set_active(c, space.spec.modality, id);
@@ -390,7 +519,7 @@ impl Transaction<'_> {
         let mut segments = Vec::with_capacity(built.segments.len());
         for seg in &built.segments {
             let mut seg = seg.clone();
-            check_built_segment(c, built, &seg, &referenced)?;
+            check_built_segment(c, built, &seg)?;
             for col in &mut seg.columns {
                 col.space = *space_ids.get(&col.space).ok_or_else(|| {
                     Error::InvalidArgument(format!(
@@ -416,14 +545,7 @@ impl Transaction<'_> {
                 }
             }
             for file in seg.files() {
-                let path = files_dir.join(&file.name);
-                let len = fsio::metadata(&path)?.len();
-                if len != file.len {
-                    return Err(Error::corruption(
-                        &path,
-                        format!("built as {} bytes, {len} on disk", file.len),
-                    ));
-                }
+                check_built_file(name, file, &referenced, &files_dir)?;
             }
             segments.push(seg);
         }
@@ -457,6 +579,115 @@ impl Transaction<'_> {
         }
         Ok(built.rows())
     }
+}
+
+impl Transaction<'_> {
+    /// Attaches built columns to their segments, after checking them against the collection
+    /// as staged so far (same collection, the space registered with the same id and
+    /// specification, the collection's index, files present with their committed lengths).
+    /// Segments merged away or deleted since are left out (their rows live on in merged
+    /// segments, which [`Writer::embed`] embeds), as are segments that already hold the space.
+    /// Returns how many columns were attached.
+    pub fn publish_columns(&mut self, built: &BuiltColumns) -> Result<usize> {
+        let files_dir = self.writer.files_dir();
+        let name = &built.collection;
+        let c = self.next.collection(name)?;
+        if c.uid != built.collection_uid {
+            return Err(stale(name, "the collection was dropped and created again"));
+        }
+        match c.space(built.space.id) {
+            Ok(s) if s.spec == built.space.spec => {}
+            _ => {
+                return Err(stale(
+                    name,
+                    &format!(
+                        "its embedding space {} is no longer {} ({})",
+                        built.space.id, built.space.spec.model_id, built.space.spec.fingerprint
+                    ),
+                ));
+            }
+        }
+        let referenced: std::collections::HashSet<&str> =
+            self.next.files().map(|f| f.name.as_str()).collect();
+        let mut attach = Vec::new();
+        for b in &built.columns {
+            let Some(seg) = c
+                .segments
+                .iter()
+                .find(|s| s.id == b.segment && s.rows_file.name == b.rows_file)
+            else {
+                continue;
+            };
+            if seg.column(built.space.id).is_some() {
+                continue;
+            }
+            let col = &b.column;
+            let items = seg.items(built.space.spec.modality);
+            let expected_len = crate::format::HEADER_LEN as u64
+                + items * built.space.spec.dim as u64 * std::mem::size_of::<f32>() as u64;
+            if col.space != built.space.id || col.file.len != expected_len {
+                return Err(Error::InvalidArgument(format!(
+                    "built column of {name}, segment {}: space {} and {} bytes, expected space {}                      and {expected_len} bytes",
+                    seg.id, col.space, col.file.len, built.space.id
+                )));
+            }
+            if let Some(index) = &col.index
+                && index.spec != c.index
+            {
+                return Err(stale(
+                    name,
+                    &format!(
+                        "their indexes are {}, the collection's is now {}",
+                        index.spec.factory, c.index.factory
+                    ),
+                ));
+            }
+            for file in std::iter::once(&col.file).chain(col.index.as_ref().map(|i| &i.file)) {
+                check_built_file(name, file, &referenced, &files_dir)?;
+            }
+            attach.push((seg.id, col.clone()));
+        }
+        let count = attach.len();
+        let c = self.next.collection_mut(name)?;
+        for (segment, column) in attach {
+            if let Some(seg) = c.segments.iter_mut().find(|s| s.id == segment) {
+                seg.columns.push(column);
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// A file a builder says it wrote: its own (by name), not part of the database yet, and on
+/// disk with the committed length.
+fn check_built_file(
+    collection: &str,
+    file: &crate::manifest::FileRef,
+    referenced: &std::collections::HashSet<&str>,
+    files_dir: &std::path::Path,
+) -> Result<()> {
+    if referenced.contains(file.name.as_str()) {
+        return Err(Error::InvalidArgument(format!(
+            "built data of {collection}: file {} is already part of the database; was it \
+             published before?",
+            file.name
+        )));
+    }
+    if !file.name.starts_with(super::segment::BUILT_FILE_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "built data of {collection}: file {} is not a builder's",
+            file.name
+        )));
+    }
+    let path = files_dir.join(&file.name);
+    let len = fsio::metadata(&path)?.len();
+    if len != file.len {
+        return Err(Error::corruption(
+            &path,
+            format!("built as {} bytes, {len} on disk", file.len),
+        ));
+    }
+    Ok(())
 }
 
 fn stale(collection: &str, why: &str) -> Error {
@@ -495,14 +726,8 @@ fn merged_schema(collection: &str, current: &Schema, built: &Schema) -> Result<S
 }
 
 /// Checks what a built segment claims against its description and the collection: ids inside
-/// the reserved ranges (which this version allocated), the collection's index, file names that
-/// are a builder's and not yet referenced.
-fn check_built_segment(
-    c: &CollectionMeta,
-    built: &BuiltSegments,
-    seg: &SegmentMeta,
-    referenced: &std::collections::HashSet<&str>,
-) -> Result<()> {
+/// the reserved ranges (which this version allocated), the collection's index.
+fn check_built_segment(c: &CollectionMeta, built: &BuiltSegments, seg: &SegmentMeta) -> Result<()> {
     let name = &c.name;
     let in_reservation = built
         .reserved
@@ -532,21 +757,6 @@ fn check_built_segment(
                     index.spec.factory, c.index.factory
                 ),
             ));
-        }
-    }
-    for f in seg.files() {
-        if referenced.contains(f.name.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "built segment of {name}: file {} is already part of the database; were the \
-                 segments published before?",
-                f.name
-            )));
-        }
-        if !f.name.starts_with(super::segment::BUILT_FILE_PREFIX) {
-            return Err(Error::InvalidArgument(format!(
-                "built segment of {name}: file {} is not a segment builder's",
-                f.name
-            )));
         }
     }
     Ok(())

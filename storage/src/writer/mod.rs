@@ -25,7 +25,7 @@ mod segment;
 mod transaction;
 mod vacuum;
 
-pub use build::{BuiltSegments, IdRange, SegmentBuilder, Stage};
+pub use build::{BuiltColumns, BuiltSegments, IdRange, SegmentBuilder, Stage, build_columns};
 pub use merge::CompactReport;
 pub use transaction::Transaction;
 pub use vacuum::VacuumReport;
