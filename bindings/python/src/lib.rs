@@ -412,6 +412,62 @@ impl PyDatabase {
         Ok((report.version, report.rows))
     }
 
+    /// Distributed EMBED, first phase: registers `model`'s spaces in `collection` and returns
+    /// the segments lacking its vectors.
+    fn prepare_embedding(
+        &self,
+        py: Python<'_>,
+        collection: String,
+        model: String,
+    ) -> PyResult<Vec<u64>> {
+        let db = Arc::clone(&self.db);
+        run(py, self.call(ExecOptions::default(), None), move |_| {
+            db.collection(&collection)?.prepare_embedding(&model)
+        })
+    }
+
+    /// Distributed EMBED, second phase: embeds `segments` with `model` without the writer
+    /// lock; returns the columns' descriptions.
+    fn embed_segments<'py>(
+        &self,
+        py: Python<'py>,
+        collection: String,
+        model: String,
+        segments: Vec<u64>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let db = Arc::clone(&self.db);
+        let built = run(py, self.call(ExecOptions::default(), None), move |exec| {
+            db.collection(&collection)?
+                .embed_segments(&model, &segments, exec)
+        })?;
+        Ok(built
+            .iter()
+            .map(|b| PyBytes::new(py, &b.to_bytes()))
+            .collect())
+    }
+
+    /// Distributed EMBED, last phase: attaches the columns in one commit, embeds what they do
+    /// not cover, and with `switch` searches with `model`; returns the status.
+    fn publish_embedding(
+        &self,
+        py: Python<'_>,
+        collection: String,
+        model: String,
+        built: Vec<Vec<u8>>,
+        switch: bool,
+    ) -> PyResult<String> {
+        let built = built
+            .iter()
+            .map(|b| mirante::storage::BuiltColumns::from_bytes(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| to_py_now(&e.into()))?;
+        let db = Arc::clone(&self.db);
+        run(py, self.call(ExecOptions::default(), None), move |exec| {
+            db.collection(&collection)?
+                .publish_embedding(&model, &built, switch, exec)
+        })
+    }
+
     /// A search of `collection` by `query` (`kind`: text, image, image_bytes, row or vector).
     #[pyo3(signature = (collection, kind, query, *, r#where=None, limit=10, model=None, rerank=None, top=None, match_=None, image_bytes=false))]
     #[allow(clippy::too_many_arguments)]

@@ -17,7 +17,7 @@ import ray
 import ray.cloudpickle
 
 import mirante
-from mirante.ray import MiranteDatasink, write
+from mirante.ray import MiranteDatasink, embed, write
 
 from conftest import TINY_CLIP
 
@@ -163,3 +163,20 @@ def test_stale_segments_are_refused_at_publishing(
     with pytest.raises(mirante.InvalidInputError, match="model changed after they were built"):
         db.publish([built])
     assert len(target) == 0
+
+
+def test_reembedding_spread_over_ray_tasks_equals_reembed(
+    cluster: None, shapes: tuple[mirante.Database, Path], tmp_path: Path
+) -> None:
+    _, data = shapes
+    db = mirante.connect(tmp_path / "db", progress=False)
+    for name in ("plain", "parallel"):
+        db.execute(f"CREATE COLLECTION {name}")
+        for _ in range(3):
+            db.execute(f"IMPORT INTO {name} FROM '{data}'")
+    db.execute(f"REEMBED plain USING MODEL '{TINY_CLIP}'")
+    status = embed(str(db.path), "parallel", str(TINY_CLIP), segments_per_task=1)
+    assert status.startswith("published 6 segment columns"), status
+    assert db.collection("parallel").model == str(TINY_CLIP)
+    for query in QUERIES:
+        assert hits(db, "parallel", query) == hits(db, "plain", query), query

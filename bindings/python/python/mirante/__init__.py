@@ -69,6 +69,7 @@ DEFAULT_MODEL = "mirante-shapes-clip"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BuiltColumns",
     "BuiltSegments",
     "CancelledError",
     "Collection",
@@ -438,6 +439,20 @@ class BuiltSegments:
         return len(self.ids)
 
 
+@dataclass(frozen=True)
+class BuiltColumns:
+    """A model's vectors for some segments, written by :meth:`Collection.embed_segments` and
+    not yet attached: pass them (from any process: they pickle) to
+    :meth:`Collection.publish_embedding`."""
+
+    #: The collection they belong to.
+    collection: str
+    #: The model that computed them.
+    model: str
+    #: The description the publishing commit checks (JSON).
+    data: bytes
+
+
 class Collection:
     """A collection of a :class:`Database`: rows of an image, captions, a split and metadata."""
 
@@ -535,6 +550,30 @@ class Collection:
             embeddings=embeddings,
         )
         return BuiltSegments(self.name, ids, skipped, built)
+
+    def prepare_embedding(self, model: str) -> list[int]:
+        """First phase of an ``EMBED``/``REEMBED`` spread over processes: registers ``model``'s
+        embedding spaces (searches keep using the current model) and returns the ids of the
+        segments lacking its vectors, to share among workers."""
+        return self.db._db.prepare_embedding(self.name, model)
+
+    def embed_segments(self, model: str, segments: Sequence[int]) -> list[BuiltColumns]:
+        """Second phase: embeds ``segments`` (ids from :meth:`prepare_embedding`) with
+        ``model``, both towers, and writes the vectors without taking the writer lock. Runs in
+        any process that opened the database."""
+        return [
+            BuiltColumns(self.name, model, data)
+            for data in self.db._db.embed_segments(self.name, model, list(segments))
+        ]
+
+    def publish_embedding(
+        self, model: str, built: Iterable[BuiltColumns], *, switch: bool = True
+    ) -> str:
+        """Last phase: attaches every worker's vectors in one commit, embeds here the segments
+        they did not cover (merged meanwhile), and, with ``switch``, makes the collection
+        search with ``model`` as ``REEMBED`` does (otherwise as ``EMBED``). Returns the
+        status message."""
+        return self.db._db.publish_embedding(self.name, model, [b.data for b in built], switch)
 
     def search(
         self,

@@ -15,6 +15,12 @@ older than the grace period), so no row is lost or duplicated::
     mirante.ray.write(ds, "/shared/photos.db", "images", text_column="caption",
                       ray_remote_args={"num_gpus": 1})
 
+Re-embedding an existing collection is spread the same way: :func:`embed` shares its
+segments among Ray tasks and attaches their vectors in one commit::
+
+    mirante.ray.embed("/shared/photos.db", "images", "org/better-clip",
+                      ray_remote_args={"num_gpus": 1})
+
 Every worker must see the database folder (a shared file system; see docs/scale-out.md).
 """
 
@@ -25,13 +31,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import ray
 from ray.data import Dataset
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
-from . import BuiltSegments, Database, _table_of_frame, connect
+from . import BuiltColumns, BuiltSegments, Database, _table_of_frame, connect
 
-__all__ = ["MiranteDatasink", "write"]
+__all__ = ["MiranteDatasink", "embed", "write"]
 
 # One open database per worker process and path: a handle caches the loaded model, which
 # every task of the worker reuses.
@@ -131,3 +138,36 @@ def write(
     sink = MiranteDatasink(path, collection, **options)
     dataset.write_datasink(sink, concurrency=concurrency, ray_remote_args=ray_remote_args or {})
     return sink
+
+
+def _embed_task(
+    path: str, collection: str, model: str, segments: list[int], device: str | None
+) -> list[BuiltColumns]:
+    return _database(path, device).collection(collection).embed_segments(model, segments)
+
+
+def embed(
+    path: str,
+    collection: str,
+    model: str,
+    *,
+    switch: bool = True,
+    segments_per_task: int = 1,
+    device: str | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
+) -> str:
+    """``REEMBED`` (or, without ``switch``, ``EMBED``) of an existing collection with
+    ``model``, its segments shared among Ray tasks (``segments_per_task`` each, run with
+    ``ray_remote_args``, for example ``{"num_gpus": 1}``). Searches keep using the current
+    model until the one commit that attaches every task's vectors and switches. Returns the
+    status message."""
+    target = _database(path, None).collection(collection)
+    segments = target.prepare_embedding(model)
+    task = ray.remote(_embed_task).options(**(ray_remote_args or {}))
+    step = max(1, segments_per_task)
+    pending = [
+        task.remote(path, collection, model, segments[i : i + step], device)
+        for i in range(0, len(segments), step)
+    ]
+    built = [b for result in ray.get(pending) for b in result]
+    return target.publish_embedding(model, built, switch=switch)
