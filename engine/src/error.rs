@@ -161,7 +161,7 @@ impl Error {
         match self {
             Error::Storage(S::Io { .. } | S::Corruption { .. } | S::Locked { .. })
             | Error::Storage(S::UnsupportedFormat { .. } | S::DamagedNewerVersion { .. })
-            | Error::Storage(S::Faiss { .. })
+            | Error::Storage(S::Faiss { .. } | S::Remote { .. })
             | Error::Model(T::Io { .. } | T::Weights { .. } | T::Tensor(_))
             | Error::Io { .. }
             | Error::Corrupt { .. } => ErrorKind::Data,

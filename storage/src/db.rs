@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsio;
 use crate::manifest::{self, FILES_DIR, Manifest, VERSIONS_DIR};
 use crate::pins::Pins;
+use crate::remote::{self, Remote};
 use crate::snapshot::Snapshot;
 use crate::writer::Writer;
 
@@ -54,10 +55,47 @@ impl FileCache {
 /// reference cycle keeps mappings alive).
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The local folder: the database itself, or the cache of one on object storage.
     pub root: PathBuf,
     pub cache: FileCache,
     pub pins: Pins,
+    /// The object store a database on object storage lives in.
+    pub remote: Option<Arc<Remote>>,
+    /// When the store's manifests were last listed (snapshots list at most every
+    /// [`REMOTE_REFRESH`]).
+    pub synced: Mutex<Option<Instant>>,
 }
+
+impl Shared {
+    /// The local path of data file `file`, copied in from the object store first when the
+    /// database lives there.
+    pub(crate) fn local_file(&self, file: &crate::manifest::FileRef) -> Result<PathBuf> {
+        let path = self.root.join(FILES_DIR).join(&file.name);
+        if let Some(remote) = &self.remote {
+            remote.fetch(&file.name, file.len, &path)?;
+        }
+        Ok(path)
+    }
+
+    /// Copies the object store's new manifests into the cache: always with `force`, otherwise
+    /// at most every [`REMOTE_REFRESH`].
+    pub(crate) fn sync(&self, force: bool) -> Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if force || synced.is_none_or(|t| t.elapsed() >= REMOTE_REFRESH) {
+            remote.sync_manifests(&self.root)?;
+            *synced = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// How stale a snapshot of a database on object storage may be: listing the store's versions
+/// is a request, so snapshots taken in quick succession reuse the last listing. Writers always
+/// list before they commit.
+pub const REMOTE_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct DbInner {
@@ -122,12 +160,18 @@ impl Database {
                 path: root,
             });
         }
+        Database::open_in(root, None)
+    }
+
+    fn open_in(root: PathBuf, remote: Option<Remote>) -> Result<Database> {
         let db = Database {
             inner: Arc::new(DbInner {
                 shared: Arc::new(Shared {
                     pins: Pins::new(&root),
                     root,
                     cache: FileCache::default(),
+                    remote: remote.map(Arc::new),
+                    synced: Mutex::new(None),
                 }),
                 latest: Mutex::new(None),
                 skipped: Mutex::new(Vec::new()),
@@ -136,6 +180,40 @@ impl Database {
         };
         db.snapshot()?;
         Ok(db)
+    }
+
+    /// Opens the database `location` names, creating it when there is none: a local folder
+    /// (a path, or `file://`), or a database on object storage (`s3://bucket/prefix`, `gs://`,
+    /// `az://`, `memory://name`) worked on through the local cache folder `cache` (by default
+    /// one per URI under `$MIRANTE_CACHE_DIR`, `$XDG_CACHE_HOME/mirante` or
+    /// `~/.cache/mirante`).
+    pub fn open_location(location: &str, cache: Option<&Path>) -> Result<Database> {
+        if !remote::is_remote(location) {
+            return Database::open_or_create(location.strip_prefix("file://").unwrap_or(location));
+        }
+        let remote = Remote::open(location)?;
+        let root = cache.map_or_else(|| remote::default_cache(location), Path::to_path_buf);
+        fsio::create_dir(&root.join(VERSIONS_DIR))?;
+        fsio::create_dir(&root.join(FILES_DIR))?;
+        if remote.sync_manifests(&root)?.is_empty() {
+            let mut first = Manifest::empty();
+            first.version = 1;
+            // Another process creating it at the same moment is as good.
+            remote.create_manifest(1, manifest::encode(&first)?)?;
+            remote.sync_manifests(&root)?;
+        }
+        Database::open_in(root, Some(remote))
+    }
+
+    /// The object store's URI for a database on object storage.
+    pub fn remote_uri(&self) -> Option<&str> {
+        self.inner.shared.remote.as_deref().map(Remote::uri)
+    }
+
+    /// Reads the object store's newest manifests now (snapshots otherwise list them at most
+    /// every [`REMOTE_REFRESH`]); nothing for a local database.
+    pub fn refresh(&self) -> Result<()> {
+        self.inner.shared.sync(true)
     }
 
     /// Opens the database at `path`, creating it if the directory holds none.
@@ -156,6 +234,7 @@ impl Database {
     /// that do not are listed by [`Database::damaged_versions`], and writes are refused until
     /// [`Writer::restore`] accepts the fallback.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        self.inner.shared.sync(false)?;
         for _ in 0..SNAPSHOT_ATTEMPTS {
             let versions = manifest::list_versions(self.path())?;
             let newest = versions.last().copied();

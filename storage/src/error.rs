@@ -97,6 +97,18 @@ pub enum Error {
     #[error("{message}")]
     DamagedNewerVersion { message: String },
 
+    /// Another writer (on this machine or another) committed the version this commit was going
+    /// to be, so nothing was committed; the database is unchanged by this attempt.
+    #[error(
+        "another writer committed version {version} of {uri} first; nothing was committed by \
+         this statement, run it again"
+    )]
+    Conflict { uri: String, version: u64 },
+
+    /// The object store holding the database failed (network, permissions, a missing bucket).
+    #[error("object store error on {uri}: {detail}")]
+    Remote { uri: String, detail: String },
+
     /// The caller asked a long operation to stop (compaction between merges); what was
     /// committed before stays committed.
     #[error("cancelled")]

@@ -17,6 +17,7 @@ mod fsio;
 mod index;
 pub mod manifest;
 mod pins;
+mod remote;
 mod rows;
 mod schema;
 mod search;
@@ -24,11 +25,12 @@ mod snapshot;
 mod writer;
 
 pub use column::{dot, dot_block, normalize};
-pub use db::{DEFAULT_BUSY_TIMEOUT, DamagedVersion, Database};
+pub use db::{DEFAULT_BUSY_TIMEOUT, DamagedVersion, Database, REMOTE_REFRESH};
 pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, OLDEST_SUPPORTED_VERSION};
 pub use index::{IndexSpec, MIN_INDEXED_ITEMS};
-pub use manifest::{CollectionMeta, Manifest, SegmentMeta};
+pub use manifest::{CollectionMeta, IdRange, Manifest, SegmentMeta};
+pub use remote::is_remote;
 pub use rows::{RowRef, RowsShape, ValueRef, check_rows};
 pub use schema::{
     BUILTIN_COLUMNS, ColumnDef, ColumnType, ImageData, Metric, Modality, NewRow, Schema, SpaceId,
@@ -37,6 +39,6 @@ pub use schema::{
 pub use search::{Hit, RowFilter, SegmentPlan, Strategy, sort_hits};
 pub use snapshot::{RowHandle, SegmentView, Snapshot, Vectors};
 pub use writer::{
-    BuiltColumns, BuiltSegments, CompactReport, DEFAULT_BUILD_GRACE, IdRange, SegmentBuilder,
-    Stage, Transaction, VacuumReport, Writer, WriterOptions, build_columns,
+    BuiltColumns, BuiltSegments, CompactReport, DEFAULT_BUILD_GRACE, SegmentBuilder, Stage,
+    Transaction, VacuumReport, Writer, WriterOptions, build_columns,
 };

@@ -113,6 +113,32 @@ pub struct CollectionMeta {
     pub active_image: Option<SpaceId>,
     pub active_text: Option<SpaceId>,
     pub segments: Vec<SegmentMeta>,
+    /// Row ids reserved for segment builders and not yet published: publishing closes a
+    /// builder's reservations, so its segments cannot be published twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservations: Vec<IdRange>,
+}
+
+/// Row ids `first..end` of one collection, reserved by one commit for one segment builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub first: u64,
+    pub end: u64,
+}
+
+impl IdRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.first
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.first
+    }
+
+    /// Whether ids `min..=max` lie inside the range.
+    pub fn holds(&self, min: u64, max: u64) -> bool {
+        self.first <= min && max < self.end
+    }
 }
 
 impl CollectionMeta {
@@ -236,8 +262,12 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 pub(crate) fn manifest_path(root: &Path, version: u64) -> PathBuf {
-    root.join(VERSIONS_DIR)
-        .join(format!("{version:020}{SUFFIX}"))
+    root.join(VERSIONS_DIR).join(file_name(version))
+}
+
+/// The file name of version `version`'s manifest.
+pub(crate) fn file_name(version: u64) -> String {
+    format!("{version:020}{SUFFIX}")
 }
 
 /// Versions that have a manifest file, ascending.
@@ -253,14 +283,23 @@ pub(crate) fn list_versions(root: &Path) -> Result<Vec<u64>> {
 /// Writes `manifest` as version `manifest.version` atomically (temporary file, fsync, rename,
 /// fsync of `_versions/`).
 pub(crate) fn write(root: &Path, manifest: &Manifest) -> Result<()> {
+    fsio::atomic_write(
+        &manifest_path(root, manifest.version),
+        &[&encode(manifest)?],
+    )
+}
+
+/// A manifest file's bytes: envelope and JSON body.
+pub(crate) fn encode(manifest: &Manifest) -> Result<Vec<u8>> {
     let body = serde_json::to_vec(manifest)
         .map_err(|e| Error::InvalidArgument(format!("cannot encode manifest: {e}")))?;
     let fields = HeaderFields {
         count: manifest.version,
         ..Default::default()
     };
-    let header = format::encode_header(FileKind::Manifest, fields, &body);
-    fsio::atomic_write(&manifest_path(root, manifest.version), &[&header, &body])
+    let mut bytes = format::encode_header(FileKind::Manifest, fields, &body).to_vec();
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
 }
 
 /// Reads and validates the manifest of `version`.
@@ -347,6 +386,17 @@ impl Manifest {
                         c.name
                     ));
                 }
+            }
+            if let Some(r) = c
+                .reservations
+                .iter()
+                .find(|r| r.first >= r.end || r.end > c.next_row_id)
+            {
+                return Err(format!(
+                    "collection '{}': reservation of ids {} to {} is empty or not below the next \
+                     row id {}",
+                    c.name, r.first, r.end, c.next_row_id
+                ));
             }
             for seg in &c.segments {
                 let what = || format!("collection '{}', segment {}", c.name, seg.id);
@@ -438,6 +488,7 @@ mod tests {
             spaces: Vec::new(),
             active_image: None,
             active_text: None,
+            reservations: Vec::new(),
             segments: vec![SegmentMeta {
                 id: 1,
                 rows: 10,

@@ -99,8 +99,10 @@ impl Snapshot {
         file: &FileRef,
         load: impl FnOnce(PathBuf) -> Result<T>,
     ) -> Result<Arc<T>> {
-        let path = self.file_path(&file.name);
-        let value = self.shared.cache.get_or_load(&file.name, || load(path))?;
+        let value = self
+            .shared
+            .cache
+            .get_or_load(&file.name, || load(self.shared.local_file(file)?))?;
         let erased: Arc<dyn Any + Send + Sync> = value.clone();
         self.held
             .lock()
@@ -126,7 +128,7 @@ impl Snapshot {
     ) -> Result<SegmentView<'s>> {
         let data = self.load(&meta.rows_file, |rows_path| {
             let rows = RowsFile::open(&rows_path, &meta.rows_file, &RowsShape::of(meta))?;
-            let blob = BlobFile::open(&self.file_path(&meta.blob_file.name), &meta.blob_file)?;
+            let blob = BlobFile::open(&self.shared.local_file(&meta.blob_file)?, &meta.blob_file)?;
             Ok(SegmentData { rows, blob })
         })?;
         let deletes = match &meta.deletes {
@@ -148,23 +150,26 @@ impl Snapshot {
         c: &'s CollectionMeta,
         id: u64,
     ) -> Result<Option<(SegmentView<'s>, usize)>> {
-        let Some(meta) = c
+        // Id ranges of segments built in parallel may interleave (a merged segment's range
+        // spans ids another builder held), so every segment whose range holds the id is asked.
+        for meta in c
             .segments
             .iter()
-            .find(|s| (s.min_row_id..=s.max_row_id).contains(&id))
-        else {
-            return Ok(None);
-        };
-        let seg = self.segment(c, meta)?;
-        let found = seg
-            .data
-            .rows
-            .rows()
-            .binary_search_by_key(&id, |r| r.id.to_native());
-        Ok(match found {
-            Ok(local) if !seg.is_deleted(local) => Some((seg, local)),
-            _ => None,
-        })
+            .filter(|s| (s.min_row_id..=s.max_row_id).contains(&id))
+        {
+            let seg = self.segment(c, meta)?;
+            let found = seg
+                .data
+                .rows
+                .rows()
+                .binary_search_by_key(&id, |r| r.id.to_native());
+            match found {
+                Ok(local) if !seg.is_deleted(local) => return Ok(Some((seg, local))),
+                Ok(_) => return Ok(None),
+                Err(_) => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Fetches a live row by id.

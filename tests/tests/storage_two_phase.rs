@@ -138,13 +138,17 @@ fn segments_built_in_parallel_are_published_by_one_commit() {
 
     // Publishing again is refused: the rows are already there.
     let again = w.publish(&built[..1]).unwrap_err().to_string();
-    assert!(again.contains("already part of the database"), "{again}");
+    assert!(again.contains("published before"), "{again}");
     // Merging published segments keeps every row.
     w.set_options(WriterOptions {
         auto_compact: false,
         ..WriterOptions::default()
     });
     w.compact("c", true).unwrap();
+    // Merged away, the segments' files are no longer referenced; their closed reservation
+    // still refuses a second publication.
+    let again = w.publish(&built[..1]).unwrap_err().to_string();
+    assert!(again.contains("published before"), "{again}");
     let snap = db.snapshot().unwrap();
     assert_eq!(snap.collection("c").unwrap().segments.len(), 1);
     snap.scan("c", None, |row| {
@@ -285,4 +289,53 @@ fn a_build_larger_than_expected_reserves_more_ids() {
     assert_eq!(db.snapshot().unwrap().count("c").unwrap(), 50);
     let e = SegmentBuilder::new(&db, "nope", 1).unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn interleaved_id_ranges_merge_in_id_order_and_rows_are_found_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, img, txt) = setup(dir.path());
+    let append = |b: &mut SegmentBuilder, keys: &[u64]| {
+        let (iv, tv) = keyed_vectors(keys, DIM);
+        b.append(
+            "c",
+            keys.iter().map(|&k| keyed_row(k)).collect(),
+            &[(img, &iv), (txt, &tv)],
+        )
+        .unwrap()
+    };
+    // X reserves ids 1-3, Y 4-6, X then 7-12: X's segments span Y's ids.
+    let mut x = SegmentBuilder::new(&db, "c", 3).unwrap();
+    let mut y = SegmentBuilder::new(&db, "c", 3).unwrap();
+    assert_eq!(append(&mut x, &[101, 102, 103]), vec![1, 2, 3]);
+    assert_eq!(append(&mut y, &[201, 202, 203]), vec![4, 5, 6]);
+    assert_eq!(append(&mut x, &[104, 105]), vec![7, 8]);
+    let (x, y) = (x.finish().unwrap(), y.finish().unwrap());
+    let mut w = db.writer().unwrap();
+    w.set_options(WriterOptions {
+        auto_compact: false,
+        ..WriterOptions::default()
+    });
+    w.publish(&[x]).unwrap();
+    w.compact("c", true).unwrap();
+    // One segment of ids 1 to 8 without 4 to 6; Y's segment lands inside its range.
+    w.publish(&[y]).unwrap();
+    let found = |db: &Database| {
+        let snap = db.snapshot().unwrap();
+        [(2, 102), (5, 202), (8, 105)]
+            .iter()
+            .all(|&(id, key)| key_of(&snap.get("c", id).unwrap().unwrap().row()) == key)
+    };
+    assert!(found(&db));
+    w.compact("c", true).unwrap();
+    let snap = db.snapshot().unwrap();
+    assert_eq!(snap.collection("c").unwrap().segments.len(), 1);
+    let mut ids = Vec::new();
+    snap.scan("c", None, |row| {
+        ids.push(row.id());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert!(found(&db));
 }

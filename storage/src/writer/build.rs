@@ -29,26 +29,11 @@ use super::{Transaction, Writer, set_active, stage_space};
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::fsio;
-use crate::manifest::{CollectionMeta, ColumnEntry, FILES_DIR, Manifest, SegmentMeta, SpaceMeta};
+use crate::manifest::{
+    CollectionMeta, ColumnEntry, FILES_DIR, IdRange, Manifest, SegmentMeta, SpaceMeta,
+};
 use crate::schema::{ColumnDef, Modality, NewRow, Schema, SpaceId, SpaceSpec};
 use crate::snapshot::SegmentView;
-
-/// Row ids `first..end` of one collection, reserved by one commit for one builder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdRange {
-    pub first: u64,
-    pub end: u64,
-}
-
-impl IdRange {
-    pub fn len(&self) -> u64 {
-        self.end - self.first
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.end == self.first
-    }
-}
 
 /// The most ids one reservation may take: far more than any build, far from overflowing.
 const MAX_RESERVATION: u64 = 1 << 40;
@@ -201,6 +186,12 @@ pub fn build_columns<E: From<Error>>(
         });
     }
     fsio::sync_dir(&db.path().join(FILES_DIR))?;
+    upload(
+        db,
+        columns.iter().flat_map(|c| {
+            std::iter::once(&c.column.file).chain(c.column.index.as_ref().map(|i| &i.file))
+        }),
+    )?;
     Ok(BuiltColumns {
         format: BUILT_FORMAT,
         collection: collection.to_string(),
@@ -342,6 +333,7 @@ impl SegmentBuilder {
             .filter(|s| s.id >= self.first_segment)
             .cloned()
             .collect();
+        upload(&self.db, segments.iter().flat_map(SegmentMeta::files))?;
         let used: std::collections::BTreeSet<SpaceId> = segments
             .iter()
             .flat_map(|s| s.columns.iter().map(|col| col.space))
@@ -400,8 +392,22 @@ impl Stage for SegmentBuilder {
     }
 }
 
+/// On object storage, uploads a builder's files, so that a publisher on another machine finds
+/// them.
+fn upload<'a>(
+    db: &Database,
+    files: impl Iterator<Item = &'a crate::manifest::FileRef>,
+) -> Result<()> {
+    if let Some(remote) = &db.inner.shared.remote {
+        for file in files {
+            remote.upload(&file.name, &db.path().join(FILES_DIR).join(&file.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// 128 random bits as hex: file names no other builder, in any process, picks.
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     let state = std::collections::hash_map::RandomState::new();
     let part = |salt: u64| {
         let mut h = state.build_hasher();
@@ -419,12 +425,18 @@ fn random_token() -> String {
 
 impl Writer {
     /// Reserves `count` row ids of `collection` in one commit, for a [`SegmentBuilder`].
+    /// On object storage a reservation that another writer's commit beat is made again on
+    /// top of it.
     pub fn reserve_ids(&mut self, collection: &str, count: u64) -> Result<IdRange> {
         if !(1..=MAX_RESERVATION).contains(&count) {
             return Err(Error::InvalidArgument(format!(
                 "a reservation takes 1 to {MAX_RESERVATION} row ids, not {count}"
             )));
         }
+        self.retry_on_conflict(|w| w.reserve_once(collection, count))
+    }
+
+    fn reserve_once(&mut self, collection: &str, count: u64) -> Result<IdRange> {
         let mut next = self.manifest.clone();
         let c = next.collection_mut(collection)?;
         let range = IdRange {
@@ -432,6 +444,7 @@ impl Writer {
             end: c.next_row_id + count,
         };
         c.next_row_id = range.end;
+        c.reservations.push(range);
         self.commit(
             next,
             format!(
@@ -446,6 +459,10 @@ impl Writer {
     /// Attaches built columns in one commit (see [`Transaction::publish_columns`]); returns
     /// the version and how many columns were attached.
     pub fn publish_columns(&mut self, built: &[BuiltColumns]) -> Result<(u64, usize)> {
+        self.retry_on_conflict(|w| w.publish_columns_once(built))
+    }
+
+    fn publish_columns_once(&mut self, built: &[BuiltColumns]) -> Result<(u64, usize)> {
         let mut tx = self.transaction();
         let mut attached = 0;
         for b in built {
@@ -462,8 +479,13 @@ impl Writer {
     }
 
     /// Publishes built segments in one commit (see [`Transaction::publish`]); returns the
-    /// version.
+    /// version. On object storage, when another writer's commit comes first, the segments are
+    /// checked and published again on top of it.
     pub fn publish(&mut self, built: &[BuiltSegments]) -> Result<u64> {
+        self.retry_on_conflict(|w| w.publish_once(built))
+    }
+
+    fn publish_once(&mut self, built: &[BuiltSegments]) -> Result<u64> {
         let mut tx = self.transaction();
         let mut rows = 0;
         let mut names = std::collections::BTreeSet::new();
@@ -486,7 +508,6 @@ impl Transaction<'_> {
     /// (registered when missing, and activated where the builder activated them and the
     /// collection has no active space of that modality); segments are placed in id order.
     pub fn publish(&mut self, built: &BuiltSegments) -> Result<u64> {
-        let files_dir = self.writer.files_dir();
         let mut next = self.next.clone();
         let name = &built.collection;
         let c = next.collection(name)?;
@@ -545,24 +566,9 @@ impl Transaction<'_> {
                 }
             }
             for file in seg.files() {
-                check_built_file(name, file, &referenced, &files_dir)?;
+                check_built_file(name, file, &referenced, &self.writer.db)?;
             }
             segments.push(seg);
-        }
-        // No two segments, built or committed, share ids.
-        let mut ranges: Vec<(u64, u64)> = c
-            .segments
-            .iter()
-            .chain(&segments)
-            .map(|s| (s.min_row_id, s.max_row_id))
-            .collect();
-        ranges.sort_unstable();
-        if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
-            return Err(Error::InvalidArgument(format!(
-                "built segments of {name} overlap rows already in it (ids {} to {} and {} to {}): \
-                 were they published before?",
-                w[0].0, w[0].1, w[1].0, w[1].1
-            )));
         }
         for mut seg in segments {
             seg.id = next.next_segment_id;
@@ -573,6 +579,10 @@ impl Transaction<'_> {
                 .partition_point(|s| s.min_row_id < seg.min_row_id);
             c.segments.insert(at, seg);
         }
+        // The builder's reserved ids are used up: its segments cannot be published again.
+        next.collection_mut(name)?
+            .reservations
+            .retain(|r| !built.reserved.contains(r));
         self.next = next;
         if built.rows() > 0 {
             self.appended.insert(name.clone());
@@ -589,7 +599,6 @@ impl Transaction<'_> {
     /// segments, which [`Writer::embed`] embeds), as are segments that already hold the space.
     /// Returns how many columns were attached.
     pub fn publish_columns(&mut self, built: &BuiltColumns) -> Result<usize> {
-        let files_dir = self.writer.files_dir();
         let name = &built.collection;
         let c = self.next.collection(name)?;
         if c.uid != built.collection_uid {
@@ -643,7 +652,7 @@ impl Transaction<'_> {
                 ));
             }
             for file in std::iter::once(&col.file).chain(col.index.as_ref().map(|i| &i.file)) {
-                check_built_file(name, file, &referenced, &files_dir)?;
+                check_built_file(name, file, &referenced, &self.writer.db)?;
             }
             attach.push((seg.id, col.clone()));
         }
@@ -664,7 +673,7 @@ fn check_built_file(
     collection: &str,
     file: &crate::manifest::FileRef,
     referenced: &std::collections::HashSet<&str>,
-    files_dir: &std::path::Path,
+    db: &Database,
 ) -> Result<()> {
     if referenced.contains(file.name.as_str()) {
         return Err(Error::InvalidArgument(format!(
@@ -679,8 +688,12 @@ fn check_built_file(
             file.name
         )));
     }
-    let path = files_dir.join(&file.name);
-    let len = fsio::metadata(&path)?.len();
+    let path = db.path().join(FILES_DIR).join(&file.name);
+    let len = match &db.inner.shared.remote {
+        // Built on any machine, uploaded before its description was handed over.
+        Some(remote) => remote.file_len(&file.name)?.unwrap_or(0),
+        None => fsio::metadata(&path)?.len(),
+    };
     if len != file.len {
         return Err(Error::corruption(
             &path,
@@ -729,16 +742,31 @@ fn merged_schema(collection: &str, current: &Schema, built: &Schema) -> Result<S
 /// the reserved ranges (which this version allocated), the collection's index.
 fn check_built_segment(c: &CollectionMeta, built: &BuiltSegments, seg: &SegmentMeta) -> Result<()> {
     let name = &c.name;
-    let in_reservation = built
+    let Some(reserved) = built
         .reserved
         .iter()
-        .any(|r| r.first <= seg.min_row_id && seg.max_row_id < r.end && r.end <= c.next_row_id);
+        .find(|r| r.holds(seg.min_row_id, seg.max_row_id))
+    else {
+        return Err(Error::InvalidArgument(format!(
+            "built segment of {name} with ids {} to {} is not inside a range reserved for it",
+            seg.min_row_id, seg.max_row_id
+        )));
+    };
+    // Reserved ids belong to one builder until its publication closes the reservation, so
+    // segments inside an open one collide with no other segment.
+    if !c.reservations.contains(reserved) {
+        return Err(Error::InvalidArgument(format!(
+            "built segments of {name}: their reservation of ids {} to {} is closed; they were \
+             published before",
+            reserved.first,
+            reserved.end - 1
+        )));
+    }
     if seg.rows == 0
         || seg.min_row_id > seg.max_row_id
         || seg.rows - 1 > seg.max_row_id - seg.min_row_id
         || seg.deleted != 0
         || seg.deletes.is_some()
-        || !in_reservation
     {
         return Err(Error::InvalidArgument(format!(
             "built segment of {name} with {} rows, ids {} to {}, is not inside a range reserved \

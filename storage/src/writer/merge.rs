@@ -89,7 +89,7 @@ impl Writer {
         Ok(report)
     }
 
-    /// Rewrites the live rows of `sources` (adjacent, same spaces) as one segment.
+    /// Rewrites the live rows of `sources` (adjacent, same spaces) as one segment, in id order.
     pub(super) fn merge(
         &self,
         snap: &Snapshot,
@@ -100,6 +100,7 @@ impl Writer {
         let mut pending = PendingSegment::default();
         let spaces: Vec<SpaceId> = sources[0].columns.iter().map(|col| col.space).collect();
         let mut columns: BTreeMap<SpaceId, Vec<f32>> = BTreeMap::new();
+        let mut views = Vec::with_capacity(sources.len());
         for meta in sources {
             let view = snap.segment(c, meta)?;
             let mut vectors = Vec::new();
@@ -109,32 +110,45 @@ impl Writer {
                 })?;
                 vectors.push((space, c.space(space)?.spec.modality, v));
             }
-            for (local, row) in view.live_rows() {
-                for (space, modality, v) in &vectors {
-                    let out = columns.entry(*space).or_default();
-                    match modality {
-                        Modality::Image => out.extend_from_slice(v.get(local)),
-                        Modality::Text => {
-                            let start = view.text_start(local);
-                            for t in start..start + row.text_count() {
-                                out.extend_from_slice(v.get(t));
-                            }
+            views.push((view, vectors));
+        }
+        // Rows in id order: segments published by parallel builders may interleave ids.
+        let mut order: Vec<(u64, usize, usize)> = views
+            .iter()
+            .enumerate()
+            .flat_map(|(s, (view, _))| {
+                view.live_rows()
+                    .map(move |(local, row)| (row.id(), s, local))
+            })
+            .collect();
+        order.sort_unstable();
+        for (_, s, local) in order {
+            let (view, vectors) = &views[s];
+            let row = view.row(local);
+            for (space, modality, v) in vectors {
+                let out = columns.entry(*space).or_default();
+                match modality {
+                    Modality::Image => out.extend_from_slice(v.get(local)),
+                    Modality::Text => {
+                        let start = view.text_start(local);
+                        for t in start..start + row.text_count() {
+                            out.extend_from_slice(v.get(t));
                         }
                     }
                 }
-                pending.push(RowRecordParts {
-                    id: row.id(),
-                    image: row
-                        .image_bytes()
-                        .zip(row.image_source())
-                        .map(|(b, s)| (b, s.to_string())),
-                    texts: row.texts().map(str::to_string).collect(),
-                    split: row.split().map(str::to_string),
-                    meta: (0..c.schema.metadata.len())
-                        .map(|i| stored_value(row.value_at(i)))
-                        .collect(),
-                });
             }
+            pending.push(RowRecordParts {
+                id: row.id(),
+                image: row
+                    .image_bytes()
+                    .zip(row.image_source())
+                    .map(|(b, s)| (b, s.to_string())),
+                texts: row.texts().map(str::to_string).collect(),
+                split: row.split().map(str::to_string),
+                meta: (0..c.schema.metadata.len())
+                    .map(|i| stored_value(row.value_at(i)))
+                    .collect(),
+            });
         }
         if pending.records.is_empty() {
             return Ok(None);

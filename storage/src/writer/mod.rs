@@ -25,7 +25,7 @@ mod segment;
 mod transaction;
 mod vacuum;
 
-pub use build::{BuiltColumns, BuiltSegments, IdRange, SegmentBuilder, Stage, build_columns};
+pub use build::{BuiltColumns, BuiltSegments, SegmentBuilder, Stage, build_columns};
 pub use merge::CompactReport;
 pub use transaction::Transaction;
 pub use vacuum::VacuumReport;
@@ -71,6 +71,8 @@ pub struct Writer {
 
 impl Writer {
     pub(crate) fn new(db: Database, lock: File) -> Result<Writer> {
+        // On object storage, start from the store's newest version, not a recent listing.
+        db.refresh()?;
         let manifest = db.snapshot()?.manifest().clone();
         let damaged = db.damaged_versions();
         Ok(Writer {
@@ -127,15 +129,54 @@ impl Writer {
         self.db.path().join(FILES_DIR)
     }
 
-    /// The writer's own file naming (the manifest's counter).
+    /// The writer's own file naming: the manifest's counter, or on object storage (where
+    /// writers on other machines count from the same manifest) names of a random token.
     fn files(&self) -> SegmentFiles {
-        SegmentFiles::counter(self.files_dir())
+        if self.db.inner.shared.remote.is_some() {
+            SegmentFiles::token(self.files_dir(), build::random_token())
+        } else {
+            SegmentFiles::counter(self.files_dir())
+        }
+    }
+
+    /// Makes the newest committed version the writer's base (after another writer's commit
+    /// on object storage won the version this one tried).
+    fn reload(&mut self) -> Result<()> {
+        self.db.refresh()?;
+        self.manifest = self.db.snapshot()?.manifest().clone();
+        self.damaged = self.db.damaged_versions();
+        Ok(())
+    }
+
+    /// Runs `attempt` (which stages on the writer's current version and commits) again on top
+    /// of the newest version while another writer on object storage keeps committing first:
+    /// for commits whose changes are checked against the version they land on (reservations,
+    /// publishing built segments), so retrying cannot lose either writer's work.
+    fn retry_on_conflict<T>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        const ATTEMPTS: u32 = 32;
+        let mut pause = std::time::Duration::from_millis(5);
+        for _ in 1..ATTEMPTS {
+            match attempt(self) {
+                Err(Error::Conflict { .. }) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+        attempt(self)
     }
 
     /// Publishes `next` as the next version: data files are already fsynced; the `files/`
     /// directory is fsynced so their names are durable, then the manifest is written atomically.
     fn commit(&mut self, mut next: Manifest, message: String) -> Result<u64> {
         self.check_writable()?;
+        if let Some(remote) = self.db.inner.shared.remote.clone() {
+            return self.commit_remote(&remote, next, message);
+        }
         let newest_on_disk = manifest::list_versions(self.db.path())?
             .last()
             .copied()
@@ -150,6 +191,61 @@ impl Writer {
         self.manifest = next;
         // The handle's next snapshot is this version, without reading it back; the old one's
         // pin goes, so that a vacuum in this process does not keep it.
+        self.db.set_latest(self.snapshot());
+        Ok(self.manifest.version)
+    }
+
+    /// [`Writer::commit`] on object storage: the new files are uploaded, then the manifest of
+    /// the version after the writer's is created only if no other writer created it first
+    /// ([`Error::Conflict`] otherwise, with the writer moved onto the newest version so that
+    /// a new attempt lands on top). A local copy of the manifest follows.
+    fn commit_remote(
+        &mut self,
+        remote: &crate::remote::Remote,
+        mut next: Manifest,
+        message: String,
+    ) -> Result<u64> {
+        let newest = remote
+            .sync_manifests(self.db.path())?
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if newest > self.manifest.version {
+            self.reload()?;
+            return Err(Error::Conflict {
+                uri: remote.uri().to_string(),
+                version: newest,
+            });
+        }
+        next.version = self.manifest.version + 1;
+        next.committed_at_ms = manifest::now_ms();
+        next.message = message;
+        let before: BTreeSet<&str> = self.manifest.files().map(|f| f.name.as_str()).collect();
+        for file in next.files().filter(|f| !before.contains(f.name.as_str())) {
+            let local = self.files_dir().join(&file.name);
+            if local.exists() {
+                remote.upload(&file.name, &local)?;
+            } else if remote.file_len(&file.name)? != Some(file.len) {
+                // Built on another machine, which uploads before it hands over the description.
+                return Err(Error::InvalidArgument(format!(
+                    "data file {} is neither in the local cache nor in {} with its {} bytes",
+                    file.name,
+                    remote.uri(),
+                    file.len
+                )));
+            }
+        }
+        crash_point("storage::before-manifest");
+        if !remote.create_manifest(next.version, manifest::encode(&next)?)? {
+            self.reload()?;
+            return Err(Error::Conflict {
+                uri: remote.uri().to_string(),
+                version: next.version,
+            });
+        }
+        manifest::write(self.db.path(), &next)?;
+        crash_point("storage::committed");
+        self.manifest = next;
         self.db.set_latest(self.snapshot());
         Ok(self.manifest.version)
     }
@@ -184,6 +280,7 @@ impl Writer {
             active_image: None,
             active_text: None,
             segments: Vec::new(),
+            reservations: Vec::new(),
         });
         self.commit(next, format!("create collection {name}"))
     }

@@ -122,7 +122,41 @@ impl Writer {
             }
         }
         fsio::sync_dir(&files)?;
+        if let Some(remote) = self.db.inner.shared.remote.clone() {
+            self.vacuum_remote(&remote, &kept, &referenced, &mut report)?;
+        }
         Ok(report)
+    }
+
+    /// The same in the object store of a database that lives there: manifests older than the
+    /// retained versions, and files none of them references once older than the grace period.
+    /// Readers on other machines cannot pin versions, so the grace period (a week by default)
+    /// is also what keeps their snapshots' files.
+    fn vacuum_remote(
+        &self,
+        remote: &crate::remote::Remote,
+        kept: &[u64],
+        referenced: &HashSet<&String>,
+        report: &mut VacuumReport,
+    ) -> Result<()> {
+        let oldest_kept = kept.first().copied().unwrap_or(self.manifest.version);
+        for v in remote.versions()?.into_iter().filter(|&v| v < oldest_kept) {
+            remote.delete(VERSIONS_DIR, &manifest::file_name(v))?;
+        }
+        let now = std::time::SystemTime::now();
+        for (name, len, modified) in remote.files()? {
+            if referenced.contains(&name) {
+                continue;
+            }
+            if now.duration_since(modified).unwrap_or_default() < self.options.build_grace {
+                report.builds_kept += 1;
+                continue;
+            }
+            remote.delete(crate::manifest::FILES_DIR, &name)?;
+            report.files_removed += 1;
+            report.bytes_freed += len;
+        }
+        Ok(())
     }
 
     /// Commits the contents of retained version `version` as a new version: an undo of the
