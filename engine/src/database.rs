@@ -88,14 +88,18 @@ impl Database {
         Self::open_with(path, Options::default())
     }
 
-    /// Opens (or creates) the database at `path`. References to registry models that an
+    /// Opens (or creates) the database at `path`: a folder, or an object-storage URI
+    /// (`s3://bucket/prefix`, `gs://`, `az://`) worked on through a local cache folder,
+    /// which [`Database::path`] then names. References to registry models that an
     /// older release stored as absolute paths are rewritten as `registry:<name>` keys in one
     /// commit (see [`crate::registry`]), so moved and copied databases use their own models.
     pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Database> {
-        let store = if options.read_only {
-            storage::Database::open(path)?
-        } else {
-            storage::Database::open_or_create(path)?
+        let location = path.as_ref().to_str().filter(|s| storage::is_remote(s));
+        let store = match location {
+            // On object storage, through a local cache folder (docs/scale-out.md).
+            Some(uri) => storage::Database::open_location(uri, None)?,
+            None if options.read_only => storage::Database::open(path)?,
+            None => storage::Database::open_or_create(path)?,
         };
         store.set_busy_timeout(options.busy_timeout);
         let registry = Registry::new(store.path());

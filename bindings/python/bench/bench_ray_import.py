@@ -91,7 +91,9 @@ def main() -> None:
     print(f"one process (all cores) : {single:7.2f} s  {rate:7.1f} rows/s")
     print(f"Ray, 1 worker x 1 thread: {ray1:7.2f} s  {args.rows / ray1:7.1f} rows/s")
     print(f"Ray, 2 workers x 1 thread: {ray2:6.2f} s  {args.rows / ray2:7.1f} rows/s")
-    print(f"2 workers / 1 worker: {ray1 / ray2:.2f}x;  2 workers / one process: {single / ray2:.2f}x")
+    print(
+        f"2 workers / 1 worker: {ray1 / ray2:.2f}x;  2 workers / one process: {single / ray2:.2f}x"
+    )
 
 
 if __name__ == "__main__":

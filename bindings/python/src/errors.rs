@@ -46,6 +46,13 @@ create_exception!(
 );
 create_exception!(
     mirante,
+    ConflictError,
+    LockedError,
+    "Another writer of a database on object storage committed first; nothing was committed, \
+     and running the call again lands on top of the other's commit."
+);
+create_exception!(
+    mirante,
     CorruptionError,
     Error,
     "A file of the database is damaged; the message names it."
@@ -73,6 +80,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidInputError", py.get_type::<InvalidInputError>())?;
     m.add("RowsFailedError", py.get_type::<RowsFailedError>())?;
     m.add("LockedError", py.get_type::<LockedError>())?;
+    m.add("ConflictError", py.get_type::<ConflictError>())?;
     m.add("CorruptionError", py.get_type::<CorruptionError>())?;
     m.add("DataError", py.get_type::<DataError>())?;
     m.add("CancelledError", py.get_type::<CancelledError>())?;
@@ -106,6 +114,7 @@ pub fn to_py(py: Python<'_>, e: &mirante::Error, statement: Option<&str>) -> PyE
             err
         }
         mirante::Error::Storage(StorageError::Locked { .. }) => LockedError::new_err(message),
+        mirante::Error::Storage(StorageError::Conflict { .. }) => ConflictError::new_err(message),
         mirante::Error::Storage(
             StorageError::Corruption { .. } | StorageError::DamagedNewerVersion { .. },
         )

@@ -27,6 +27,12 @@ in notebooks and terminals (``connect(path, progress=False)`` turns them off). E
 Across processes: open the database in each process (after ``fork``, open it again in the
 child). Any number of processes read; one writes at a time (the others get
 :class:`LockedError` while a statement writes).
+
+On object storage: ``connect("s3://bucket/prefix")`` (also ``gs://``, ``az://``; credentials and
+endpoint from the usual environment variables) works on a local cache folder
+(``$MIRANTE_CACHE_DIR``, else ``~/.cache/mirante``). Writers on different machines are
+serialised by the store: of two commits of the same version one wins, the other raises
+:class:`ConflictError` and commits nothing (publishing built segments retries on its own).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import pyarrow as pa
 from . import _mirante, _progress
 from ._mirante import (
     CancelledError,
+    ConflictError,
     CorruptionError,
     DataError,
     Error,
@@ -73,6 +80,7 @@ __all__ = [
     "BuiltSegments",
     "CancelledError",
     "Collection",
+    "ConflictError",
     "CorruptionError",
     "DamagedVersionWarning",
     "DataError",
