@@ -649,7 +649,12 @@ fn print_hits(snap: &mirante::storage::Snapshot, hits: &[mirante::storage::Hit])
 }
 
 fn info(path: &PathBuf) -> Result<()> {
-    let db = Database::open(path)?;
+    let location = path.to_string_lossy();
+    let db = if mirante::storage::is_remote(&location) {
+        Database::open_location(&location, None)?
+    } else {
+        Database::open(path)?
+    };
     let snap = db.snapshot()?;
     let versions = db.versions()?;
     println!(

@@ -21,7 +21,8 @@ segments among Ray tasks and attaches their vectors in one commit::
     mirante.ray.embed("/shared/photos.db", "images", "org/better-clip",
                       ray_remote_args={"num_gpus": 1})
 
-Every worker must see the database folder (a shared file system; see docs/scale-out.md).
+Every worker must reach the database: an object-storage URI (``s3://bucket/prefix``) or a
+folder on a shared file system (docs/scale-out.md).
 """
 
 from __future__ import annotations
