@@ -1,5 +1,6 @@
-//! Databases on object storage (`s3://bucket/prefix`, `gs://`, `az://`, and `memory://name` for
-//! tests) through the `object_store` crate.
+//! Databases on object storage (`s3://bucket/prefix`, `gs://`, `az://`; for tests,
+//! `memory://name` in one process and `objectfs:///folder`, a local folder used through the
+//! object-store protocol, across processes) through the `object_store` crate.
 //!
 //! The store holds the database's own layout under its prefix (`_versions/`, `files/`). Each
 //! process works on a local cache folder with the same layout, which the rest of the crate reads
@@ -80,10 +81,22 @@ impl Remote {
             detail,
         };
         let url = url::Url::parse(uri).map_err(|e| bad(format!("not a URI: {e}")))?;
-        let prefix = ObjectPath::parse(url.path().trim_matches('/'))
-            .map_err(|e| bad(format!("bad path: {e}")))?;
+        let prefix = if url.scheme() == "objectfs" {
+            ObjectPath::default()
+        } else {
+            ObjectPath::parse(url.path().trim_matches('/'))
+                .map_err(|e| bad(format!("bad path: {e}")))?
+        };
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "memory" => memory_store(url.host_str().unwrap_or_default()),
+            "objectfs" => {
+                let root = std::path::PathBuf::from(url.path());
+                fsio::create_dir(&root)?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(&root)
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            }
             "s3" | "s3a" => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(uri)
@@ -104,7 +117,8 @@ impl Remote {
             ),
             other => {
                 return Err(bad(format!(
-                    "unknown scheme '{other}'; expected s3://, gs://, az:// or memory://"
+                    "unknown scheme '{other}'; expected s3://, gs://, az://, memory:// or \
+                     objectfs://"
                 )));
             }
         };

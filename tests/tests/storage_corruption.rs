@@ -12,7 +12,10 @@ const DIM: usize = 8;
 
 /// Two collections: `a` (the victim, 1200 rows so it has a FAISS index, one deletion) and `b`.
 fn build(dir: &Path) {
-    let db = Database::create(dir).unwrap();
+    build_db(&Database::create(dir).unwrap());
+}
+
+fn build_db(db: &Database) {
     let mut w = db.writer().unwrap();
     w.set_options(WriterOptions {
         auto_compact: false,
@@ -39,7 +42,10 @@ fn build(dir: &Path) {
 
 /// Reads everything of collection `a`: every row, a search, the deletion vector.
 fn read_all(dir: &Path, collection: &str) -> mirante::storage::Result<()> {
-    let db = Database::open(dir)?;
+    read_db(&Database::open(dir)?, collection)
+}
+
+fn read_db(db: &Database, collection: &str) -> mirante::storage::Result<()> {
     let snap = db.snapshot()?;
     snap.scan(collection, None, |row| {
         let _ = row.image_bytes();
@@ -67,7 +73,10 @@ fn expect_error_naming(result: mirante::storage::Result<()>, path: &Path, what: 
     let err = result.expect_err(what);
     let msg = err.to_string();
     assert!(
-        matches!(err, Error::Corruption { .. } | Error::Io { .. }),
+        matches!(
+            err,
+            Error::Corruption { .. } | Error::Io { .. } | Error::Remote { .. }
+        ),
         "{what}: unexpected error kind {msg}"
     );
     let name = path.file_name().unwrap().to_string_lossy();
@@ -82,42 +91,57 @@ fn flipped_bytes_and_truncation_in_every_data_file_kind_are_detected() {
     for ext in ["rows", "blob", "emb", "del", "faiss"] {
         let template = tempfile::tempdir().unwrap();
         build(template.path());
-        read_all(template.path(), "a").expect("intact database reads");
-        let victim = file_with_ext(template.path(), ext);
-        let len = std::fs::metadata(&victim).unwrap().len() as usize;
-        // Flip one byte at a spread of positions (header, body start, middle, end), then cut.
-        let positions = [0, 9, 20, 63, 64, 65, len / 2, len - 1];
-        for &pos in positions.iter().filter(|&&p| p < len) {
-            let bytes = std::fs::read(&victim).unwrap();
-            let mut bad = bytes.clone();
-            bad[pos] ^= 0x5A;
-            std::fs::write(&victim, &bad).unwrap();
-            expect_error_naming(
-                read_all(template.path(), "a"),
-                &victim,
-                &format!(".{ext} byte {pos}"),
-            );
-            read_all(template.path(), "b").expect("the other collection stays readable");
-            std::fs::write(&victim, &bytes).unwrap();
-        }
-        for cut in [0, 10, len / 2, len - 1] {
-            let bytes = std::fs::read(&victim).unwrap();
-            std::fs::write(&victim, &bytes[..cut]).unwrap();
-            expect_error_naming(
-                read_all(template.path(), "a"),
-                &victim,
-                &format!(".{ext} cut at {cut}"),
-            );
-            read_all(template.path(), "b").expect("the other collection stays readable");
-            std::fs::write(&victim, &bytes).unwrap();
-        }
-        std::fs::remove_file(&victim).unwrap();
-        expect_error_naming(
-            read_all(template.path(), "a"),
-            &victim,
-            &format!(".{ext} missing"),
-        );
+        damage_and_check(ext, template.path(), &|c| read_all(template.path(), c));
     }
+}
+
+/// The same on the object-storage backend: the objects of a store in a folder (`objectfs://`)
+/// are damaged, and each read is a new machine (a fresh cache folder) that fetches them.
+#[test]
+fn damaged_objects_on_object_storage_are_detected() {
+    for ext in ["rows", "blob", "emb", "del", "faiss"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let uri = format!("objectfs://{}", store.display());
+        let machine =
+            |n: usize| Database::open_location(&uri, Some(&tmp.path().join(format!("cache{n}"))));
+        build_db(&machine(0).unwrap());
+        let reads = std::sync::atomic::AtomicUsize::new(1);
+        damage_and_check(ext, &store, &|c| {
+            read_db(
+                &machine(reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?,
+                c,
+            )
+        });
+    }
+}
+
+/// Flips one byte of the first `.ext` file under `root/files` at a spread of positions (header,
+/// body start, middle, end), then truncates it, then removes it: every read of collection `a`
+/// fails naming the file, collection `b` stays readable.
+fn damage_and_check(ext: &str, root: &Path, read: &dyn Fn(&str) -> mirante::storage::Result<()>) {
+    read("a").expect("intact database reads");
+    let victim = file_with_ext(root, ext);
+    let len = std::fs::metadata(&victim).unwrap().len() as usize;
+    let positions = [0, 9, 20, 63, 64, 65, len / 2, len - 1];
+    for &pos in positions.iter().filter(|&&p| p < len) {
+        let bytes = std::fs::read(&victim).unwrap();
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x5A;
+        std::fs::write(&victim, &bad).unwrap();
+        expect_error_naming(read("a"), &victim, &format!(".{ext} byte {pos}"));
+        read("b").expect("the other collection stays readable");
+        std::fs::write(&victim, &bytes).unwrap();
+    }
+    for cut in [0, 10, len / 2, len - 1] {
+        let bytes = std::fs::read(&victim).unwrap();
+        std::fs::write(&victim, &bytes[..cut]).unwrap();
+        expect_error_naming(read("a"), &victim, &format!(".{ext} cut at {cut}"));
+        read("b").expect("the other collection stays readable");
+        std::fs::write(&victim, &bytes).unwrap();
+    }
+    std::fs::remove_file(&victim).unwrap();
+    expect_error_naming(read("a"), &victim, &format!(".{ext} missing"));
 }
 
 /// Builds the test database in `dir`; returns its versions and the newest manifest's path.

@@ -71,6 +71,7 @@ fn run(ops: Vec<Op>, merge_factor: usize) {
     w.set_options(WriterOptions {
         auto_compact: true,
         merge_factor,
+        ..WriterOptions::default()
     });
     w.create_collection("c", test_schema(), IndexSpec::default())
         .unwrap();
@@ -121,6 +122,7 @@ fn run(ops: Vec<Op>, merge_factor: usize) {
                 w.set_options(WriterOptions {
                     auto_compact: true,
                     merge_factor,
+                    ..WriterOptions::default()
                 });
             }
             Op::Vacuum(keep) => {

@@ -30,8 +30,11 @@ fn main() {
     }
 }
 
+/// `dir` is a folder, or an object-storage URI worked on through the cache folder
+/// `$MIRANTE_CACHE_DIR`.
 fn run(dir: &str, seed: u64, once: bool) -> mirante::storage::Result<()> {
-    let db = Database::open_or_create(dir)?;
+    let cache = std::env::var_os("MIRANTE_CACHE_DIR").map(std::path::PathBuf::from);
+    let db = Database::open_location(dir, cache.as_deref())?;
     let mut w = db.writer()?;
     if w.manifest().collection("c").is_err() {
         w.create_collection("c", test_schema(), IndexSpec::default())?;
