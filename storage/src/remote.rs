@@ -31,7 +31,7 @@ use crate::fsio;
 use crate::manifest::{FILES_DIR, VERSIONS_DIR};
 
 /// The URI schemes that name a database on object storage.
-const SCHEMES: [&str; 7] = [
+const SCHEMES: [&str; 8] = [
     "s3://",
     "s3a://",
     "gs://",
@@ -39,6 +39,7 @@ const SCHEMES: [&str; 7] = [
     "azure://",
     "abfss://",
     "memory://",
+    "objectfs://",
 ];
 
 /// Whether `location` names a database on object storage rather than a local folder.

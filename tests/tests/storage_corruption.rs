@@ -56,11 +56,12 @@ fn read_db(db: &Database, collection: &str) -> mirante::storage::Result<()> {
     Ok(())
 }
 
-fn file_with_ext(dir: &Path, ext: &str) -> PathBuf {
+fn file_with_ext(dir: &Path, ext: &str, among: &[String]) -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("files"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .filter(|p| among.iter().any(|n| p.ends_with(n)))
         .collect();
     found.sort();
     found
@@ -91,7 +92,8 @@ fn flipped_bytes_and_truncation_in_every_data_file_kind_are_detected() {
     for ext in ["rows", "blob", "emb", "del", "faiss"] {
         let template = tempfile::tempdir().unwrap();
         build(template.path());
-        damage_and_check(ext, template.path(), &|c| read_all(template.path(), c));
+        let a = files_of_a(&Database::open(template.path()).unwrap());
+        damage_and_check(ext, template.path(), &a, &|c| read_all(template.path(), c));
     }
 }
 
@@ -105,9 +107,12 @@ fn damaged_objects_on_object_storage_are_detected() {
         let uri = format!("objectfs://{}", store.display());
         let machine =
             |n: usize| Database::open_location(&uri, Some(&tmp.path().join(format!("cache{n}"))));
-        build_db(&machine(0).unwrap());
+        let first = machine(0).unwrap();
+        assert_eq!(first.remote_uri(), Some(uri.as_str()));
+        build_db(&first);
+        let a = files_of_a(&first);
         let reads = std::sync::atomic::AtomicUsize::new(1);
-        damage_and_check(ext, &store, &|c| {
+        damage_and_check(ext, &store, &a, &|c| {
             read_db(
                 &machine(reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?,
                 c,
@@ -116,12 +121,28 @@ fn damaged_objects_on_object_storage_are_detected() {
     }
 }
 
-/// Flips one byte of the first `.ext` file under `root/files` at a spread of positions (header,
-/// body start, middle, end), then truncates it, then removes it: every read of collection `a`
-/// fails naming the file, collection `b` stays readable.
-fn damage_and_check(ext: &str, root: &Path, read: &dyn Fn(&str) -> mirante::storage::Result<()>) {
+/// The data files of collection `a`.
+fn files_of_a(db: &Database) -> Vec<String> {
+    let snap = db.snapshot().unwrap();
+    let a = snap.collection("a").unwrap();
+    a.segments
+        .iter()
+        .flat_map(|s| s.files())
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Flips one byte of a `.ext` file of collection `a` (one of `names`) under `root/files` at a
+/// spread of positions (header, body start, middle, end), then truncates it, then removes it:
+/// every read of `a` fails naming the file, collection `b` stays readable.
+fn damage_and_check(
+    ext: &str,
+    root: &Path,
+    names: &[String],
+    read: &dyn Fn(&str) -> mirante::storage::Result<()>,
+) {
     read("a").expect("intact database reads");
-    let victim = file_with_ext(root, ext);
+    let victim = file_with_ext(root, ext, names);
     let len = std::fs::metadata(&victim).unwrap().len() as usize;
     let positions = [0, 9, 20, 63, 64, 65, len / 2, len - 1];
     for &pos in positions.iter().filter(|&&p| p < len) {

@@ -121,7 +121,9 @@ fn sigkill_at_random_moments_on_object_storage_loses_no_committed_row() {
     let uri = format!("objectfs://{}", dir.path().join("store").display());
     sigkill_loop(&uri, iterations() / 4, |i| {
         let cache = dir.path().join(format!("check-{i}"));
-        Database::open_location(&uri, Some(&cache)).expect("database opens after a crash")
+        let db = Database::open_location(&uri, Some(&cache)).expect("database opens after a crash");
+        assert_eq!(db.remote_uri(), Some(uri.as_str()));
+        db
     });
 }
 
