@@ -243,7 +243,7 @@ fn unpublished_builds_are_kept_during_the_grace_period_then_vacuumed() {
             .collect::<Vec<_>>()
     };
     let mut w = db.writer().unwrap();
-    w.publish(&[published.clone()]).unwrap();
+    w.publish(std::slice::from_ref(&published)).unwrap();
     let report = w.vacuum(1).unwrap();
     assert!(report.builds_kept > 0);
     assert!(files(&orphan).iter().all(|&e| e));

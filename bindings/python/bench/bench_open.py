@@ -129,8 +129,10 @@ def main() -> None:
     print(f"{args.rows} rows x {args.dim}, seconds:")
     for name, r in results.items():
         total = r["open"] + r["first_search"]
-        print(f"{name:36s} open {r['open']:6.3f}  first search {r['first_search']:6.3f}  "
-              f"total {total:6.3f}")
+        print(
+            f"{name:36s} open {r['open']:6.3f}  first search {r['first_search']:6.3f}  "
+            f"total {total:6.3f}"
+        )
 
 
 if __name__ == "__main__":
