@@ -119,7 +119,7 @@ fn sigkill_at_random_moments_loses_no_committed_row() {
 fn sigkill_at_random_moments_on_object_storage_loses_no_committed_row() {
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("objectfs://{}", dir.path().join("store").display());
-    sigkill_loop(&uri, iterations() / 4, |i| {
+    sigkill_loop(&uri, iterations() / 8, |i| {
         let cache = dir.path().join(format!("check-{i}"));
         let db = Database::open_location(&uri, Some(&cache)).expect("database opens after a crash");
         assert_eq!(db.remote_uri(), Some(uri.as_str()));
