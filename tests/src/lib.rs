@@ -168,6 +168,31 @@ fn items_of(seg: &SegmentView<'_>, modality: Modality, local: usize) -> std::ops
     }
 }
 
+/// The key of a stored keyed row (see [`keyed_row`]: its weight is key / 4), for rows whose
+/// ids are not their keys.
+pub fn key_of(row: &mirante::storage::RowRef<'_>) -> u64 {
+    match row.to_new_row().metadata[2].1 {
+        Value::F64(w) => (w * 4.0) as u64,
+        ref other => panic!("weight is {other:?}"),
+    }
+}
+
+/// Creates collection `name` with the test schema and active image and text test spaces of
+/// `dim` (inner product); returns the spaces.
+pub fn keyed_collection(
+    w: &mut mirante::storage::Writer,
+    name: &str,
+    dim: usize,
+) -> (SpaceId, SpaceId) {
+    w.create_collection(name, test_schema(), mirante::storage::IndexSpec::default())
+        .unwrap();
+    let [img, txt] = [Modality::Image, Modality::Text].map(|m| {
+        w.add_space(name, test_space(m, dim, Metric::InnerProduct), true)
+            .unwrap()
+    });
+    (img, txt)
+}
+
 /// Checks that a stored row equals `keyed_row(key)`.
 pub fn assert_keyed_row(row: &mirante::storage::RowRef<'_>, key: u64) {
     let expected = keyed_row(key);

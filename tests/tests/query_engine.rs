@@ -996,21 +996,8 @@ fn segments_built_in_parallel_then_published_search_like_one_import() {
     let mut expected = ids.clone();
     expected.sort_unstable();
     assert_eq!(stored, expected);
-    // Every row scores as after the single import, both ways (the photographs repeat, so
-    // equal scores are ordered by id, which differs: compare by caption).
-    for query in [
-        "SEARCH {c} BY TEXT 'photo 3 of horse.png' LIMIT 24",
-        "SEARCH {c} BY TEXT 'a rocket' LIMIT 24 MATCH TEXTS",
-    ] {
-        let hits = |c: &str| {
-            let mut rows = one(&db, &query.replace("{c}", c))
-                .project(&["text", "score"])
-                .json_rows();
-            rows.sort_by_key(|r| r.to_string());
-            rows
-        };
-        assert_eq!(hits("parts"), hits("whole"), "{query}");
-    }
+    // Every row scores as after the single import.
+    same_scores_by_caption(&db, "parts", "whole", 24);
     // A second publication of the same segments is refused.
     let again = db.publish(&built).unwrap_err().to_string();
     assert!(again.contains("published before"), "{again}");
@@ -1066,22 +1053,25 @@ fn segments_embedded_in_parallel_then_published_search_like_reembed() {
     );
     assert!(status.contains("embedded 0 segment columns"), "{status}");
     assert_eq!(parallel.model().unwrap().as_deref(), Some(model.as_str()));
-    for query in [
-        "SEARCH {c} BY TEXT 'photo 3 of horse.png' LIMIT 30",
-        "SEARCH {c} BY TEXT 'a rocket' LIMIT 30 MATCH TEXTS",
-    ] {
-        let hits = |c: &str| {
-            let mut rows = one(&db, &query.replace("{c}", c))
-                .project(&["text", "score"])
-                .json_rows();
-            rows.sort_by_key(|r| r.to_string());
-            rows
-        };
-        assert_eq!(hits("parallel"), hits("plain"), "{query}");
-    }
+    same_scores_by_caption(&db, "parallel", "plain", 30);
     // Publishing the same columns again attaches nothing.
     let again = parallel
         .publish_embedding(&model, &built, true, &ExecOptions::default())
         .unwrap();
     assert!(again.starts_with("published 0 segment columns"), "{again}");
+}
+
+/// Collections `a` and `b` score every row (`rows` of them) alike for a text query, both ways.
+/// The fixture photographs repeat, so equal scores are ordered by id, which may differ between
+/// the two: hits are compared by caption.
+fn same_scores_by_caption(db: &Database, a: &str, b: &str, rows: usize) {
+    for (text, target) in [("photo 3 of horse.png", ""), ("a rocket", " MATCH TEXTS")] {
+        let hits = |c: &str| {
+            let query = format!("SEARCH {c} BY TEXT '{text}' LIMIT {rows}{target}");
+            let mut found = one(db, &query).project(&["text", "score"]).json_rows();
+            found.sort_by_key(|r| r.to_string());
+            found
+        };
+        assert_eq!(hits(a), hits(b), "{text}{target}");
+    }
 }

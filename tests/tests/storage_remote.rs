@@ -7,11 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // tests and test tools: a failed unwrap is a failed test
 
-use mirante::storage::{
-    Database, Error, IndexSpec, Metric, Modality, SegmentBuilder, SpaceId, Stage, Value,
-};
+use mirante::storage::{Database, Error, SegmentBuilder, SpaceId, Stage};
 use mirante_tests::{
-    assert_keyed_row, brute_force, keyed_row, keyed_vectors, test_schema, test_space,
+    assert_keyed_row, brute_force, key_of, keyed_collection, keyed_row, keyed_vectors,
 };
 
 const DIM: usize = 8;
@@ -22,31 +20,7 @@ fn machine(uri: &str, cache: &tempfile::TempDir) -> Database {
 }
 
 fn setup(db: &Database) -> (SpaceId, SpaceId) {
-    let mut w = db.writer().unwrap();
-    w.create_collection("c", test_schema(), IndexSpec::default())
-        .unwrap();
-    let img = w
-        .add_space(
-            "c",
-            test_space(Modality::Image, DIM, Metric::InnerProduct),
-            true,
-        )
-        .unwrap();
-    let txt = w
-        .add_space(
-            "c",
-            test_space(Modality::Text, DIM, Metric::InnerProduct),
-            true,
-        )
-        .unwrap();
-    (img, txt)
-}
-
-fn key_of(row: &mirante::storage::RowRef<'_>) -> u64 {
-    match row.to_new_row().metadata[2].1 {
-        Value::F64(w) => (w * 4.0) as u64,
-        ref other => panic!("weight is {other:?}"),
-    }
+    keyed_collection(&mut db.writer().unwrap(), "c", DIM)
 }
 
 fn keys_in(db: &Database) -> Vec<u64> {

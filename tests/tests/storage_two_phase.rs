@@ -5,10 +5,11 @@
 
 use mirante::storage::{
     BuiltSegments, ColumnDef, ColumnType, Database, IndexSpec, Metric, Modality, SegmentBuilder,
-    SpaceId, SpaceSpec, Stage, Value, WriterOptions,
+    SpaceId, SpaceSpec, Stage, WriterOptions,
 };
 use mirante_tests::{
-    assert_keyed_row, brute_force, keyed_row, keyed_vectors, test_schema, test_space,
+    assert_keyed_row, brute_force, key_of, keyed_collection, keyed_row, keyed_vectors, test_schema,
+    test_space,
 };
 
 const DIM: usize = 8;
@@ -16,23 +17,7 @@ const DIM: usize = 8;
 /// A collection (FAISS indexes its columns of at least 1024 vectors) and its two active spaces.
 fn setup(path: &std::path::Path) -> (Database, SpaceId, SpaceId) {
     let db = Database::create(path).unwrap();
-    let mut w = db.writer().unwrap();
-    w.create_collection("c", test_schema(), IndexSpec::default())
-        .unwrap();
-    let img = w
-        .add_space(
-            "c",
-            test_space(Modality::Image, DIM, Metric::InnerProduct),
-            true,
-        )
-        .unwrap();
-    let txt = w
-        .add_space(
-            "c",
-            test_space(Modality::Text, DIM, Metric::InnerProduct),
-            true,
-        )
-        .unwrap();
+    let (img, txt) = keyed_collection(&mut db.writer().unwrap(), "c", DIM);
     (db, img, txt)
 }
 
@@ -49,14 +34,6 @@ fn build(db: &Database, keys: &[u64], chunk: usize, spaces: (SpaceId, SpaceId)) 
         .unwrap();
     }
     b.finish().unwrap()
-}
-
-/// The key of a keyed row (its weight is key / 4).
-fn key_of(row: &mirante::storage::RowRef<'_>) -> u64 {
-    match row.to_new_row().metadata[2].1 {
-        Value::F64(w) => (w * 4.0) as u64,
-        ref other => panic!("weight is {other:?}"),
-    }
 }
 
 #[test]

@@ -86,16 +86,7 @@ impl BuiltSegments {
     /// Reads a description made by [`BuiltSegments::to_bytes`]. Everything in it is checked
     /// again when it is published, so bytes from an untrusted worker cannot damage the database.
     pub fn from_bytes(bytes: &[u8]) -> Result<BuiltSegments> {
-        let built: BuiltSegments = serde_json::from_slice(bytes).map_err(|e| {
-            Error::InvalidArgument(format!("not a description of built segments: {e}"))
-        })?;
-        if built.format != BUILT_FORMAT {
-            return Err(Error::InvalidArgument(format!(
-                "built segments of format {}, this release reads format {BUILT_FORMAT}",
-                built.format
-            )));
-        }
-        Ok(built)
+        decode(bytes, "segments", |b: &BuiltSegments| b.format)
     }
 }
 
@@ -140,17 +131,25 @@ impl BuiltColumns {
 
     /// Reads a description made by [`BuiltColumns::to_bytes`] (checked again when published).
     pub fn from_bytes(bytes: &[u8]) -> Result<BuiltColumns> {
-        let built: BuiltColumns = serde_json::from_slice(bytes).map_err(|e| {
-            Error::InvalidArgument(format!("not a description of built columns: {e}"))
-        })?;
-        if built.format != BUILT_FORMAT {
-            return Err(Error::InvalidArgument(format!(
-                "built columns of format {}, this release reads format {BUILT_FORMAT}",
-                built.format
-            )));
-        }
-        Ok(built)
+        decode(bytes, "columns", |b: &BuiltColumns| b.format)
     }
+}
+
+/// A description of built `what` from its JSON bytes, in this release's format.
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+    format: impl Fn(&T) -> u32,
+) -> Result<T> {
+    let built: T = serde_json::from_slice(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("not a description of built {what}: {e}")))?;
+    if format(&built) != BUILT_FORMAT {
+        return Err(Error::InvalidArgument(format!(
+            "built {what} of format {}, this release reads format {BUILT_FORMAT}",
+            format(&built)
+        )));
+    }
+    Ok(built)
 }
 
 /// Computes space `space`'s vectors for `segments` of `collection` (those still in the
