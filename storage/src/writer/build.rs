@@ -635,21 +635,12 @@ impl Transaction<'_> {
                 + items * built.space.spec.dim as u64 * std::mem::size_of::<f32>() as u64;
             if col.space != built.space.id || col.file.len != expected_len {
                 return Err(Error::InvalidArgument(format!(
-                    "built column of {name}, segment {}: space {} and {} bytes, expected space {}                      and {expected_len} bytes",
+                    "built column of {name}, segment {}: space {} and {} bytes, expected space {} \
+                     and {expected_len} bytes",
                     seg.id, col.space, col.file.len, built.space.id
                 )));
             }
-            if let Some(index) = &col.index
-                && index.spec != c.index
-            {
-                return Err(stale(
-                    name,
-                    &format!(
-                        "their indexes are {}, the collection's is now {}",
-                        index.spec.factory, c.index.factory
-                    ),
-                ));
-            }
+            check_index(c, col)?;
             for file in std::iter::once(&col.file).chain(col.index.as_ref().map(|i| &i.file)) {
                 check_built_file(name, file, &referenced, &self.writer.db)?;
             }
@@ -773,18 +764,19 @@ fn check_built_segment(c: &CollectionMeta, built: &BuiltSegments, seg: &SegmentM
             seg.rows, seg.min_row_id, seg.max_row_id
         )));
     }
-    for col in &seg.columns {
-        if let Some(index) = &col.index
-            && index.spec != c.index
-        {
-            return Err(stale(
-                name,
-                &format!(
-                    "their indexes are {}, the collection's is now {}",
-                    index.spec.factory, c.index.factory
-                ),
-            ));
-        }
+    seg.columns.iter().try_for_each(|col| check_index(c, col))
+}
+
+/// A built column's FAISS index must have been built with the collection's index as it is now.
+fn check_index(c: &CollectionMeta, col: &ColumnEntry) -> Result<()> {
+    match &col.index {
+        Some(index) if index.spec != c.index => Err(stale(
+            &c.name,
+            &format!(
+                "their indexes are {}, the collection's is now {}",
+                index.spec.factory, c.index.factory
+            ),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
